@@ -1,0 +1,165 @@
+"""Flow checkpoints: weights plus metadata, loaded safely, refused for the wrong molecule.
+
+A checkpoint is a ``torch.save`` of a plain dictionary (loadable with ``weights_only=True``)::
+
+    {"format": "openmm_flowplugin.flow/1", "config": {...}, "metadata": {...},
+     "state_dict": {...}}
+
+``metadata`` holds the system name, atom count, molecule fingerprint (atom count, elements,
+masses), temperature and package version. Files are written to a temporary name and renamed,
+and an existing file is never overwritten unless asked.
+"""
+
+__all__ = ["save_flow", "load_flow", "file_sha256", "atomic_output_path", "check_output_path", "CheckpointError"]
+
+import contextlib
+import hashlib
+import os
+import threading
+import weakref
+from pathlib import Path
+
+import torch
+
+FORMAT = "openmm_flowplugin.flow/1"
+
+_cache = weakref.WeakValueDictionary()  # (absolute path, sha256) -> flow: copies and moves share one model
+_cache_lock = threading.Lock()
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt, or made for another system."""
+
+
+def file_sha256(path):
+    """sha256 hex digest of a file's content."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_output_path(path, overwrite=False):
+    """Raise ``FileExistsError`` if ``path`` exists and ``overwrite`` is false (call before long work)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; choose another output name or pass overwrite=True (--overwrite).")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_output_path(path, overwrite=False):
+    """Yield a temporary path next to ``path``; rename it to ``path`` if the block succeeds.
+
+    Raises ``FileExistsError`` at once if ``path`` exists and ``overwrite`` is false.
+    """
+    path = check_output_path(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")  # keep the suffix: writers dispatch on it
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_flow(flow, path, overwrite=False):
+    """Write ``flow`` (a :class:`~openmm_flowplugin.flows.BoltzmannGenerator`) to ``path``; returns its sha256."""
+    payload = {
+        "format": FORMAT,
+        "config": flow.config,
+        "metadata": flow.metadata,
+        "state_dict": {k: v.detach().cpu() for k, v in flow.state_dict().items()},
+    }
+    with atomic_output_path(path, overwrite) as tmp:
+        torch.save(payload, tmp)
+    flow.checkpoint_path = str(Path(path).resolve())
+    flow.checkpoint_sha256 = file_sha256(path)
+    return flow.checkpoint_sha256
+
+
+def resolve_flow_path(name_or_path):
+    """A registered system name -> its shipped model in ``systems/models``; otherwise the path itself."""
+    from . import systems
+
+    if str(name_or_path) in systems.list():
+        return Path(str(systems.data_path("models", f"{name_or_path}.pt")))
+    return Path(name_or_path)
+
+
+def load_flow(name_or_path, system=None, cache=True):
+    """Load a flow checkpoint by path, or the shipped model of a registered system by name.
+
+    Parameters
+    ----------
+    name_or_path : str or Path
+        ``"alanine_dipeptide_vacuum"`` or a ``.pt`` file written by :func:`save_flow`.
+    system : MolecularSystem, optional
+        If given, the checkpoint must have been made for this molecule (same fingerprint).
+    cache : bool
+        Share one model per (file, content) in this process.
+
+    Returns
+    -------
+    BoltzmannGenerator
+        In evaluation mode, float32 weights.
+
+    Raises
+    ------
+    CheckpointError
+        Missing or corrupt file, or a checkpoint for another molecule.
+
+    Examples
+    --------
+    >>> flow = load_flow("alanine_dipeptide_vacuum")
+    >>> flow.n_atoms, flow.metadata["system"]
+    (22, 'alanine_dipeptide_vacuum')
+    """
+    from .flows import BoltzmannGenerator
+
+    path = resolve_flow_path(name_or_path)
+    if not path.is_file():
+        raise CheckpointError(f"flow checkpoint {path} not found. Train one with `openmm-flowplugin train` or pass a valid path.")
+    sha256 = file_sha256(path)
+    key = (str(path.resolve()), sha256)
+    with _cache_lock:
+        flow = _cache.get(key) if cache else None
+        if flow is None:
+            try:
+                payload = torch.load(path, map_location="cpu", weights_only=True)
+                if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+                    raise CheckpointError(f"{path} is not an openmm_flowplugin flow checkpoint (format {FORMAT}).")
+                config = payload["config"]
+                state_dict = payload["state_dict"]
+                placeholder = torch.zeros(1, config["n_atoms"], 3, dtype=torch.float64)
+                flow = BoltzmannGenerator(
+                    config["n_atoms"], config["bonds"], placeholder, n_blocks=config["n_blocks"],
+                    hidden=config["hidden"], bins=config["bins"], metadata=payload["metadata"],
+                )
+                flow.load_state_dict(state_dict)
+            except CheckpointError:
+                raise
+            except Exception as error:  # unpickling, truncated file, missing keys, wrong shapes
+                raise CheckpointError(f"{path} is corrupt or not a flow checkpoint: {type(error).__name__}: {error}") from None
+            flow.eval()
+            flow.requires_grad_(False)
+            flow.checkpoint_path = key[0]
+            flow.checkpoint_sha256 = sha256
+            if cache:
+                _cache[key] = flow
+    if system is not None:
+        check_flow_matches(flow, system)
+    return flow
+
+
+def check_flow_matches(flow, molecular_system):
+    """Raise :class:`CheckpointError` unless ``flow`` was made for ``molecular_system``."""
+    expected = molecular_system.fingerprint
+    if flow.n_atoms != molecular_system.n_atoms or (flow.fingerprint is not None and flow.fingerprint != expected):
+        raise CheckpointError(
+            f"flow checkpoint {flow.checkpoint_path} was made for {flow.metadata.get('system', '?')!r} "
+            f"({flow.n_atoms} atoms) but the system is {molecular_system.name!r} ({molecular_system.n_atoms} atoms); "
+            "load the checkpoint trained for this molecule or train one."
+        )

@@ -1,0 +1,262 @@
+"""Boltzmann generators: normalizing flows on internal coordinates.
+
+The flow models the 3N-6 internal coordinates of a molecule (see
+:mod:`openmm_flowplugin.coordinates`) as features
+
+- torsions in ``[-pi, pi)``, transformed by circular rational-quadratic splines (Rezende et al. 2020),
+- ``log`` bond lengths and ``logit(angle / pi)``, standardized, transformed by monotonic
+  rational-quadratic splines (Durkan et al. 2019),
+
+stacked in coupling layers whose conditioners see torsions through ``(cos, sin)``. The spline
+and coupling machinery is zuko's. Base distribution: uniform torsions, standard normal for the rest.
+
+References
+----------
+Noé, Olsson, Köhler, Wu. Boltzmann generators. Science 365 (2019). https://arxiv.org/abs/1812.01729
+"""
+
+__all__ = ["BoltzmannGenerator"]
+
+import math
+
+import torch
+import zuko
+from torch import nn
+from zuko.flows.spline import CircularRQSTransform
+from zuko.transforms import ComposedTransform, CouplingTransform, DependentTransform, MonotonicRQSTransform
+
+from .coordinates import InternalCoordinateTransform
+
+_SPLINE_BOUND = 5.0  # standardized bond/angle features; identity tails outside
+
+
+class _Coupling(nn.Module):
+    """One coupling layer: ``features[transformed] = spline(features[transformed] | features[~transformed])``."""
+
+    def __init__(self, transformed, is_torsion, hidden, bins):
+        super().__init__()
+        self.register_buffer("transformed", transformed.clone())
+        self.register_buffer("is_torsion", is_torsion.clone())
+        kinds = is_torsion[transformed]
+        if not (kinds.all() or (~kinds).all()):
+            raise ValueError("a coupling layer transforms either torsions only or non-torsions only.")
+        self.circular = bool(kinds.all())
+        self.bins = bins
+        condition = ~transformed
+        n_condition_torsions = int((condition & is_torsion).sum())
+        n_in = int(condition.sum()) + n_condition_torsions  # torsions enter as (cos, sin)
+        self.n_out = int(transformed.sum())
+        self.net = zuko.nn.MLP(n_in, self.n_out * (3 * bins - 1), hidden_features=hidden, activation=nn.SiLU)
+        last = self.net[-1]
+        nn.init.zeros_(last.weight)  # start at the identity map
+        nn.init.zeros_(last.bias)
+
+    def _embed(self, x_a):
+        torsion = self.is_torsion[~self.transformed]
+        return torch.cat((torch.cos(x_a[..., torsion]), torch.sin(x_a[..., torsion]), x_a[..., ~torsion]), dim=-1)
+
+    def _meta(self, x_a):
+        phi = self.net(self._embed(x_a)).unflatten(-1, (self.n_out, 3 * self.bins - 1))
+        widths, heights, derivatives = phi.split((self.bins, self.bins, self.bins - 1), dim=-1)
+        if self.circular:
+            univariate = CircularRQSTransform(widths, heights, derivatives)
+        else:
+            univariate = MonotonicRQSTransform(widths, heights, derivatives, bound=_SPLINE_BOUND)
+        return DependentTransform(univariate, 1)
+
+    def forward(self):
+        return CouplingTransform(self._meta, ~self.transformed)
+
+
+class BoltzmannGenerator(nn.Module):
+    """Normalizing flow over a molecule's internal coordinates, with Cartesian ``sample``/``log_prob``.
+
+    Parameters
+    ----------
+    n_atoms : int
+    bonds : list of (int, int)
+        Bond graph (e.g. ``[(a.index, b.index) for a, b in topology.bonds()]``).
+    reference_positions : torch.Tensor, shape=(n_samples, n_atoms, 3)
+        Configurations (nm) whose bond/angle statistics standardize the features, usually the
+        training data.
+    n_blocks : int
+        Blocks of four coupling layers (two for torsions, two for bonds and angles).
+    hidden : tuple of int
+        Hidden layer widths of each conditioner.
+    bins : int
+        Spline bins.
+    metadata : dict, optional
+        Plain data stored with checkpoints (system name, fingerprint, temperature...).
+
+    Notes
+    -----
+    ``log_prob`` and the ``log_q`` of ``sample`` are densities with respect to the Cartesian
+    volume of the internal degrees of freedom (invariant to translation and rotation), so
+    ``log w = -u(x) - log_q(x)`` is a correct importance weight and
+    ``-u(x') + u(x) + log_q(x) - log_q(x')`` a correct Metropolis-Hastings ratio.
+
+    Examples
+    --------
+    >>> from openmm_flowplugin import systems
+    >>> ala2 = systems.get("alanine_dipeptide_vacuum")
+    >>> x0 = torch.as_tensor(ala2.positions_nm)[None]
+    >>> flow = BoltzmannGenerator.for_system(ala2, x0, n_blocks=1, hidden=(32,))
+    >>> x, log_q = flow.sample(3)
+    >>> x.shape, bool(torch.allclose(flow.log_prob(x), log_q, atol=1e-3))
+    (torch.Size([3, 22, 3]), True)
+    """
+
+    rigid_invariant = True
+
+    def __init__(self, n_atoms, bonds, reference_positions, n_blocks=3, hidden=(128, 128), bins=8, metadata=None):
+        super().__init__()
+        self.config = {"n_atoms": int(n_atoms), "bonds": [list(map(int, b)) for b in bonds], "n_blocks": int(n_blocks),
+                       "hidden": [int(h) for h in hidden], "bins": int(bins)}
+        self.metadata = dict(metadata or {})
+        self.checkpoint_path = None
+        self.checkpoint_sha256 = None
+        self.coordinates = InternalCoordinateTransform(n_atoms, bonds)
+        ict = self.coordinates
+        n_t, n_b, n_a = ict.n_torsions, ict.n_bonds, ict.n_angles
+        self.n_features = n_t + n_b + n_a
+        ic, _, _ = ict.to_internal(torch.as_tensor(reference_positions, dtype=torch.float64))
+        log_b = torch.log(ic.bonds)
+        logit_a = torch.logit(ic.angles / math.pi)
+        self.register_buffer("bond_loc", log_b.mean(0).float())
+        self.register_buffer("bond_scale", _safe_std(log_b, 0.01).float())
+        self.register_buffer("angle_loc", logit_a.mean(0).float())
+        self.register_buffer("angle_scale", _safe_std(logit_a, 0.02).float())
+
+        is_torsion = torch.zeros(self.n_features, dtype=torch.bool)
+        is_torsion[:n_t] = True
+        generator = torch.Generator().manual_seed(0)
+        layers = []
+        for _ in range(n_blocks):
+            for group in (torch.arange(n_t), torch.arange(n_t, self.n_features)):
+                half = group[torch.randperm(len(group), generator=generator)[: len(group) // 2]]
+                first = torch.zeros(self.n_features, dtype=torch.bool)
+                first[half] = True
+                second = torch.zeros(self.n_features, dtype=torch.bool)
+                second[group] = True
+                second &= ~first
+                layers += [_Coupling(first, is_torsion, hidden, bins), _Coupling(second, is_torsion, hidden, bins)]
+        self.layers = nn.ModuleList(layers)
+
+    @classmethod
+    def for_system(cls, molecular_system, reference_positions, **kwargs):
+        """Build a flow for a :class:`~openmm_flowplugin.molecular_system.MolecularSystem` (metadata filled in)."""
+        if molecular_system.n_constraints:
+            raise ValueError(
+                f"{molecular_system.name} has {molecular_system.n_constraints} constraints, but a flow moves every atom. "
+                "Build the System with constraints=None (e.g. systems.get(name) does)."
+            )
+        from ._version import __version__
+        from .units import kelvin
+
+        bonds = [(a.index, b.index) for a, b in molecular_system.topology.bonds()]
+        metadata = {
+            "system": molecular_system.name,
+            "n_atoms": molecular_system.n_atoms,
+            "fingerprint": molecular_system.fingerprint,
+            "temperature_K": kelvin(molecular_system.temperature),
+            "package_version": __version__,
+        }
+        metadata.update(kwargs.pop("metadata", {}))
+        return cls(molecular_system.n_atoms, bonds, reference_positions, metadata=metadata, **kwargs)
+
+    # ------------------------------------------------------------------ protocol
+    @property
+    def n_atoms(self):
+        return self.config["n_atoms"]
+
+    @property
+    def fingerprint(self):
+        """sha256 of the molecule this flow was made for (``None`` if unknown)."""
+        return self.metadata.get("fingerprint")
+
+    def transform(self):
+        """The zuko transform features -> latent (normalizing direction)."""
+        return ComposedTransform(*(layer() for layer in self.layers))
+
+    def log_prob(self, x):
+        """Log density (float64, shape (n,)) of Cartesian positions ``x`` of shape (n, n_atoms, 3) in nm."""
+        x = self._check_positions(x)
+        ic, _, _ = self.coordinates.to_internal(x.to(torch.float64))
+        features, log_det_features = self._features(ic)
+        z, ladj = self.transform().call_and_ladj(features.float())
+        return self._base_log_prob(z) + ladj.double() + log_det_features
+
+    def sample(self, n):
+        """Draw ``n`` configurations: positions (n, n_atoms, 3) nm float64 in the root frame, and log_q (n,) float64.
+
+        Differentiable (reparameterized) when gradients are enabled.
+        """
+        z = self._sample_base(int(n))
+        features, ladj_inverse = self.transform().inv.call_and_ladj(z)
+        log_q_features = self._base_log_prob(z) - ladj_inverse.double()
+        ic, log_det_features = self._internal(features.double())
+        x = self.coordinates.to_cartesian(ic)
+        return x, log_q_features + log_det_features
+
+    def forward(self, x):
+        return self.log_prob(x)
+
+    # ------------------------------------------------------------------ internals
+    def _check_positions(self, x):
+        if not torch.is_tensor(x):
+            x = torch.as_tensor(x)
+        if x.ndim != 3 or x.shape[1:] != (self.n_atoms, 3):
+            raise ValueError(f"positions must have shape (n, {self.n_atoms}, 3) in nm, got {tuple(x.shape)}.")
+        return x
+
+    def _features(self, ic):
+        """Internal coordinates -> features, and log|d features / d ic| (so that log q_x = log p(features) + this)."""
+        bonds, angles, torsions = ic
+        log_b = torch.log(bonds)
+        logit_a = torch.logit(angles / math.pi)
+        zb = (log_b - self.bond_loc.double()) / self.bond_scale.double()
+        za = (logit_a - self.angle_loc.double()) / self.angle_scale.double()
+        # d zb / d b = 1 / (scale * b);  d za / d theta = 1 / (scale * theta (1 - theta/pi))
+        log_det = -(torch.log(self.bond_scale.double()) + log_b).sum(-1)
+        log_det = log_det - (torch.log(self.angle_scale.double()) + torch.log(angles) + torch.log1p(-angles / math.pi)).sum(-1)
+        log_det = log_det - self.coordinates.log_det_jacobian(bonds, angles)
+        return torch.cat((torsions, zb, za), dim=-1), log_det
+
+    def _internal(self, features):
+        """Features -> internal coordinates, and the same log-det term as :meth:`_features` returns."""
+        ict = self.coordinates
+        n_t, n_b = ict.n_torsions, ict.n_bonds
+        torsions, zb, za = features[..., :n_t], features[..., n_t : n_t + n_b], features[..., n_t + n_b :]
+        log_b = zb * self.bond_scale.double() + self.bond_loc.double()
+        bonds = torch.exp(log_b)
+        angles = math.pi * torch.sigmoid(za * self.angle_scale.double() + self.angle_loc.double())
+        torsions = torch.remainder(torsions + math.pi, 2 * math.pi) - math.pi
+        log_det = -(torch.log(self.bond_scale.double()) + log_b).sum(-1)
+        log_det = log_det - (torch.log(self.angle_scale.double()) + torch.log(angles) + torch.log1p(-angles / math.pi)).sum(-1)
+        log_det = log_det - ict.log_det_jacobian(bonds, angles)
+        from .coordinates import InternalCoordinates
+
+        return InternalCoordinates(bonds, angles, torsions), log_det
+
+    def _base_log_prob(self, z):
+        n_t = self.coordinates.n_torsions
+        torsions, rest = z[..., :n_t].double(), z[..., n_t:].double()
+        inside = (torsions.abs() <= math.pi + 1e-5).all(-1)
+        log_uniform = torch.where(inside, -n_t * math.log(2 * math.pi), -math.inf)
+        return log_uniform - 0.5 * (rest**2).sum(-1) - 0.5 * rest.shape[-1] * math.log(2 * math.pi)
+
+    def _sample_base(self, n):
+        n_t = self.coordinates.n_torsions
+        device = self.bond_loc.device
+        torsions = (torch.rand(n, n_t, device=device) * 2 - 1) * math.pi
+        rest = torch.randn(n, self.n_features - n_t, device=device)
+        return torch.cat((torsions, rest), dim=-1)
+
+    def extra_repr(self):
+        return f"n_atoms={self.n_atoms}, n_features={self.n_features}, n_layers={len(self.layers)}"
+
+
+def _safe_std(values, minimum):
+    if len(values) < 2:
+        return torch.full(values.shape[1:], minimum, dtype=values.dtype)
+    return values.std(0).clamp(min=minimum)
