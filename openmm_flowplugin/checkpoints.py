@@ -137,6 +137,7 @@ def load_flow(name_or_path, system=None, cache=True):
                 flow = BoltzmannGenerator(
                     config["n_atoms"], config["bonds"], placeholder, n_blocks=config["n_blocks"],
                     hidden=config["hidden"], bins=config["bins"], metadata=payload["metadata"],
+                    narrow_torsions=config.get("narrow_torsions", []),
                 )
                 flow.load_state_dict(state_dict)
             except CheckpointError:

@@ -3,6 +3,8 @@
 The Z-matrix is built automatically by breadth-first search over the bond graph. Three root atoms
 ``a0, a1, a2`` (``a1`` and ``a2`` bonded to ``a0``) fix the rigid frame; every other atom ``i`` is
 placed from a bond to ``j``, an angle ``i-j-k`` and a torsion ``i-j-k-l`` (NeRF construction).
+Where ``j`` already has another placed neighbour (a sibling of ``i``), that sibling is ``l``, so the
+torsion measures ``i`` relative to its sibling (nearly constant, e.g. within methyl groups).
 
 The 3N-6 internal degrees of freedom are ``N-1`` bond lengths (``|a1-a0|``, ``|a2-a0|`` and one per
 placed atom), ``N-2`` angles (``a1-a0-a2`` and one per placed atom) and ``N-3`` torsions in
@@ -232,7 +234,10 @@ def _build_zmatrix(n_atoms, bonds):
         k = parent.get(j) if j != a0 else None
         if k is None or k not in placed:
             k = next(n for n in [a1, a2] + neighbours[j] if n in placed and n not in (i, j))
-        l_candidates = [n for n in ([parent.get(k)] + neighbours[k] + neighbours[j] + [a0, a1, a2]) if n is not None]
+        # Prefer an already placed sibling (another neighbour of j) as the torsion reference: the torsion
+        # i-j-k-sibling is then nearly constant (e.g. +-120 degrees within a methyl group) instead of
+        # strongly correlated with the sibling's own torsion, which makes densities far easier to learn.
+        l_candidates = [n for n in (neighbours[j] + [parent.get(k)] + neighbours[k] + [a0, a1, a2]) if n is not None]
         l = next(n for n in l_candidates if n in placed and n not in (i, j, k))
         rows.append((i, j, k, l))
         placed.add(i)

@@ -3,9 +3,13 @@
 The flow models the 3N-6 internal coordinates of a molecule (see
 :mod:`openmm_flowplugin.coordinates`) as features
 
-- torsions in ``[-pi, pi)``, transformed by circular rational-quadratic splines (Rezende et al. 2020),
-- ``log`` bond lengths and ``logit(angle / pi)``, standardized, transformed by monotonic
-  rational-quadratic splines (Durkan et al. 2019),
+- broad torsions in ``[-pi, pi)`` (backbone, rotors), transformed by circular rational-quadratic
+  splines (Rezende et al. 2020),
+- narrow torsions (unimodal in the reference data, e.g. peptide bonds, sibling-relative hydrogen
+  torsions), centred on their circular mean and standardized,
+- ``log`` bond lengths and ``logit(angle / pi)``, standardized,
+
+the last three transformed by monotonic rational-quadratic splines (Durkan et al. 2019),
 
 stacked in coupling layers whose conditioners see torsions through ``(cos, sin)``. The spline
 and coupling machinery is zuko's. Base distribution: uniform torsions, standard normal for the rest.
@@ -25,7 +29,7 @@ from torch import nn
 from zuko.flows.spline import CircularRQSTransform
 from zuko.transforms import ComposedTransform, CouplingTransform, DependentTransform, MonotonicRQSTransform
 
-from .coordinates import InternalCoordinateTransform
+from .coordinates import InternalCoordinates, InternalCoordinateTransform
 
 _SPLINE_BOUND = 5.0  # standardized bond/angle features; identity tails outside
 
@@ -108,10 +112,9 @@ class BoltzmannGenerator(nn.Module):
 
     rigid_invariant = True
 
-    def __init__(self, n_atoms, bonds, reference_positions, n_blocks=3, hidden=(128, 128), bins=8, metadata=None):
+    def __init__(self, n_atoms, bonds, reference_positions, n_blocks=3, hidden=(128, 128), bins=8, metadata=None,
+                 narrow_torsions=None, narrow_threshold=0.9):
         super().__init__()
-        self.config = {"n_atoms": int(n_atoms), "bonds": [list(map(int, b)) for b in bonds], "n_blocks": int(n_blocks),
-                       "hidden": [int(h) for h in hidden], "bins": int(bins)}
         self.metadata = dict(metadata or {})
         self.checkpoint_path = None
         self.checkpoint_sha256 = None
@@ -120,6 +123,19 @@ class BoltzmannGenerator(nn.Module):
         n_t, n_b, n_a = ict.n_torsions, ict.n_bonds, ict.n_angles
         self.n_features = n_t + n_b + n_a
         ic, _, _ = ict.to_internal(torch.as_tensor(reference_positions, dtype=torch.float64))
+        resultant = torch.polar(torch.ones_like(ic.torsions), ic.torsions).mean(0)
+        if narrow_torsions is None:  # unimodal torsions: mean resultant length above the threshold
+            narrow_torsions = torch.nonzero(resultant.abs() > narrow_threshold).flatten().tolist() if len(ic.torsions) > 1 else []
+        narrow = torch.zeros(n_t, dtype=torch.bool)
+        narrow[list(narrow_torsions)] = True
+        self.register_buffer("narrow", narrow)
+        self.n_circular = int((~narrow).sum())
+        torsion_loc = torch.angle(resultant)
+        deviation = torch.remainder(ic.torsions - torsion_loc + math.pi, 2 * math.pi) - math.pi
+        self.register_buffer("torsion_loc", torsion_loc.float())
+        self.register_buffer("torsion_scale", _safe_std(deviation, 0.02).float())
+        self.config = {"n_atoms": int(n_atoms), "bonds": [list(map(int, b)) for b in bonds], "n_blocks": int(n_blocks),
+                       "hidden": [int(h) for h in hidden], "bins": int(bins), "narrow_torsions": sorted(map(int, narrow_torsions))}
         log_b = torch.log(ic.bonds)
         logit_a = torch.logit(ic.angles / math.pi)
         self.register_buffer("bond_loc", log_b.mean(0).float())
@@ -127,19 +143,21 @@ class BoltzmannGenerator(nn.Module):
         self.register_buffer("angle_loc", logit_a.mean(0).float())
         self.register_buffer("angle_scale", _safe_std(logit_a, 0.02).float())
 
-        is_torsion = torch.zeros(self.n_features, dtype=torch.bool)
-        is_torsion[:n_t] = True
+        is_circular = torch.zeros(self.n_features, dtype=torch.bool)
+        is_circular[: self.n_circular] = True
         generator = torch.Generator().manual_seed(0)
         layers = []
         for _ in range(n_blocks):
-            for group in (torch.arange(n_t), torch.arange(n_t, self.n_features)):
+            for group in (torch.arange(self.n_circular), torch.arange(self.n_circular, self.n_features)):
+                if len(group) < 2:
+                    continue
                 half = group[torch.randperm(len(group), generator=generator)[: len(group) // 2]]
                 first = torch.zeros(self.n_features, dtype=torch.bool)
                 first[half] = True
                 second = torch.zeros(self.n_features, dtype=torch.bool)
                 second[group] = True
                 second &= ~first
-                layers += [_Coupling(first, is_torsion, hidden, bins), _Coupling(second, is_torsion, hidden, bins)]
+                layers += [_Coupling(first, is_circular, hidden, bins), _Coupling(second, is_circular, hidden, bins)]
         self.layers = nn.ModuleList(layers)
 
     @classmethod
@@ -212,48 +230,60 @@ class BoltzmannGenerator(nn.Module):
     def _features(self, ic):
         """Internal coordinates -> features, and log|d features / d ic| (so that log q_x = log p(features) + this)."""
         bonds, angles, torsions = ic
-        log_b = torch.log(bonds)
-        logit_a = torch.logit(angles / math.pi)
-        zb = (log_b - self.bond_loc.double()) / self.bond_scale.double()
-        za = (logit_a - self.angle_loc.double()) / self.angle_scale.double()
-        # d zb / d b = 1 / (scale * b);  d za / d theta = 1 / (scale * theta (1 - theta/pi))
-        log_det = -(torch.log(self.bond_scale.double()) + log_b).sum(-1)
-        log_det = log_det - (torch.log(self.angle_scale.double()) + torch.log(angles) + torch.log1p(-angles / math.pi)).sum(-1)
-        log_det = log_det - self.coordinates.log_det_jacobian(bonds, angles)
-        return torch.cat((torsions, zb, za), dim=-1), log_det
+        circular = torsions[..., ~self.narrow]
+        deviation = torch.remainder(torsions[..., self.narrow] - self.torsion_loc[self.narrow].double() + math.pi, 2 * math.pi) - math.pi
+        narrow = deviation / self.torsion_scale[self.narrow].double()
+        zb = (torch.log(bonds) - self.bond_loc.double()) / self.bond_scale.double()
+        za = (torch.logit(angles / math.pi) - self.angle_loc.double()) / self.angle_scale.double()
+        features = torch.cat((circular, narrow, zb, za), dim=-1)
+        return features, -self._log_det_internal_to_features(bonds, angles)
 
     def _internal(self, features):
-        """Features -> internal coordinates, and the same log-det term as :meth:`_features` returns."""
-        ict = self.coordinates
-        n_t, n_b = ict.n_torsions, ict.n_bonds
-        torsions, zb, za = features[..., :n_t], features[..., n_t : n_t + n_b], features[..., n_t + n_b :]
-        log_b = zb * self.bond_scale.double() + self.bond_loc.double()
-        bonds = torch.exp(log_b)
-        angles = math.pi * torch.sigmoid(za * self.angle_scale.double() + self.angle_loc.double())
-        torsions = torch.remainder(torsions + math.pi, 2 * math.pi) - math.pi
-        log_det = -(torch.log(self.bond_scale.double()) + log_b).sum(-1)
-        log_det = log_det - (torch.log(self.angle_scale.double()) + torch.log(angles) + torch.log1p(-angles / math.pi)).sum(-1)
-        log_det = log_det - ict.log_det_jacobian(bonds, angles)
-        from .coordinates import InternalCoordinates
+        """Features -> internal coordinates, and the same log-det term as :meth:`_features` returns.
 
+        A narrow torsion more than pi from its mean (a > 15-sigma event) has no preimage: such a
+        sample gets ``log_q = -inf``, which moves reject and importance weights discard.
+        """
+        ict = self.coordinates
+        n_c, n_t, n_b = self.n_circular, ict.n_torsions, ict.n_bonds
+        circular, narrow = features[..., :n_c], features[..., n_c:n_t]
+        zb, za = features[..., n_t : n_t + n_b], features[..., n_t + n_b :]
+        deviation = narrow * self.torsion_scale[self.narrow].double()
+        valid = (deviation.abs() <= math.pi).all(-1)
+        torsions = torch.empty(features.shape[:-1] + (n_t,), dtype=features.dtype, device=features.device)
+        torsions[..., ~self.narrow] = circular
+        torsions[..., self.narrow] = deviation + self.torsion_loc[self.narrow].double()
+        torsions = torch.remainder(torsions + math.pi, 2 * math.pi) - math.pi
+        bonds = torch.exp(zb * self.bond_scale.double() + self.bond_loc.double())
+        angles = math.pi * torch.sigmoid(za * self.angle_scale.double() + self.angle_loc.double())
+        log_det = -self._log_det_internal_to_features(bonds, angles)
+        log_det = torch.where(valid, log_det, torch.full_like(log_det, -math.inf))
         return InternalCoordinates(bonds, angles, torsions), log_det
 
+    def _log_det_internal_to_features(self, bonds, angles):
+        """log|d ic / d features| + log|d x / d ic| (Cartesian volume per feature volume)."""
+        # b = exp(scale zb + loc): db/dzb = scale b;  theta = pi sigmoid(scale za + loc): dtheta/dza = scale theta (1 - theta/pi)
+        log_det = (torch.log(self.bond_scale.double()) + torch.log(bonds)).sum(-1)
+        log_det = log_det + (torch.log(self.angle_scale.double()) + torch.log(angles) + torch.log1p(-angles / math.pi)).sum(-1)
+        log_det = log_det + torch.log(self.torsion_scale[self.narrow].double()).sum(-1)
+        return log_det + self.coordinates.log_det_jacobian(bonds, angles)
+
     def _base_log_prob(self, z):
-        n_t = self.coordinates.n_torsions
-        torsions, rest = z[..., :n_t].double(), z[..., n_t:].double()
+        n_c = self.n_circular
+        torsions, rest = z[..., :n_c].double(), z[..., n_c:].double()
         inside = (torsions.abs() <= math.pi + 1e-5).all(-1)
-        log_uniform = torch.where(inside, -n_t * math.log(2 * math.pi), -math.inf)
+        log_uniform = torch.where(inside, -n_c * math.log(2 * math.pi), -math.inf)
         return log_uniform - 0.5 * (rest**2).sum(-1) - 0.5 * rest.shape[-1] * math.log(2 * math.pi)
 
     def _sample_base(self, n):
-        n_t = self.coordinates.n_torsions
+        n_c = self.n_circular
         device = self.bond_loc.device
-        torsions = (torch.rand(n, n_t, device=device) * 2 - 1) * math.pi
-        rest = torch.randn(n, self.n_features - n_t, device=device)
+        torsions = (torch.rand(n, n_c, device=device) * 2 - 1) * math.pi
+        rest = torch.randn(n, self.n_features - n_c, device=device)
         return torch.cat((torsions, rest), dim=-1)
 
     def extra_repr(self):
-        return f"n_atoms={self.n_atoms}, n_features={self.n_features}, n_layers={len(self.layers)}"
+        return f"n_atoms={self.n_atoms}, n_features={self.n_features}, n_circular={self.n_circular}, n_layers={len(self.layers)}"
 
 
 def _safe_std(values, minimum):

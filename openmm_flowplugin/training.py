@@ -119,7 +119,8 @@ def train_reverse_kl(flow, energy, n_steps=500, batch_size=256, learning_rate=1e
 def importance_weights(flow, energy, n_samples, batch_size=2000):
     """Draw ``n_samples`` from ``flow``; return positions, reduced energies and log importance weights.
 
-    ``log w = -u(x) - log q(x)`` (unnormalized, float64); failed energies give ``log w = -inf``.
+    ``log w = -u(x) - log q(x)`` (unnormalized, float64); failed energies and samples outside the
+    flow's domain (``log q = -inf``) give ``log w = -inf``.
     """
     xs, us, log_ws = [], [], []
     for start in range(0, n_samples, batch_size):
@@ -127,7 +128,8 @@ def importance_weights(flow, energy, n_samples, batch_size=2000):
         u = energy(x)
         xs.append(x)
         us.append(u)
-        log_ws.append(torch.where(torch.isfinite(u), -u - log_q, torch.full_like(u, -math.inf)))
+        valid = torch.isfinite(u) & torch.isfinite(log_q)  # log_q = -inf: a sample outside the flow's domain
+        log_ws.append(torch.where(valid, -u - log_q, torch.full_like(u, -math.inf)))
     return torch.cat(xs), torch.cat(us), torch.cat(log_ws)
 
 

@@ -19,8 +19,8 @@ ANGLE, ANGLE_K = 1.9, 400.0  # rad, kJ/mol/rad^2
 TEMPERATURE = 300.0
 
 
-def _chain_system():
-    """Four atoms, harmonic bonds and angles, free torsion: Z over internal coordinates is a product of 1D integrals."""
+def _chain_system(torsion_k=0.0):
+    """Four atoms, harmonic bonds and angles, torsion k (1 + cos phi): Z over internal coordinates is a product of 1D integrals."""
     system = openmm.System()
     topology = app.Topology()
     residue = topology.addResidue("CHN", topology.addChain())
@@ -36,22 +36,31 @@ def _chain_system():
         angles.addAngle(i, i + 1, i + 2, ANGLE, ANGLE_K)
     system.addForce(bonds)
     system.addForce(angles)
+    if torsion_k:
+        torsion = openmm.PeriodicTorsionForce()
+        torsion.addTorsion(0, 1, 2, 3, 1, 0.0, torsion_k)  # minimum at phi = +-pi: exercises wrapping
+        system.addForce(torsion)
     return MolecularSystem("chain4", system, topology, unit.Quantity(np.zeros((4, 3)), unit.nanometer), TEMPERATURE * unit.kelvin)
 
 
-def _exact_log_z(kT):
+def _exact_log_z(kT, torsion_k=0.0):
     """log of the integral of exp(-u) * prod(b^2) * prod(sin theta) over bonds, angles and the torsion."""
     bond = integrate.quad(lambda b: b**2 * math.exp(-0.5 * BOND_K * (b - BOND_LENGTH) ** 2 / kT), 0.1, 0.2, points=[BOND_LENGTH])[0]
     angle = integrate.quad(lambda t: math.sin(t) * math.exp(-0.5 * ANGLE_K * (t - ANGLE) ** 2 / kT), 0.0, math.pi, points=[ANGLE])[0]
-    return 3 * math.log(bond) + 2 * math.log(angle) + math.log(2 * math.pi)
+    torsion = integrate.quad(lambda p: math.exp(-torsion_k * (1 + math.cos(p)) / kT), -math.pi, math.pi)[0]
+    return 3 * math.log(bond) + 2 * math.log(angle) + math.log(torsion)
 
 
-def _approximate_samples(chain, n, generator):
+def _approximate_samples(chain, n, generator, torsion_k=0.0):
     kT = chain.kT
     ict = InternalCoordinateTransform.from_topology(chain.topology)
     bonds = BOND_LENGTH + math.sqrt(kT / BOND_K) * torch.randn(n, 3, generator=generator, dtype=torch.float64)
     angles = ANGLE + math.sqrt(kT / ANGLE_K) * torch.randn(n, 2, generator=generator, dtype=torch.float64)
-    torsions = (2 * torch.rand(n, 1, generator=generator, dtype=torch.float64) - 1) * math.pi
+    if torsion_k:  # near-Gaussian around pi
+        torsions = math.pi + math.sqrt(kT / torsion_k) * torch.randn(n, 1, generator=generator, dtype=torch.float64)
+        torsions = torch.remainder(torsions + math.pi, 2 * math.pi) - math.pi
+    else:
+        torsions = (2 * torch.rand(n, 1, generator=generator, dtype=torch.float64) - 1) * math.pi
     return ict.to_cartesian(InternalCoordinates(bonds, angles, torsions))
 
 
@@ -88,13 +97,18 @@ def test_log_prob_is_invariant_to_rigid_motions(small_flow):
         torch.testing.assert_close(small_flow.log_prob(moved), small_flow.log_prob(x), atol=1e-4, rtol=1e-6)
 
 
-def test_flow_density_is_exactly_normalized_over_internal_coordinates():
-    """Importance sampling recovers the exact configurational integral of a 4-atom chain (6 standard errors)."""
-    chain = _chain_system()
+@pytest.mark.parametrize("torsion_k, circular", [(0.0, True), (25.0, False)])
+def test_flow_density_is_exactly_normalized_over_internal_coordinates(torsion_k, circular):
+    """Importance sampling recovers the exact configurational integral of a 4-atom chain (6 standard errors).
+
+    A free torsion is modelled on the circle; a stiff one (``narrow``) is centred and standardized.
+    """
+    chain = _chain_system(torsion_k)
     generator = torch.Generator().manual_seed(1)
-    reference = _approximate_samples(chain, 2000, generator)
+    reference = _approximate_samples(chain, 2000, generator, torsion_k)
     torch.manual_seed(2)
     flow = BoltzmannGenerator.for_system(chain, reference, n_blocks=1, hidden=(16,))
+    assert (flow.n_circular == 1) is circular
     with torch.no_grad():
         for parameter in flow.parameters():
             parameter.add_(0.02 * torch.randn_like(parameter))
@@ -104,7 +118,7 @@ def test_flow_density_is_exactly_normalized_over_internal_coordinates():
     shift = log_w.max()
     w = np.exp(log_w - shift)
     estimate, standard_error = w.mean(), w.std(ddof=1) / math.sqrt(len(w))
-    exact = math.exp(_exact_log_z(chain.kT) - shift)
+    exact = math.exp(_exact_log_z(chain.kT, torsion_k) - shift)
     assert effective_sample_size(torch.as_tensor(log_w)) > 0.3  # the test has power only if weights are tame
     assert abs(estimate - exact) < 6 * standard_error, (estimate, exact, standard_error)
 
