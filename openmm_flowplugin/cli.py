@@ -50,9 +50,11 @@ def systems_command():
 @click.option("--seed", type=int, default=None)
 @click.option("--platform", default=None, help="OpenMM platform (default: automatic).")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="mdtraj HDF5 file to write.")
+@click.option("--start", type=click.Path(dir_okay=False), default=None, help="Start from a frame of this trajectory.")
+@click.option("--start-frame", default=-1, show_default=True, help="Frame of --start to begin from.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @_user_errors
-def simulate(system, steps, interval, temperature, timestep, seed, platform, output, overwrite):
+def simulate(system, steps, interval, temperature, timestep, seed, platform, output, start, start_frame, overwrite):
     """Run Langevin MD of SYSTEM and save an HDF5 trajectory."""
     from openmm import unit
 
@@ -60,6 +62,11 @@ def simulate(system, steps, interval, temperature, timestep, seed, platform, out
     from .simulate import simulate as run
 
     molecular_system = systems.get(system)
+    if start is not None:
+        frames = _load_trajectories([start], molecular_system)
+        if not -len(frames) <= start_frame < len(frames):
+            raise ValueError(f"--start-frame {start_frame} is outside {start}, which has {len(frames)} frames.")
+        molecular_system.positions = unit.Quantity(frames[start_frame].astype("float64"), unit.nanometer)
     trajectory = run(molecular_system, steps, report_interval=interval, temperature=temperature,
                      timestep=timestep * unit.femtosecond, seed=seed, platform=platform, output=output, overwrite=overwrite)
     click.echo(f"wrote {trajectory.n_frames} frames to {output}")
@@ -94,10 +101,12 @@ def _load_trajectories(paths, molecular_system):
 @click.option("--bins", default=8, show_default=True, help="Spline bins.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--ess-samples", default=10_000, show_default=True, help="Samples for the final ESS report.")
+@click.option("--select-every", default=0, show_default=True,
+              help="Every N steps measure the ESS on 2,000 fresh samples and keep the best weights (0: off).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint.")
 @_user_errors
 def train(system, data, output, ml_steps, kl_steps, batch_size, learning_rate, kl_learning_rate, blocks, hidden, bins,
-          seed, ess_samples, overwrite):
+          seed, ess_samples, select_every, overwrite):
     """Train a Boltzmann generator for SYSTEM on MD data, then optionally by reverse KL."""
     import torch
 
@@ -106,7 +115,7 @@ def train(system, data, output, ml_steps, kl_steps, batch_size, learning_rate, k
     from .energy import OpenMMEnergy
     from .evaluation import evaluate_flow
     from .flows import BoltzmannGenerator
-    from .training import train_maximum_likelihood, train_reverse_kl
+    from .training import ESSSelector, train_maximum_likelihood, train_reverse_kl
 
     check_output_path(output, overwrite)  # refuse an existing file before training
     torch.manual_seed(seed)
@@ -116,11 +125,19 @@ def train(system, data, output, ml_steps, kl_steps, batch_size, learning_rate, k
     command = " ".join(["openmm-flowplugin"] + sys.argv[1:])
     flow = BoltzmannGenerator.for_system(molecular_system, positions, n_blocks=blocks, hidden=hidden_widths, bins=bins,
                                          metadata={"training_command": command, "n_training_frames": len(positions)})
-    train_maximum_likelihood(flow, positions, n_steps=ml_steps, batch_size=batch_size, learning_rate=learning_rate, seed=seed)
+    energy = OpenMMEnergy(molecular_system.system, molecular_system.temperature)
+    selector = ESSSelector(energy, every=select_every) if select_every else None
+    train_maximum_likelihood(flow, positions, n_steps=ml_steps, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+                             callback=selector)
+    if selector is not None:
+        history = ", ".join(f"{step}: {ess * 100:.1f}%" for step, ess in selector.history)
+        click.echo(f"maximum likelihood, ESS by step ({history}); keeping the best: {selector.restore_best(flow) * 100:.1f} %")
     if kl_steps:
-        energy = OpenMMEnergy(molecular_system.system, molecular_system.temperature)
         train_reverse_kl(flow, energy, n_steps=kl_steps, batch_size=batch_size, learning_rate=kl_learning_rate,
-                         data=positions, seed=seed)
+                         data=positions, seed=seed, callback=selector)
+        if selector is not None:
+            history = ", ".join(f"{step}: {ess * 100:.1f}%" for step, ess in selector.history)
+            click.echo(f"with reverse KL, ESS by step ({history}); keeping the best: {selector.restore_best(flow) * 100:.1f} %")
     result = evaluate_flow(flow, molecular_system, n_samples=ess_samples)
     flow.metadata["ess_fraction"] = result.ess_fraction
     save_flow(flow, output, overwrite=overwrite)

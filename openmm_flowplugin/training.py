@@ -6,8 +6,9 @@ are softened with a lin-log cut so a few clashes do not dominate the gradient; s
 evaluation fails (``u = inf``) are left out of the loss.
 """
 
-__all__ = ["train_maximum_likelihood", "train_reverse_kl", "importance_weights", "effective_sample_size"]
+__all__ = ["train_maximum_likelihood", "train_reverse_kl", "importance_weights", "effective_sample_size", "ESSSelector"]
 
+import copy
 import math
 
 import numpy as np
@@ -21,7 +22,44 @@ def _as_positions(data):
     return torch.as_tensor(np.asarray(data), dtype=torch.float64)
 
 
-def train_maximum_likelihood(flow, data, n_steps=2000, batch_size=256, learning_rate=1e-3, weight_decay=0.0, progress=True, seed=None):
+class ESSSelector:
+    """Model selection by importance-sampling ESS on fresh samples: keeps the best weights seen.
+
+    Maximum likelihood on correlated MD frames overfits (the ESS peaks, then falls); every
+    ``every`` steps this draws ``n_samples`` new samples, measures the ESS against ``energy`` and
+    remembers the best state. Fresh samples make this a validation, not a fit to the test.
+
+    Parameters
+    ----------
+    energy : OpenMMEnergy
+    every : int
+    n_samples : int
+    """
+
+    def __init__(self, energy, every=250, n_samples=2000):
+        self.energy, self.every, self.n_samples = energy, int(every), int(n_samples)
+        self.best_ess, self.best_state, self.history = -1.0, None, []
+
+    def __call__(self, flow, step):
+        if (step + 1) % self.every:
+            return
+        flow.eval()
+        _, _, log_w = importance_weights(flow, self.energy, self.n_samples)
+        ess = effective_sample_size(log_w)
+        self.history.append((step + 1, ess))
+        if ess > self.best_ess:
+            self.best_ess, self.best_state = ess, copy.deepcopy(flow.state_dict())
+        flow.train()
+
+    def restore_best(self, flow):
+        """Load the best weights seen into ``flow``; returns the ESS they had."""
+        if self.best_state is not None:
+            flow.load_state_dict(self.best_state)
+        return self.best_ess
+
+
+def train_maximum_likelihood(flow, data, n_steps=2000, batch_size=256, learning_rate=1e-3, weight_decay=0.0, progress=True, seed=None,
+                             callback=None):
     """Fit ``flow`` to configurations by maximum likelihood (Adam, cosine learning-rate decay).
 
     Parameters
@@ -33,6 +71,8 @@ def train_maximum_likelihood(flow, data, n_steps=2000, batch_size=256, learning_
     learning_rate, weight_decay : float
     progress : bool
     seed : int, optional
+    callback : callable, optional
+        ``callback(flow, step)`` after every step (e.g. an :class:`ESSSelector`).
 
     Returns
     -------
@@ -46,7 +86,7 @@ def train_maximum_likelihood(flow, data, n_steps=2000, batch_size=256, learning_
     history = []
     flow.train()
     bar = tqdm(range(n_steps), desc="maximum likelihood", disable=not progress)
-    for _ in bar:
+    for step in bar:
         batch = positions[torch.randint(len(positions), (batch_size,), generator=generator)]
         loss = -flow.log_prob(batch).mean()
         optimizer.zero_grad()
@@ -56,6 +96,8 @@ def train_maximum_likelihood(flow, data, n_steps=2000, batch_size=256, learning_
         schedule.step()
         history.append(loss.item())
         bar.set_postfix(nll=f"{np.mean(history[-50:]):.3f}")
+        if callback is not None:
+            callback(flow, step)
     flow.eval()
     return history
 
@@ -66,7 +108,7 @@ def _linlog(u, cut):
 
 
 def train_reverse_kl(flow, energy, n_steps=500, batch_size=256, learning_rate=1e-4, data=None, ml_weight=0.5,
-                     energy_cut=1e3, progress=True, seed=None):
+                     energy_cut=1e3, progress=True, seed=None, callback=None):
     """Fine-tune ``flow`` by reverse KL against ``energy`` (optionally mixed with maximum likelihood on ``data``).
 
     Parameters
@@ -82,6 +124,8 @@ def train_reverse_kl(flow, energy, n_steps=500, batch_size=256, learning_rate=1e
     ml_weight : float
     energy_cut : float
         Reduced energy above which ``u`` is softened logarithmically in the loss.
+    callback : callable, optional
+        ``callback(flow, step)`` after every step (e.g. an :class:`ESSSelector`).
 
     Returns
     -------
@@ -94,7 +138,7 @@ def train_reverse_kl(flow, energy, n_steps=500, batch_size=256, learning_rate=1e
     history = []
     flow.train()
     bar = tqdm(range(n_steps), desc="reverse KL", disable=not progress)
-    for _ in bar:
+    for step in bar:
         x, log_q = flow.sample(batch_size)
         u = energy(x)
         ok = torch.isfinite(u) & torch.isfinite(log_q)
@@ -111,6 +155,8 @@ def train_reverse_kl(flow, energy, n_steps=500, batch_size=256, learning_rate=1e
         optimizer.step()
         history.append(kl.item())
         bar.set_postfix(kl=f"{np.mean(history[-20:]):.3f}")
+        if callback is not None:
+            callback(flow, step)
     flow.eval()
     return history
 

@@ -65,12 +65,12 @@ def harmonic_oscillator(n_particles=1, spring_constant=1000.0, mass=39.948, temp
     K = float(in_unit(spring_constant, unit.kilojoule_per_mole / unit.nanometer**2, "spring_constant"))
     centres = np.zeros((n_particles, 3))
     centres[:, 0] = np.arange(n_particles, dtype=np.float64)
-    expression = "0.5*K*((x-x0)^2 + (y-y0)^2 + (z-z0)^2)"
+    expression = "0.5*ho_K*((x-x0)^2 + (y-y0)^2 + (z-z0)^2)"
     system = openmm.System()
     topology = app.Topology()
     chain = topology.addChain()
     force = openmm.CustomExternalForce(expression)
-    force.addGlobalParameter("K", K)
+    force.addGlobalParameter("ho_K", K)
     for name in ("x0", "y0", "z0"):
         force.addPerParticleParameter(name)
     for i, centre in enumerate(centres):
@@ -112,8 +112,9 @@ def double_well_2d(barrier=10.0, half_width=1.0, y_spring_constant=20.0, z_sprin
         amu.
     temperature : float or Quantity
     """
-    expression = "h*((x/a)^2 - 1)^2 + 0.5*ky*y^2 + 0.5*kz*z^2"
-    parameters = dict(h=barrier, a=half_width, ky=y_spring_constant, kz=z_spring_constant)
+    # Parameter names carry a prefix: global names like "a" or "kT" clash with integrators' own variables.
+    expression = "dw_h*((x/dw_a)^2 - 1)^2 + 0.5*dw_ky*y^2 + 0.5*dw_kz*z^2"
+    parameters = dict(dw_h=barrier, dw_a=half_width, dw_ky=y_spring_constant, dw_kz=z_spring_constant)
     y_extent = 12.0 * np.sqrt(kT(temperature) / y_spring_constant)
     reference = PlanarReference(
         lambda x, y: double_well_potential(x, y, barrier, half_width, y_spring_constant),
@@ -123,7 +124,9 @@ def double_well_2d(barrier=10.0, half_width=1.0, y_spring_constant=20.0, z_sprin
     )
     return _particle_system(
         "double_well_2d", expression, parameters, mass, temperature, [[-half_width, 0.0, 0.0]],
-        f"Double well along x, barrier {barrier} kJ/mol", reference, dict(parameters, mass=mass, temperature=temperature),
+        f"Double well along x, barrier {barrier} kJ/mol", reference,
+        dict(barrier=barrier, half_width=half_width, y_spring_constant=y_spring_constant, z_spring_constant=z_spring_constant,
+             mass=mass, temperature=temperature),
     )
 
 
@@ -152,8 +155,8 @@ def mueller_brown(energy_scale=0.15, z_spring_constant=100.0, mass=12.0, tempera
         f"({A})*exp(({a})*(x-({x0}))^2 + ({b})*(x-({x0}))*(y-({y0})) + ({c})*(y-({y0}))^2)"
         for A, a, b, c, x0, y0 in zip(_MB_A, _MB_a, _MB_b, _MB_c, _MB_x0, _MB_y0)
     ]
-    expression = f"s*({' + '.join(terms)}) + 0.5*kz*z^2"
-    parameters = dict(s=energy_scale, kz=z_spring_constant)
+    expression = f"mb_scale*({' + '.join(terms)}) + 0.5*mb_kz*z^2"
+    parameters = dict(mb_scale=energy_scale, mb_kz=z_spring_constant)
     reference = PlanarReference(
         lambda x, y: mueller_brown_potential(x, y, energy_scale),
         z_spring_constant,
@@ -162,5 +165,6 @@ def mueller_brown(energy_scale=0.15, z_spring_constant=100.0, mass=12.0, tempera
     )
     return _particle_system(
         "mueller_brown", expression, parameters, mass, temperature, [[-0.558, 1.442, 0.0]],
-        f"Mueller-Brown surface, {energy_scale} kJ/mol per unit", reference, dict(parameters, mass=mass, temperature=temperature),
+        f"Mueller-Brown surface, {energy_scale} kJ/mol per unit", reference,
+        dict(energy_scale=energy_scale, z_spring_constant=z_spring_constant, mass=mass, temperature=temperature),
     )

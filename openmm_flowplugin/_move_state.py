@@ -1,0 +1,143 @@
+"""Plain-data state of a move's proposal, and the keyed cache that lets moves share one proposal.
+
+A move that holds a learned proposal is deep-copied and serialized by openmmtools many times
+(``MultiStateSampler`` copies moves per state and stores them in its NetCDF file through
+``__getstate__``). Its state must therefore be plain data, and restoring it must find the model
+again instead of storing or copying weights:
+
+- a proposal with a ``checkpoint_path`` (e.g. a flow from :func:`openmm_flowplugin.checkpoints.load_flow`)
+  is stored as ``{"checkpoint_path", "checkpoint_sha256"}`` (plus ``"loader"`` if the proposal names
+  its own ``checkpoint_loader = "module:function"``); restoring checks the file's sha256 and loads it;
+- any other proposal is stored as its class (module, name) and its own ``__getstate__()`` dict,
+  which must be plain data (as :class:`~openmm_flowplugin.proposals.GaussianProposal` does).
+
+Restored proposals go through a process-level ``WeakValueDictionary`` keyed by
+(path, sha256) or (class, canonical JSON of the state), so the moves of a resumed sampler share one
+object, as :class:`openmmtools.states.ThermodynamicState` shares its System.
+"""
+
+__all__ = ["ProposalStateError", "proposal_state", "proposal_from_state", "share_proposal", "file_sha256"]
+
+import importlib
+import json
+import os
+import threading
+import weakref
+
+from .checkpoints import file_sha256
+
+_cache = weakref.WeakValueDictionary()
+_cache_lock = threading.Lock()
+_PLAIN_TYPES = (str, int, float, bool, type(None))
+
+
+class ProposalStateError(ValueError):
+    """A proposal cannot be stored as plain data, or its checkpoint cannot be found again."""
+
+
+def _is_plain(value):
+    if isinstance(value, _PLAIN_TYPES):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(item) for item in value)
+    if isinstance(value, dict):
+        return all(isinstance(key, str) and _is_plain(item) for key, item in value.items())
+    return False
+
+
+def proposal_state(proposal):
+    """Plain-data description of ``proposal`` from which :func:`proposal_from_state` rebuilds (or finds) it."""
+    path = getattr(proposal, "checkpoint_path", None)
+    if path is not None:
+        path = os.path.abspath(os.fspath(path))
+        sha256 = getattr(proposal, "checkpoint_sha256", None) or file_sha256(path)
+        state = {"checkpoint_path": path, "checkpoint_sha256": str(sha256)}
+        loader = getattr(proposal, "checkpoint_loader", None)
+        if loader is not None:
+            state["loader"] = str(loader)
+        return state
+    cls = type(proposal)
+    own_state = proposal.__getstate__() if hasattr(proposal, "__getstate__") else None
+    if not isinstance(own_state, dict) or not _is_plain(own_state):
+        raise ProposalStateError(
+            f"cannot store the proposal {cls.__module__}.{cls.__qualname__} as plain data: its __getstate__() "
+            f"returned {type(own_state).__name__} with non-plain values (e.g. tensors). Save the model and set "
+            "`checkpoint_path` and `checkpoint_sha256` on it (as checkpoints.load_flow does), or give the class a "
+            "__getstate__ returning a dict of numbers/strings/lists and a matching __setstate__."
+        )
+    return {"module": cls.__module__, "class": cls.__qualname__, "state": own_state}
+
+
+def _import(module_name, attribute):
+    obj = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _default_loader(path):
+    from .checkpoints import load_flow
+
+    return load_flow(path)
+
+
+def _load_checkpoint(state):
+    path, expected = state["checkpoint_path"], state["checkpoint_sha256"]
+    if not os.path.isfile(path):
+        raise ProposalStateError(
+            f"the flow checkpoint {path} stored in this move's state is missing. Put the file (sha256 {expected}) "
+            "back at that path, or rebuild the move with the model's new location."
+        )
+    found = file_sha256(path)
+    if found != expected:
+        raise ProposalStateError(
+            f"the flow checkpoint {path} changed since the move was stored: its sha256 is {found}, "
+            f"the stored one is {expected}. Restore the original file to resume this run exactly, or start a new "
+            "run with the new model (resuming with other weights would mix two samplers)."
+        )
+    loader = _import(*state["loader"].split(":")) if "loader" in state else _default_loader
+    return loader(path)
+
+
+def _build_plain(state):
+    cls = _import(state["module"], state["class"])
+    proposal = cls.__new__(cls)
+    proposal.__setstate__(state["state"])
+    return proposal
+
+
+def _key(state):
+    if "checkpoint_path" in state:
+        return ("checkpoint", state["checkpoint_path"], state["checkpoint_sha256"])
+    return ("plain", state["module"], state["class"], json.dumps(state["state"], sort_keys=True))
+
+
+def share_proposal(proposal):
+    """Register a live ``proposal`` so that moves restored from its state find this very object.
+
+    Proposals that cannot be stored as plain data are skipped (storing them raises later, with the fix).
+    """
+    try:
+        key = _key(proposal_state(proposal))
+    except (ProposalStateError, OSError):
+        return
+    with _cache_lock:
+        try:
+            _cache.setdefault(key, proposal)
+        except TypeError:
+            pass
+
+
+def proposal_from_state(state):
+    """The proposal described by ``state``; moves restored from equal states share one object."""
+    key = _key(state)
+    build = _load_checkpoint if key[0] == "checkpoint" else _build_plain
+    with _cache_lock:
+        proposal = _cache.get(key)
+        if proposal is None:
+            proposal = build(state)
+            try:
+                _cache[key] = proposal
+            except TypeError:  # not weak-referenceable: no sharing, still correct
+                pass
+    return proposal

@@ -1,0 +1,326 @@
+"""Exact Monte Carlo moves with learned (flow) proposals for openmmtools samplers."""
+
+__all__ = ["FlowMCMove"]
+
+import math
+
+import numpy as np
+import torch
+from openmm import unit
+from openmmtools import mcmc
+
+from ._move_state import proposal_from_state, proposal_state, share_proposal
+from .proposals import kabsch_align, metropolis_hastings_log_ratio, proposal_n_atoms
+
+
+def _potential_energy(context):
+    """Potential energy in kJ/mol."""
+    return context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+
+
+class _Batch:
+    """Proposals drawn for one apply(): positions (n, n_atoms, 3), log q (n,), and their alignment."""
+
+    def __init__(self, x, log_q):
+        self.x, self.log_q, self.next = x, log_q, 0
+        self.aligned, self.aligned_to = np.empty_like(x), None
+
+
+class FlowMCMove(mcmc.MCMCMove):
+    """Independence Metropolis-Hastings move whose proposals come from a flow (or any density).
+
+    Each of ``n_proposals`` consecutive steps proposes ``x'`` from ``proposal`` for the atoms
+    ``atom_indices`` (others stay put) and accepts it with probability :math:`\\min(1, \\alpha)`,
+
+    .. math:: \\log\\alpha = -u(x') + u(x) + \\log q(x) - \\log q(x'),
+
+    where ``u`` is ``thermodynamic_state.reduced_potential`` (so temperature, pressure and
+    alchemical parameters are respected) and ``q`` the proposal density. The move leaves the
+    Boltzmann distribution of ``thermodynamic_state`` exactly invariant, whatever the quality of
+    ``proposal`` (a poor one only lowers the acceptance rate).
+
+    Parameters
+    ----------
+    proposal : object
+        Has ``sample(n) -> (x, log_q)`` with ``x`` of shape (n, n_atoms, 3) in nm and
+        ``log_prob(x) -> log_q`` of shape (n,) (see :mod:`openmm_flowplugin.proposals`). If
+        ``proposal.rigid_invariant`` is true (flows on internal coordinates), every proposal is
+        rigidly aligned onto the current positions of the moved atoms with
+        :func:`~openmm_flowplugin.proposals.kabsch_align`: centre and orientation are kept, so
+        trajectories stay viewable, and detailed balance holds because that alignment is symmetric.
+    n_proposals : int, optional
+        Metropolis-Hastings steps per :meth:`apply` (default 1). Their proposals are drawn as
+        one batch, ``proposal.sample(n_proposals)``, and used one per step. This is exact because an
+        independence proposal does not depend on the current state: drawing all of them first has the
+        same distribution as drawing each when needed, and each step is a :math:`\\pi`-invariant kernel.
+    atom_indices : sequence of int, optional
+        The atoms the proposal moves, in the proposal's atom order (default: all atoms).
+    redraw_velocities : bool, optional
+        If True (default), velocities are redrawn from the Maxwell-Boltzmann distribution after an
+        :meth:`apply` that accepted at least one jump (the old velocities belong to another basin);
+        if False they are kept. Both are exact: the acceptance does not depend on velocities, so they
+        stay Maxwell-Boltzmann distributed and independent of the positions.
+    seed : int, optional
+        Seed of the move's own random generator (acceptance and velocities). ``proposal`` draws with
+        its own randomness.
+
+    Attributes
+    ----------
+    n_proposed, n_accepted : int
+        Proposals made and accepted since the last :meth:`reset_statistics` (kept across resumes).
+    n_invalid : int
+        Proposals rejected because positions, energy or ``log_q`` were NaN or infinite.
+
+    Notes
+    -----
+    Costs per step: one energy evaluation through the cached Context. Per :meth:`apply`: one
+    ``proposal.sample(n_proposals)``, ``proposal.log_prob`` of the current positions unless they came
+    from the proposal (e.g. after MD), and one batched alignment per accepted jump. ``u(x')`` is
+    computed as ``u(x) + beta [U(x') - U(x)]``, which equals ``reduced_potential`` for moves that keep
+    the box (its pV, mu N and surface terms do not change).
+    The only inexactness is floating-point error in the proposal's ``log_q`` (float32 flows).
+    Systems whose moved atoms carry constraints are refused unless ``proposal.respects_constraints``.
+    Deep copies share ``proposal`` (weights are never copied) and receive an independent random stream,
+    so the per-state copies made by ``MultiStateSampler`` do not share acceptance draws.
+
+    References
+    ----------
+    Noé F, Olsson S, Köhler J, Wu H. Boltzmann generators. Science 365, eaaw1147 (2019).
+    https://arxiv.org/abs/1812.01729
+
+    Examples
+    --------
+    A Gaussian proposal twice too wide for a harmonic well, corrected by the Hastings term:
+
+    >>> from openmmtools import cache, mcmc
+    >>> from openmm_flowplugin import systems
+    >>> from openmm_flowplugin.proposals import GaussianProposal
+    >>> ho = systems.get("harmonic_oscillator")
+    >>> proposal = GaussianProposal(ho.positions_nm, 2 * ho.reference.std, seed=1)
+    >>> move = FlowMCMove(proposal, n_proposals=10, seed=2)
+    >>> sampler = mcmc.MCMCSampler(ho.thermodynamic_state(), ho.sampler_state(), move)
+    >>> sampler.run(5, context_cache=cache.ContextCache(platform=None))
+    >>> move.n_proposed, 0 < move.fraction_accepted < 1
+    (50, True)
+    """
+
+    def __init__(self, proposal, n_proposals=1, atom_indices=None, redraw_velocities=True, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        for method in ("sample", "log_prob"):
+            if not callable(getattr(proposal, method, None)):
+                raise TypeError(f"proposal {type(proposal).__name__} has no {method}() method; see openmm_flowplugin.proposals for the protocol.")
+        if int(n_proposals) != n_proposals or n_proposals < 1:
+            raise ValueError(f"n_proposals must be a positive integer, got {n_proposals!r}.")
+        if atom_indices is not None:
+            atom_indices = [int(i) for i in np.asarray(atom_indices).reshape(-1)]
+            if len(set(atom_indices)) != len(atom_indices) or min(atom_indices, default=0) < 0:
+                raise ValueError(f"atom_indices must be distinct non-negative atom indices, got {atom_indices}.")
+            n_atoms = proposal_n_atoms(proposal)
+            if n_atoms != len(atom_indices):
+                raise ValueError(
+                    f"the proposal moves {n_atoms} atoms but atom_indices lists {len(atom_indices)}; "
+                    f"pass the {n_atoms} indices of the atoms the proposal was made for, in its atom order."
+                )
+        self.proposal = proposal
+        self.n_proposals = int(n_proposals)
+        self.atom_indices = atom_indices
+        self.redraw_velocities = bool(redraw_velocities)
+        self._rng = np.random.default_rng(seed)
+        self._reset_transients()
+        self.reset_statistics()
+        share_proposal(proposal)
+
+    # ------------------------------------------------------------------ statistics
+    @property
+    def statistics(self):
+        """``dict(n_proposed=, n_accepted=, n_invalid=)``; settable, as openmmtools' moves."""
+        return dict(n_proposed=self.n_proposed, n_accepted=self.n_accepted, n_invalid=self.n_invalid)
+
+    @statistics.setter
+    def statistics(self, value):
+        self.n_proposed = int(value["n_proposed"])
+        self.n_accepted = int(value["n_accepted"])
+        self.n_invalid = int(value.get("n_invalid", 0))
+
+    def reset_statistics(self):
+        """Set the counters to zero."""
+        self.n_proposed = self.n_accepted = self.n_invalid = 0
+
+    @property
+    def fraction_accepted(self):
+        """Accepted / proposed; NaN before any proposal."""
+        return self.n_accepted / self.n_proposed if self.n_proposed else float("nan")
+
+    # ------------------------------------------------------------------ the move
+    def apply(self, thermodynamic_state, sampler_state, context_cache=None):
+        """Apply ``n_proposals`` Metropolis-Hastings steps to ``sampler_state`` (modified in place).
+
+        ``sampler_state`` (and the statistics) change only once the move has completed: if the
+        proposal or the energy raises, the exception propagates and they are untouched.
+
+        Parameters
+        ----------
+        thermodynamic_state : openmmtools.states.ThermodynamicState
+        sampler_state : openmmtools.states.SamplerState
+        context_cache : openmmtools.cache.ContextCache, optional
+            Default: openmmtools' global context cache.
+        """
+        context, _ = self._get_context_cache(context_cache).get_context(thermodynamic_state)
+        atoms = self._moved_atoms(context.getSystem())
+        sampler_state.apply_to_context(context, ignore_velocities=True)
+        positions = np.array(sampler_state.positions.value_in_unit(unit.nanometer), dtype=np.float64)
+        u_current = thermodynamic_state.reduced_potential(context)
+        # Positions-only moves keep the box, so u(x') - u(x) = beta [U(x') - U(x)] exactly (pV, mu N, gamma A fixed).
+        beta = 1.0 / thermodynamic_state.kT.value_in_unit(unit.kilojoule_per_mole)
+        u_offset = u_current - beta * _potential_energy(context)
+        n_accepted = n_invalid = 0
+        try:
+            for _ in range(self.n_proposals):
+                proposed, log_q_ratio = self._propose_positions(positions[atoms])
+                trial = positions.copy()
+                trial[atoms] = proposed
+                u_proposed = math.nan
+                if np.isfinite(proposed).all():
+                    context.setPositions(trial)
+                    u_proposed = u_offset + beta * _potential_energy(context)
+                log_alpha = metropolis_hastings_log_ratio(u_current, u_proposed, 0.0, -log_q_ratio)
+                n_invalid += not np.isfinite(u_proposed) or not np.isfinite(log_q_ratio)
+                if log_alpha >= 0.0 or self._rng.random() < math.exp(log_alpha):
+                    positions, u_current = trial, u_proposed
+                    n_accepted += 1
+        finally:
+            self._pending = None
+        if n_accepted:
+            context.setPositions(positions)
+            if self.redraw_velocities:
+                context.setVelocities(self._maxwell_boltzmann(context.getSystem(), thermodynamic_state.kT))
+            sampler_state.update_from_context(context, ignore_velocities=not self.redraw_velocities)
+        self.n_proposed += self.n_proposals
+        self.n_accepted += n_accepted
+        self.n_invalid += n_invalid
+
+    def _propose_positions(self, positions):
+        """Propose new positions for the moved atoms.
+
+        Subclasses may override this hook (e.g. with a conditional proposal).
+
+        Parameters
+        ----------
+        positions : numpy.ndarray, shape=(n_moved_atoms, 3)
+            Current positions of the moved atoms in nm.
+
+        Returns
+        -------
+        proposed_positions : numpy.ndarray, shape=(n_moved_atoms, 3)
+            nm.
+        log_q_ratio : float
+            Hastings term :math:`\\log q(x \\mid x') - \\log q(x' \\mid x)`; NaN or +inf rejects.
+        """
+        if self._pending is None:
+            with torch.no_grad():
+                x, log_q = self.proposal.sample(self.n_proposals)
+            x = np.asarray(torch.as_tensor(x).detach().cpu(), dtype=np.float64)
+            log_q = np.asarray(torch.as_tensor(log_q).detach().cpu(), dtype=np.float64).reshape(-1)
+            if x.shape != (self.n_proposals,) + positions.shape or log_q.shape != (self.n_proposals,):
+                raise ValueError(
+                    f"proposal.sample({self.n_proposals}) returned x of shape {x.shape} and log_q of shape {log_q.shape}; "
+                    f"expected {(self.n_proposals,) + positions.shape} (nm) and ({self.n_proposals},)."
+                )
+            self._pending = _Batch(x, log_q)
+        batch = self._pending
+        i = batch.next
+        batch.next += 1
+        if getattr(self.proposal, "rigid_invariant", False):
+            if batch.aligned_to is None or not np.array_equal(batch.aligned_to, positions):
+                # Align the rest of the batch onto the current positions in one call; redone only after an acceptance.
+                finite = np.isfinite(batch.x[i:]).all(axis=(1, 2))
+                batch.aligned[i:] = batch.x[i:]
+                if finite.any():
+                    batch.aligned[i:][finite] = kabsch_align(torch.from_numpy(batch.x[i:][finite]), torch.from_numpy(positions)).numpy()
+                batch.aligned_to = positions.copy()
+            proposed = batch.aligned[i]
+        else:
+            proposed = batch.x[i]
+        log_q_current, log_q_proposed = self._log_q(positions), float(batch.log_q[i])
+        self._log_q_memo = (id(self.proposal), [(positions.copy(), log_q_current), (proposed, log_q_proposed)])
+        return proposed, log_q_current - log_q_proposed
+
+    # ------------------------------------------------------------------ helpers
+    def _log_q(self, positions):
+        """log q of the current positions, reused when they are the last proposal (or last current)."""
+        proposal_id, memo = self._log_q_memo
+        for memo_positions, memo_log_q in memo if proposal_id == id(self.proposal) else ():
+            if np.array_equal(memo_positions, positions):
+                return memo_log_q
+        with torch.no_grad():
+            log_q = self.proposal.log_prob(torch.from_numpy(np.ascontiguousarray(positions))[None])
+        return float(torch.as_tensor(log_q).reshape(-1)[0])
+
+    def _reset_transients(self):
+        self._pending = None  # the batch of proposals being used by apply()
+        self._log_q_memo = (None, [])  # (id(proposal), [(positions, log q)]): log q of recent states
+
+    def _moved_atoms(self, system):
+        n_particles = system.getNumParticles()
+        if self.atom_indices is None:
+            n_atoms = proposal_n_atoms(self.proposal)
+            if n_atoms != n_particles:
+                raise ValueError(
+                    f"the proposal moves {n_atoms} atoms but the system has {n_particles}; "
+                    "pass atom_indices listing the atoms it moves, or a proposal made for this system."
+                )
+            atoms = slice(None)
+            moved = None
+        else:
+            if max(self.atom_indices, default=-1) >= n_particles:
+                raise ValueError(f"atom_indices go up to {max(self.atom_indices)} but the system has {n_particles} atoms.")
+            atoms = moved = np.asarray(self.atom_indices)
+        if system.getNumConstraints() and not getattr(self.proposal, "respects_constraints", False):
+            moved_set = set(range(n_particles)) if moved is None else set(self.atom_indices)
+            for k in range(system.getNumConstraints()):
+                i, j, _ = system.getConstraintParameters(k)
+                if i in moved_set or j in moved_set:
+                    raise ValueError(
+                        f"constraint {k} between atoms {i} and {j} involves atoms the proposal moves; flow proposals "
+                        "do not satisfy constraints. Build the system with constraints=None."
+                    )
+        return atoms
+
+    def _maxwell_boltzmann(self, system, kT):
+        """Velocities in nm/ps, shape (n_particles, 3), at thermal energy ``kT``; massless particles get 0."""
+        masses = np.array([system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(system.getNumParticles())])
+        kT = kT.value_in_unit(unit.kilojoule_per_mole)
+        sigma = np.sqrt(np.divide(kT, masses, out=np.zeros_like(masses), where=masses > 0))
+        return sigma[:, None] * self._rng.standard_normal((len(masses), 3))
+
+    # ------------------------------------------------------------------ copies and storage
+    def __deepcopy__(self, memo):
+        copy = type(self).__new__(type(self))
+        copy.__setstate__(self.__getstate__(_with_proposal=False))
+        copy.proposal = self.proposal
+        copy._rng = np.random.default_rng(self._rng.integers(0, 2**63, size=2))
+        memo[id(self)] = copy
+        return copy
+
+    def __getstate__(self, _with_proposal=True, **kwargs):
+        state = dict(
+            n_proposals=self.n_proposals,
+            atom_indices=None if self.atom_indices is None else list(self.atom_indices),
+            redraw_velocities=self.redraw_velocities,
+            rng_state=self._rng.bit_generator.state,
+        )
+        state.update(self.statistics)
+        if _with_proposal:
+            state["proposal"] = proposal_state(self.proposal)
+        return state
+
+    def __setstate__(self, state):
+        self.n_proposals = int(state["n_proposals"])
+        self.atom_indices = None if state["atom_indices"] is None else [int(i) for i in state["atom_indices"]]
+        self.redraw_velocities = bool(state["redraw_velocities"])
+        self._rng = np.random.default_rng()
+        self._rng.bit_generator.state = state["rng_state"]
+        self.statistics = state
+        self._reset_transients()
+        if "proposal" in state:
+            self.proposal = proposal_from_state(state["proposal"])

@@ -1,0 +1,305 @@
+"""FlowMCIntegrator: exactness against exact references, the OpenMM Simulation protocol, bad input."""
+
+import copy
+import io
+
+import mdtraj
+import numpy as np
+import openmm
+import pytest
+import torch
+from mdtraj.reporters import HDF5Reporter
+from openmm import app, unit
+
+from openmm_flowplugin import systems
+from openmm_flowplugin.integrators import FlowMCIntegrator
+from openmm_flowplugin.proposals import GaussianProposal
+from openmm_flowplugin.reporters import FlowMCReporter
+
+N_SIGMA = 6.0
+REFERENCE = openmm.Platform.getPlatformByName("Reference")
+
+
+def batch_mean_and_error(values, n_batches=20):
+    """Mean of a correlated series and its standard error from ``n_batches`` batch means."""
+    values = np.asarray(values, dtype=np.float64)
+    batches = values[: len(values) // n_batches * n_batches].reshape(n_batches, -1).mean(axis=1)
+    return values.mean(), batches.std(ddof=1) / np.sqrt(n_batches)
+
+
+def assert_within_sigma(samples, exact, name):
+    mean, error = batch_mean_and_error(samples)
+    assert error > 0, f"{name}: zero standard error, the chain did not move"
+    assert abs(mean - exact) < N_SIGMA * error, f"{name}: {mean:.5g} vs exact {exact:.5g} (SE {error:.2g})"
+
+
+def make_simulation(molecular_system, proposal, platform=REFERENCE, seed=1, **options):
+    options = {"jump_interval": 1, "n_proposals": 1, **options}
+    friction = options.pop("friction", 1.0)
+    timestep = options.pop("timestep", 0.002)
+    integrator = FlowMCIntegrator(molecular_system.temperature, friction, timestep, proposal, **options)
+    integrator.setRandomNumberSeed(seed)
+    simulation = app.Simulation(molecular_system.topology, molecular_system.system, integrator, platform)
+    simulation.context.setPositions(molecular_system.positions)
+    simulation.context.setVelocitiesToTemperature(molecular_system.temperature, seed)
+    return simulation
+
+
+def sample_positions(simulation, n_samples, stride):
+    out = np.empty((n_samples, 3))
+    for i in range(n_samples):
+        simulation.step(stride)
+        out[i] = simulation.context.getState(positions=True).getPositions(asNumpy=True)[0]._value
+    return out
+
+
+# --- exactness ----------------------------------------------------------------------------------------
+
+def test_jump_kernel_alone_is_exact_on_double_well():
+    """MD frozen (tiny timestep): a pure independence Metropolis-Hastings chain with batched proposals.
+
+    With jump_interval=1 the first step only takes the snapshot, so 5999 jumps of 3 proposals.
+    """
+    dw = systems.get("double_well_2d")
+    proposal = GaussianProposal([[0.0, 0.0, 0.0]], [[1.0, 0.35, 0.12]], seed=3)
+    sim = make_simulation(dw, proposal, timestep=1e-9, n_proposals=3)
+    x = sample_positions(sim, 6000, 1)
+    ref = dw.reference
+    assert_within_sigma(x[:, 0] > 0, ref.probability(lambda x, y: x > 0), "P(x > 0)")
+    assert_within_sigma(x[:, 0] > 1.2, ref.probability(lambda x, y: x > 1.2), "P(x > 1.2)")
+    assert_within_sigma((x[:, 0] - ref.mean()[0]) ** 2, ref.covariance()[0, 0], "var x")
+    assert_within_sigma(x[:, 1] ** 2, ref.covariance()[1, 1] + ref.mean()[1] ** 2, "<y^2>")
+    assert_within_sigma(x[:, 2] ** 2, ref.z_variance, "<z^2>")
+    rate = sim.integrator.acceptance_rate
+    assert sim.integrator.n_proposed == 3 * (6000 - 1) and 0.05 < rate < 0.95
+
+
+def test_md_with_jumps_is_exact_on_harmonic_oscillator():
+    """LangevinMiddle samples harmonic wells without time-step error, so MD + jumps must be exact."""
+    ho = systems.get("harmonic_oscillator")
+    ref = ho.reference
+    # a biased, too-wide proposal: a missing Hastings term would pull the averages towards it
+    proposal = GaussianProposal(ref.mean + 0.03, 1.6 * ref.std, seed=5)
+    sim = make_simulation(ho, proposal, timestep=0.01, jump_interval=3)
+    x = sample_positions(sim, 6000, 3)
+    for k in range(3):
+        assert_within_sigma(x[:, k], ref.mean[0, k], f"<r_{k}>")
+        assert_within_sigma((x[:, k] - ref.mean[0, k]) ** 2, ref.variance[0, k], f"var r_{k}")
+    assert sim.integrator.n_proposed == 6000 and sim.integrator.n_accepted > 1000
+
+
+@pytest.mark.slow
+def test_md_with_jumps_on_double_well_matches_reference_histogram():
+    dw = systems.get("double_well_2d")
+    proposal = GaussianProposal([[0.0, 0.0, 0.0]], [[1.0, 0.35, 0.12]], seed=7)
+    sim = make_simulation(dw, proposal, timestep=0.005, jump_interval=10, n_proposals=2)
+    x = sample_positions(sim, 20000, 5)
+    edges = np.linspace(-1.5, 1.5, 7)
+    exact = dw.reference.bin_probabilities(edges, axis=0)
+    for i, p in enumerate(exact):
+        assert_within_sigma((x[:, 0] >= edges[i]) & (x[:, 0] < edges[i + 1]), p, f"bin {i}")
+
+
+# --- the OpenMM Simulation protocol --------------------------------------------------------------------
+
+def test_simulation_step_reporters_and_step_count(tmp_path):
+    ho = systems.get("harmonic_oscillator")
+    proposal = GaussianProposal(ho.reference.mean, ho.reference.std, seed=0)
+    sim = make_simulation(ho, proposal, jump_interval=7, n_proposals=2)
+    log, stats = io.StringIO(), io.StringIO()
+    sim.reporters += [
+        app.StateDataReporter(log, 10, step=True, potentialEnergy=True, temperature=True),
+        app.DCDReporter(str(tmp_path / "t.dcd"), 10),
+        HDF5Reporter(str(tmp_path / "t.h5"), 10),
+        FlowMCReporter(stats, 10),
+    ]
+    sim.step(95)
+    sim.step(3)
+    sim.step(1)
+    sim.reporters[2].close()
+    assert sim.currentStep == 99
+    assert sim.integrator.n_proposed == 2 * (99 // 7)  # a jump at steps 7, 14, ..., 98
+    assert len(log.getvalue().splitlines()) == 1 + 9
+    rows = [line.split(",") for line in stats.getvalue().splitlines()[1:]]
+    assert [int(r[0]) for r in rows] == list(range(10, 100, 10))
+    assert int(rows[-1][2]) == 2 * (90 // 7)
+    assert mdtraj.load_dcd(str(tmp_path / "t.dcd"), top=mdtraj.Topology.from_openmm(ho.topology)).n_frames == 9
+    assert mdtraj.load(str(tmp_path / "t.h5")).n_frames == 9
+    assert sim.integrator.getStepSize() == 0.002 * unit.picosecond
+
+
+def test_checkpoint_and_state_round_trips(tmp_path):
+    ho = systems.get("harmonic_oscillator")
+    proposal = GaussianProposal(ho.reference.mean, ho.reference.std, seed=0)
+    sim = make_simulation(ho, proposal, jump_interval=4)
+    sim.step(41)  # ends just after a snapshot: a proposal is loaded and pending
+    stats = sim.integrator.statistics
+    sim.saveCheckpoint(str(tmp_path / "c.chk"))
+    sim.saveState(str(tmp_path / "s.xml"))
+    positions = sim.context.getState(positions=True).getPositions(asNumpy=True)
+    for load in ("loadCheckpoint", "loadState"):
+        resumed = make_simulation(ho, copy.deepcopy(proposal), jump_interval=4)
+        getattr(resumed, load)(str(tmp_path / ("c.chk" if load == "loadCheckpoint" else "s.xml")))
+        assert resumed.integrator.statistics == stats
+        assert np.array_equal(resumed.context.getState(positions=True).getPositions(asNumpy=True), positions)
+        resumed.step(8)
+        assert resumed.integrator.n_proposed == stats["n_proposed"] + 2
+    # the same pending proposal made in both copies: the resumed run repeats the original
+    sim.step(8)
+    assert sim.integrator.n_proposed == stats["n_proposed"] + 2
+
+
+def test_changed_positions_defer_the_jump_instead_of_using_a_stale_proposal():
+    ho = systems.get("harmonic_oscillator")
+    proposal = GaussianProposal(ho.reference.mean, ho.reference.std, seed=0)
+    sim = make_simulation(ho, proposal, jump_interval=5)
+    sim.step(4)  # snapshot taken, proposal loaded for the current positions
+    sim.context.setPositions(ho.positions + 0.1 * unit.nanometer)
+    sim.step(1)
+    assert sim.integrator.n_proposed == 0
+    sim.step(2)
+    assert sim.integrator.n_proposed == 1
+
+
+def test_statistics_setter_and_reset():
+    ho = systems.get("harmonic_oscillator")
+    proposal = GaussianProposal(ho.reference.mean, ho.reference.std, seed=0)
+    sim = make_simulation(ho, proposal, jump_interval=2)
+    assert np.isnan(sim.integrator.acceptance_rate)
+    sim.step(10)
+    assert sim.integrator.acceptance_rate == sim.integrator.n_accepted / sim.integrator.n_proposed
+    sim.integrator.reset_statistics()
+    assert sim.integrator.statistics == {"n_proposed": 0, "n_accepted": 0}
+
+
+def test_rigid_invariant_proposals_are_aligned_onto_the_current_configuration():
+    ala = systems.get("alanine_dipeptide_vacuum")
+
+    class RotatedCopies:
+        """Randomly rotated and shifted copies of one configuration, uniform density: always accepted
+        when the energy does not change, i.e. only if aligned and re-placed by a rigid motion."""
+
+        rigid_invariant = True
+        n_atoms = 22
+
+        def sample(self, n):
+            q, _ = torch.linalg.qr(torch.randn(n, 3, 3, dtype=torch.float64))
+            x = torch.as_tensor(ala.positions_nm) @ q.transpose(1, 2) + 5.0
+            return x, torch.zeros(n, dtype=torch.float64)
+
+        def log_prob(self, x):
+            return torch.zeros(x.shape[0], dtype=torch.float64)
+
+    sim = make_simulation(ala, RotatedCopies(), timestep=1e-9, jump_interval=1)
+    sim.step(6)
+    x = sim.context.getState(positions=True).getPositions(asNumpy=True)._value
+    assert sim.integrator.n_accepted == 5
+    assert np.abs(x.mean(axis=0) - ala.positions_nm.mean(axis=0)).max() < 1e-6  # aligned, not at +5 nm
+
+
+# --- bad input ------------------------------------------------------------------------------------------
+
+def constrained_alanine():
+    ala = systems.get("alanine_dipeptide_vacuum")
+    system = copy.deepcopy(ala.system)
+    system.addConstraint(0, 1, 0.109)
+    return ala, system
+
+
+def test_constraints_are_refused_at_construction_and_in_the_context():
+    ala, system = constrained_alanine()
+    proposal = GaussianProposal(ala.positions_nm, 0.01, seed=0)
+    with pytest.raises(ValueError, match="1 constraint.*constraints=None.*respects_constraints"):
+        FlowMCIntegrator(300, 1.0, 0.001, proposal, system=system)
+    integrator = FlowMCIntegrator(300, 1.0, 0.001, proposal, jump_interval=5)
+    simulation = app.Simulation(ala.topology, system, integrator, REFERENCE)
+    simulation.context.setPositions(ala.positions)
+    with pytest.raises(ValueError, match="constraint"):
+        simulation.step(10)
+    assert integrator.n_proposed == 0
+
+
+def test_proposal_declaring_respect_for_constraints_is_accepted():
+    ala, system = constrained_alanine()
+    proposal = GaussianProposal(ala.positions_nm, 0.01, seed=0)
+    proposal.respects_constraints = True
+    integrator = FlowMCIntegrator(300, 1.0, 0.001, proposal, jump_interval=5, system=system)
+    simulation = app.Simulation(ala.topology, system, integrator, REFERENCE)
+    simulation.context.setPositions(ala.positions)
+    simulation.step(10)
+    assert integrator.n_proposed == 2
+
+
+def test_wrong_molecule_is_refused():
+    ala = systems.get("alanine_dipeptide_vacuum")
+    ho = systems.get("harmonic_oscillator")
+    wrong_count = GaussianProposal(ho.positions_nm, 0.05, seed=0)
+    with pytest.raises(ValueError, match="moves 1 atoms but the System has 22"):
+        FlowMCIntegrator(300, 1.0, 0.001, wrong_count, system=ala.system)
+    simulation = app.Simulation(ala.topology, ala.system, FlowMCIntegrator(300, 1.0, 0.001, wrong_count), REFERENCE)
+    simulation.context.setPositions(ala.positions)
+    with pytest.raises(ValueError, match="moves 1 atoms"):
+        simulation.step(1)
+    wrong_molecule = GaussianProposal(ala.positions_nm, 0.05, seed=0)
+    wrong_molecule.fingerprint = "0" * 64
+    with pytest.raises(ValueError, match="another molecule"):
+        FlowMCIntegrator(300, 1.0, 0.001, wrong_molecule, system=ala.system, topology=ala.topology)
+    wrong_molecule.fingerprint = ala.fingerprint
+    FlowMCIntegrator(300, 1.0, 0.001, wrong_molecule, system=ala.system, topology=ala.topology)
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"jump_interval": 0}, "jump_interval must be an integer >= 1"),
+    ({"n_proposals": 1.5}, "n_proposals must be an integer >= 1"),
+    ({"timestep": -1.0}, "timestep must be > 0"),
+])
+def test_bad_arguments_name_the_value(options, match):
+    ho = systems.get("harmonic_oscillator")
+    arguments = {"temperature": 300, "friction": 1.0, "timestep": 0.001, "proposal": GaussianProposal(ho.positions_nm, 0.05)}
+    with pytest.raises(ValueError, match=match):
+        FlowMCIntegrator(**{**arguments, **options})
+
+
+def test_nan_proposals_are_rejections():
+    ho = systems.get("harmonic_oscillator")
+
+    class NaNProposal(GaussianProposal):
+        def sample(self, n):
+            x, log_q = super().sample(n)
+            x[::2] = float("nan")  # every other proposal has NaN coordinates
+            log_q[1::4] = float("nan")  # and some have a NaN density
+            return x, log_q
+
+    proposal = NaNProposal(ho.reference.mean, ho.reference.std, seed=0)
+    sim = make_simulation(ho, proposal, jump_interval=1, n_proposals=4)
+    sim.step(50)
+    x = sim.context.getState(positions=True).getPositions(asNumpy=True)._value
+    assert np.isfinite(x).all()
+    assert sim.integrator.n_proposed == 4 * 49
+    assert 0 < sim.integrator.n_accepted <= 49  # only 1 of 4 proposals per jump is valid
+
+
+# --- GPU -------------------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+def test_cuda_platform_is_exact_on_harmonic_oscillator():
+    ho = systems.get("harmonic_oscillator")
+    ref = ho.reference
+    proposal = GaussianProposal(ref.mean + 0.03, 1.6 * ref.std, seed=5)
+    sim = make_simulation(ho, proposal, platform=openmm.Platform.getPlatformByName("CUDA"), timestep=0.01, jump_interval=3)
+    x = sample_positions(sim, 6000, 3)
+    for k in range(3):
+        assert_within_sigma((x[:, k] - ref.mean[0, k]) ** 2, ref.variance[0, k], f"var r_{k}")
+    assert sim.integrator.n_proposed == 6000
+
+
+def test_example_differs_from_plain_md_in_exactly_the_integrator_line():
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    flow = (examples / "replace_integrator.py").read_text().splitlines()
+    plain = (examples / "replace_integrator_plain.py").read_text().splitlines()
+    differing = [(a, b) for a, b in zip(plain, flow) if a != b]
+    assert len(flow) == len(plain) and len(differing) == 1
+    assert differing[0][0].startswith("integrator = openmm.LangevinMiddleIntegrator(")
+    assert differing[0][1].startswith("integrator = integrators.FlowMCIntegrator(")
