@@ -25,7 +25,7 @@ from openmm_flowplugin.moves import FlowMCMove
 def main(iterations=300, flow="alanine_dipeptide_vacuum"):
     torch.set_num_threads(1)  # small batches: one thread is fastest and leaves a core to OpenMM
     ala = systems.get("alanine_dipeptide_vacuum")
-    flow_move = FlowMCMove(load_flow(flow, system=ala), n_proposals=10, seed=0)
+    flow_move = FlowMCMove(load_flow(flow, system=ala), n_proposals=10, seed=0, topology=ala.topology)  # topology: checks the flow is for this molecule
     md_move = mcmc.IntegratorMove(openmm.LangevinMiddleIntegrator(300 * unit.kelvin, 1 / unit.picosecond, 1 * unit.femtosecond), n_steps=50)
     sampler = mcmc.MCMCSampler(ala.thermodynamic_state(), ala.sampler_state(), mcmc.SequenceMove([md_move, flow_move]))
     context_cache = cache.ContextCache(platform=openmm.Platform.getPlatformByName("Reference"))  # fastest for 22 atoms

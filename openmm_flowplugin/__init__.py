@@ -7,7 +7,7 @@ Public API (imported lazily, so ``import openmm_flowplugin`` stays fast and quie
   :func:`load_flow`, :func:`save_flow`
 - Training and evaluation: :func:`train_maximum_likelihood`, :func:`train_reverse_kl`,
   :func:`evaluate_flow`, :func:`effective_sample_size`, :func:`simulate`
-- Proposals and exact moves: :class:`GaussianProposal`, :class:`FlowMCMove` (openmmtools),
+- Proposals and exact moves: :class:`GaussianProposal`, :class:`ProposalBuffer`, :class:`FlowMCMove` (openmmtools),
   :class:`FlowMCIntegrator` (drop-in OpenMM integrator)
 - Forces: :func:`as_openmm_force`, :func:`flow_potential`, :func:`parameter_derivative`
   (TorchANI integration: :mod:`openmm_flowplugin.ani`, extra ``[ani]``)
@@ -38,6 +38,7 @@ _EXPORTS = {
     "evaluate_flow": ".evaluation",
     # proposals
     "GaussianProposal": ".proposals",
+    "ProposalBuffer": ".proposals",
     # exact learned Monte Carlo: openmmtools move, OpenMM integrator
     "FlowMCMove": ".moves",
     "FlowMCIntegrator": ".integrators",

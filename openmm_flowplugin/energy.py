@@ -12,6 +12,7 @@ import threading
 
 import numpy as np
 import openmm
+from openmm import unit
 import torch
 
 from .platforms import select_platform
@@ -28,6 +29,21 @@ except ImportError:  # pragma: no cover - depends on the OpenMM build
     _FAST_PATH = False
 
 _ENERGY_AND_FORCES = openmm.State.Energy + openmm.State.Forces
+
+
+def context_potential_energy(context, positions=None):
+    """Potential energy (kJ/mol, float) of ``context``, after setting ``positions`` (nm, numpy (n, 3)) if given.
+
+    Goes through OpenMM's SWIG entry points where available: for small systems the Quantity
+    wrapping of ``setPositions``/``getState`` costs more than the energy itself.
+    """
+    if _FAST_PATH:
+        if positions is not None:
+            _openmm.Context_setPositions(context, np.ascontiguousarray(positions, dtype=np.float64))
+        return _openmm.State_getPotentialEnergy(_openmm.Context_getState(context, openmm.State.Energy, False, -1))
+    if positions is not None:
+        context.setPositions(positions)
+    return context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
 
 
 class _ContextEvaluator:

@@ -71,6 +71,18 @@ class _Coupling(nn.Module):
     def forward(self):
         return CouplingTransform(self._meta, ~self.transformed)
 
+    def inverse_and_ladj(self, y):
+        """Inverse of the layer and the forward log|det J| at the preimage, with one conditioner pass.
+
+        (zuko's generic inverse ``call_and_ladj`` evaluates the conditioner twice.)
+        """
+        spline = self._meta(y[..., ~self.transformed])
+        x_b = spline.inv(y[..., self.transformed])
+        _, ladj = spline.call_and_ladj(x_b)
+        x = y.clone()
+        x[..., self.transformed] = x_b
+        return x, ladj
+
 
 class BoltzmannGenerator(nn.Module):
     """Normalizing flow over a molecule's internal coordinates, with Cartesian ``sample``/``log_prob``.
@@ -210,8 +222,11 @@ class BoltzmannGenerator(nn.Module):
         Differentiable (reparameterized) when gradients are enabled.
         """
         z = self._sample_base(int(n))
-        features, ladj_inverse = self.transform().inv.call_and_ladj(z)
-        log_q_features = self._base_log_prob(z) - ladj_inverse.double()
+        features, ladj = z, torch.zeros(len(z), dtype=torch.float64, device=z.device)
+        for layer in reversed(self.layers):
+            features, layer_ladj = layer.inverse_and_ladj(features)
+            ladj = ladj + layer_ladj.double()
+        log_q_features = self._base_log_prob(z) + ladj
         ic, log_det_features = self._internal(features.double())
         x = self.coordinates.to_cartesian(ic)
         return x, log_q_features + log_det_features

@@ -15,8 +15,7 @@ import openmm
 import torch
 from openmm import unit
 
-from .molecular_system import system_fingerprint
-from .proposals import kabsch_align, proposal_n_atoms
+from .proposals import ProposalBuffer, check_proposal_fingerprint, kabsch_align, proposal_n_atoms
 from .units import in_unit, kelvin, kT
 
 
@@ -109,8 +108,9 @@ class FlowMCIntegrator(openmm.CompoundIntegrator):
     topology : openmm.app.Topology, optional
         With ``system``, lets a proposal's ``fingerprint`` be checked.
     sample_batch_size : int
-        Proposals drawn per ``proposal.sample`` call and used in turn (default 64): flows sample a
-        batch for little more than the cost of one. Exact, since proposals do not depend on the state.
+        Proposals drawn per ``proposal.sample`` call and used in turn (default 512): flows sample a
+        batch for little more than the cost of one. Exact, since proposals do not depend on the state
+        (see :class:`~openmm_flowplugin.proposals.ProposalBuffer`).
 
     Attributes
     ----------
@@ -155,7 +155,7 @@ class FlowMCIntegrator(openmm.CompoundIntegrator):
     """
 
     def __init__(self, temperature, friction, timestep, proposal, jump_interval=100, n_proposals=1,
-                 system=None, topology=None, sample_batch_size=64):
+                 system=None, topology=None, sample_batch_size=512):
         super().__init__()
         temperature = kelvin(temperature)
         friction = float(in_unit(friction, unit.picosecond**-1, "friction"))
@@ -176,9 +176,7 @@ class FlowMCIntegrator(openmm.CompoundIntegrator):
         self._respects_constraints = bool(getattr(proposal, "respects_constraints", False))
         self._validated = False
         self._until = None
-        if int(sample_batch_size) != sample_batch_size or sample_batch_size < 1:
-            raise ValueError(f"sample_batch_size must be an integer >= 1, got {sample_batch_size!r}.")
-        self.sample_batch_size, self._buffer = int(sample_batch_size), None
+        self._buffer = ProposalBuffer(proposal, sample_batch_size, n_atoms=self.n_atoms)
         self._md = openmm.LangevinMiddleIntegrator(temperature, friction, timestep)
         self._jump = openmm.CustomIntegrator(timestep)
         for name, value in (("fmc_kT", kT(temperature)), ("fmc_friction", friction), ("fmc_a", 0.0), ("fmc_b", 0.0),
@@ -199,12 +197,7 @@ class FlowMCIntegrator(openmm.CompoundIntegrator):
         self.setCurrentIntegrator(0)
         if system is not None:
             self._check_system(system.getNumParticles(), system.getNumConstraints())
-            fingerprint = getattr(proposal, "fingerprint", None)
-            if topology is not None and fingerprint is not None and fingerprint != system_fingerprint(system, topology):
-                raise ValueError(
-                    f"proposal.fingerprint {fingerprint[:12]}... does not match the system's "
-                    f"{system_fingerprint(system, topology)[:12]}...: the proposal was made for another molecule. "
-                    "Load the proposal trained for this system.")
+            check_proposal_fingerprint(proposal, system, topology)
 
     # --- OpenMM protocol --------------------------------------------------------------------------
     def step(self, steps):
@@ -249,6 +242,11 @@ class FlowMCIntegrator(openmm.CompoundIntegrator):
         self._until = until
 
     # --- statistics -----------------------------------------------------------------------------------
+    @property
+    def sample_batch_size(self):
+        """Proposals drawn per ``proposal.sample`` call."""
+        return self._buffer.batch_size
+
     @property
     def n_proposed(self):
         """Number of proposals evaluated (rejected NaN proposals included)."""
@@ -330,28 +328,13 @@ class FlowMCIntegrator(openmm.CompoundIntegrator):
         self._check_system(n_particles, "at least one" if has_constraints else 0)  # the probe sees no count
         self._validated = True
 
-    def _draw(self, n):
-        """``n`` proposals from a buffer refilled ``sample_batch_size`` at a time (i.i.d. either way)."""
-        if self._buffer is None or len(self._buffer[0]) < n:
-            x, log_q = self.proposal.sample(max(n, self.sample_batch_size))
-            x = torch.as_tensor(x, dtype=torch.float64)
-            log_q = torch.as_tensor(log_q, dtype=torch.float64).reshape(-1)
-            if self._buffer is not None:  # keep the leftovers: every draw is used exactly once
-                x, log_q = torch.cat((self._buffer[0], x)), torch.cat((self._buffer[1], log_q))
-            self._buffer = (x, log_q)
-        x, log_q = self._buffer
-        self._buffer = (x[n:], log_q[n:])
-        return x[:n], log_q[:n]
-
     def _load_proposals(self):
         x = np.array(self._jump.getPerDofVariableByName("fmc_x_snap"), dtype=np.float64)
-        current = torch.as_tensor(x)
+        x_new, log_q_new = self._buffer.take(self.n_proposals)
         with torch.no_grad():
-            x_new, log_q_new = self._draw(self.n_proposals)
-            log_q_cur = float(self.proposal.log_prob(current[None])[0])
-            if self._rigid_invariant:
-                x_new = kabsch_align(x_new, current)
-        x_new, log_q_new = x_new.numpy(), log_q_new.numpy()
+            log_q_cur = float(torch.as_tensor(self.proposal.log_prob(torch.from_numpy(x)[None])).reshape(-1)[0])
+        if self._rigid_invariant:
+            x_new = kabsch_align(x_new, x)
         ok = np.isfinite(x_new).all(axis=(1, 2)) & np.isfinite(log_q_new) & math.isfinite(log_q_cur)
         for j in range(self.n_proposals):
             # log q relative to log q(current) keeps the device's numbers small in any precision

@@ -10,20 +10,23 @@ from openmm import unit
 from openmmtools import mcmc
 
 from ._move_state import proposal_from_state, proposal_state, share_proposal
-from .proposals import kabsch_align, metropolis_hastings_log_ratio, proposal_n_atoms
-
-
-def _potential_energy(context):
-    """Potential energy in kJ/mol."""
-    return context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+from .energy import context_potential_energy
+from .proposals import (
+    ProposalBuffer,
+    _parameter_versions,
+    check_proposal_fingerprint,
+    kabsch_align,
+    metropolis_hastings_log_ratio,
+    proposal_n_atoms,
+)
 
 
 class _Batch:
-    """Proposals drawn for one apply(): positions (n, n_atoms, 3), log q (n,), and their alignment."""
+    """The proposals of one apply(): positions (n, n_atoms, 3) nm and log q (n,), used in order."""
 
-    def __init__(self, x, log_q):
+    def __init__(self, x, log_q, proposal_key):
         self.x, self.log_q, self.next = x, log_q, 0
-        self.aligned, self.aligned_to = np.empty_like(x), None
+        self.proposal_key = proposal_key  # identity and parameter versions of the proposal that drew them
 
 
 class FlowMCMove(mcmc.MCMCMove):
@@ -49,9 +52,9 @@ class FlowMCMove(mcmc.MCMCMove):
         :func:`~openmm_flowplugin.proposals.kabsch_align`: centre and orientation are kept, so
         trajectories stay viewable, and detailed balance holds because that alignment is symmetric.
     n_proposals : int, optional
-        Metropolis-Hastings steps per :meth:`apply` (default 1). Their proposals are drawn as
-        one batch, ``proposal.sample(n_proposals)``, and used one per step. This is exact because an
-        independence proposal does not depend on the current state: drawing all of them first has the
+        Metropolis-Hastings steps per :meth:`apply` (default 1), each with its own proposal, taken
+        in order from draws made ahead (see ``sample_batch_size``). This is exact because an
+        independence proposal does not depend on the current state: drawing them first has the
         same distribution as drawing each when needed, and each step is a :math:`\\pi`-invariant kernel.
     atom_indices : sequence of int, optional
         The atoms the proposal moves, in the proposal's atom order (default: all atoms).
@@ -63,6 +66,16 @@ class FlowMCMove(mcmc.MCMCMove):
     seed : int, optional
         Seed of the move's own random generator (acceptance and velocities). ``proposal`` draws with
         its own randomness.
+    topology : openmm.app.Topology, optional
+        The system's topology. If given, and the proposal has a ``fingerprint`` (the package's flows
+        do), the first :meth:`apply` checks that the system is the molecule the proposal was made for
+        (elements and masses) and raises ``ValueError`` otherwise. Needs ``atom_indices=None``.
+    sample_batch_size : int, optional
+        Proposals drawn per ``proposal.sample`` call (default 512), kept in a buffer and used in
+        order across :meth:`apply` calls and the move's deep copies (e.g. the per-state copies of a
+        ``MultiStateSampler``): a flow samples a batch for little more than the cost of one draw.
+        Exact for the same reason as ``n_proposals``; each draw is used once. The buffer is emptied
+        if the proposal's parameters change in place.
 
     Attributes
     ----------
@@ -73,9 +86,10 @@ class FlowMCMove(mcmc.MCMCMove):
 
     Notes
     -----
-    Costs per step: one energy evaluation through the cached Context. Per :meth:`apply`: one
-    ``proposal.sample(n_proposals)``, ``proposal.log_prob`` of the current positions unless they came
-    from the proposal (e.g. after MD), and one batched alignment per accepted jump. ``u(x')`` is
+    Costs per step: one energy evaluation through the cached Context, one alignment (for
+    ``rigid_invariant`` proposals) and ``1 / sample_batch_size`` of a ``proposal.sample`` call. Per
+    :meth:`apply`: ``proposal.log_prob`` of the current positions unless they came from the proposal
+    (they do not after MD). ``u(x')`` is
     computed as ``u(x) + beta [U(x') - U(x)]``, which equals ``reduced_potential`` for moves that keep
     the box (its pV, mu N and surface terms do not change).
     The only inexactness is floating-point error in the proposal's ``log_q`` (float32 flows).
@@ -104,7 +118,8 @@ class FlowMCMove(mcmc.MCMCMove):
     (50, True)
     """
 
-    def __init__(self, proposal, n_proposals=1, atom_indices=None, redraw_velocities=True, seed=None, **kwargs):
+    def __init__(self, proposal, n_proposals=1, atom_indices=None, redraw_velocities=True, seed=None,
+                 topology=None, sample_batch_size=512, **kwargs):
         super().__init__(**kwargs)
         for method in ("sample", "log_prob"):
             if not callable(getattr(proposal, method, None)):
@@ -125,7 +140,14 @@ class FlowMCMove(mcmc.MCMCMove):
         self.n_proposals = int(n_proposals)
         self.atom_indices = atom_indices
         self.redraw_velocities = bool(redraw_velocities)
+        if int(sample_batch_size) != sample_batch_size or sample_batch_size < 1:
+            raise ValueError(f"sample_batch_size must be an integer >= 1, got {sample_batch_size!r}.")
+        self.sample_batch_size = int(sample_batch_size)
+        if topology is not None and atom_indices is not None:
+            raise ValueError("topology checks the proposal against the whole system; pass it only with atom_indices=None.")
+        self._topology = topology
         self._rng = np.random.default_rng(seed)
+        self._buffers = {}  # id(proposal) -> ProposalBuffer, shared by deep copies
         self._reset_transients()
         self.reset_statistics()
         share_proposal(proposal)
@@ -172,7 +194,7 @@ class FlowMCMove(mcmc.MCMCMove):
         u_current = thermodynamic_state.reduced_potential(context)
         # Positions-only moves keep the box, so u(x') - u(x) = beta [U(x') - U(x)] exactly (pV, mu N, gamma A fixed).
         beta = 1.0 / thermodynamic_state.kT.value_in_unit(unit.kilojoule_per_mole)
-        u_offset = u_current - beta * _potential_energy(context)
+        u_offset = u_current - beta * context_potential_energy(context)
         n_accepted = n_invalid = 0
         try:
             for _ in range(self.n_proposals):
@@ -181,8 +203,7 @@ class FlowMCMove(mcmc.MCMCMove):
                 trial[atoms] = proposed
                 u_proposed = math.nan
                 if np.isfinite(proposed).all():
-                    context.setPositions(trial)
-                    u_proposed = u_offset + beta * _potential_energy(context)
+                    u_proposed = u_offset + beta * context_potential_energy(context, trial)
                 log_alpha = metropolis_hastings_log_ratio(u_current, u_proposed, 0.0, -log_q_ratio)
                 n_invalid += not np.isfinite(u_proposed) or not np.isfinite(log_q_ratio)
                 if log_alpha >= 0.0 or self._rng.random() < math.exp(log_alpha):
@@ -217,48 +238,38 @@ class FlowMCMove(mcmc.MCMCMove):
             Hastings term :math:`\\log q(x \\mid x') - \\log q(x' \\mid x)`; NaN or +inf rejects.
         """
         if self._pending is None:
-            with torch.no_grad():
-                x, log_q = self.proposal.sample(self.n_proposals)
-            x = np.asarray(torch.as_tensor(x).detach().cpu(), dtype=np.float64)
-            log_q = np.asarray(torch.as_tensor(log_q).detach().cpu(), dtype=np.float64).reshape(-1)
-            if x.shape != (self.n_proposals,) + positions.shape or log_q.shape != (self.n_proposals,):
-                raise ValueError(
-                    f"proposal.sample({self.n_proposals}) returned x of shape {x.shape} and log_q of shape {log_q.shape}; "
-                    f"expected {(self.n_proposals,) + positions.shape} (nm) and ({self.n_proposals},)."
-                )
-            self._pending = _Batch(x, log_q)
+            key = (id(self.proposal), _parameter_versions(self.proposal))
+            self._pending = _Batch(*self._proposal_buffer().take(self.n_proposals), key)
         batch = self._pending
         i = batch.next
         batch.next += 1
-        if getattr(self.proposal, "rigid_invariant", False):
-            if batch.aligned_to is None or not np.array_equal(batch.aligned_to, positions):
-                # Align the rest of the batch onto the current positions in one call; redone only after an acceptance.
-                finite = np.isfinite(batch.x[i:]).all(axis=(1, 2))
-                batch.aligned[i:] = batch.x[i:]
-                if finite.any():
-                    batch.aligned[i:][finite] = kabsch_align(torch.from_numpy(batch.x[i:][finite]), torch.from_numpy(positions)).numpy()
-                batch.aligned_to = positions.copy()
-            proposed = batch.aligned[i]
-        else:
-            proposed = batch.x[i]
-        log_q_current, log_q_proposed = self._log_q(positions), float(batch.log_q[i])
-        self._log_q_memo = (id(self.proposal), [(positions.copy(), log_q_current), (proposed, log_q_proposed)])
+        proposed = batch.x[i]
+        if getattr(self.proposal, "rigid_invariant", False) and np.isfinite(proposed).all():
+            proposed = kabsch_align(proposed, positions)
+        log_q_current, log_q_proposed = self._log_q(positions, batch.proposal_key), float(batch.log_q[i])
+        self._log_q_memo = (batch.proposal_key, [(positions.copy(), log_q_current), (proposed, log_q_proposed)])
         return proposed, log_q_current - log_q_proposed
 
     # ------------------------------------------------------------------ helpers
-    def _log_q(self, positions):
+    def _log_q(self, positions, proposal_key):
         """log q of the current positions, reused when they are the last proposal (or last current)."""
-        proposal_id, memo = self._log_q_memo
-        for memo_positions, memo_log_q in memo if proposal_id == id(self.proposal) else ():
+        memo_key, memo = self._log_q_memo
+        for memo_positions, memo_log_q in memo if memo_key == proposal_key else ():
             if np.array_equal(memo_positions, positions):
                 return memo_log_q
         with torch.no_grad():
             log_q = self.proposal.log_prob(torch.from_numpy(np.ascontiguousarray(positions))[None])
         return float(torch.as_tensor(log_q).reshape(-1)[0])
 
+    def _proposal_buffer(self):
+        buffer = self._buffers.get(id(self.proposal))
+        if buffer is None or buffer.proposal is not self.proposal or buffer.batch_size != self.sample_batch_size:
+            buffer = self._buffers[id(self.proposal)] = ProposalBuffer(self.proposal, self.sample_batch_size)
+        return buffer
+
     def _reset_transients(self):
         self._pending = None  # the batch of proposals being used by apply()
-        self._log_q_memo = (None, [])  # (id(proposal), [(positions, log q)]): log q of recent states
+        self._log_q_memo = (None, [])  # (proposal key, [(positions, log q)]): log q of recent states
 
     def _moved_atoms(self, system):
         n_particles = system.getNumParticles()
@@ -271,6 +282,9 @@ class FlowMCMove(mcmc.MCMCMove):
                 )
             atoms = slice(None)
             moved = None
+            if self._topology is not None:
+                check_proposal_fingerprint(self.proposal, system, self._topology)
+                self._topology = None  # checked once
         else:
             if max(self.atom_indices, default=-1) >= n_particles:
                 raise ValueError(f"atom_indices go up to {max(self.atom_indices)} but the system has {n_particles} atoms.")
@@ -298,6 +312,8 @@ class FlowMCMove(mcmc.MCMCMove):
         copy = type(self).__new__(type(self))
         copy.__setstate__(self.__getstate__(_with_proposal=False))
         copy.proposal = self.proposal
+        copy._topology = self._topology
+        copy._buffers = self._buffers
         copy._rng = np.random.default_rng(self._rng.integers(0, 2**63, size=2))
         memo[id(self)] = copy
         return copy
@@ -307,6 +323,7 @@ class FlowMCMove(mcmc.MCMCMove):
             n_proposals=self.n_proposals,
             atom_indices=None if self.atom_indices is None else list(self.atom_indices),
             redraw_velocities=self.redraw_velocities,
+            sample_batch_size=self.sample_batch_size,
             rng_state=self._rng.bit_generator.state,
         )
         state.update(self.statistics)
@@ -318,6 +335,9 @@ class FlowMCMove(mcmc.MCMCMove):
         self.n_proposals = int(state["n_proposals"])
         self.atom_indices = None if state["atom_indices"] is None else [int(i) for i in state["atom_indices"]]
         self.redraw_velocities = bool(state["redraw_velocities"])
+        self.sample_batch_size = int(state.get("sample_batch_size", 512))
+        self._topology = None  # not stored: the check is made by the run that built the move
+        self._buffers = {}
         self._rng = np.random.default_rng()
         self._rng.bit_generator.state = state["rng_state"]
         self.statistics = state

@@ -18,6 +18,7 @@ import torch
 import yaml
 from openmm import unit
 from openmmtools import cache, mcmc
+from openmmtools.states import CompoundThermodynamicState, GlobalParameterState
 from openmmtools.utils import deserialize, serialize
 
 from openmm_flowplugin import systems
@@ -124,6 +125,42 @@ def test_harmonic_oscillator_moments_with_misscaled_proposal(temperature):
     # The proposal's own variance is far from what was sampled.
     _, error = mean_and_error((x[:, 0] - ho.positions_nm[0, 0]) ** 2)
     assert abs((2 * sigma) ** 2 - sigma**2) > 20 * error
+
+
+class SpringConstantState(GlobalParameterState):
+    """Controls the harmonic oscillator's global parameter ho_K, as an alchemical state would lambda."""
+
+    ho_K = GlobalParameterState.GlobalParameter("ho_K", standard_value=1.0)
+
+
+@pytest.mark.parametrize("ensemble", ["alchemical", "NPT"])
+def test_moves_respect_alchemical_and_npt_states(ensemble):
+    """u comes from the thermodynamic state: a softened spring (compound state) or constant pressure."""
+    ho = systems.get("harmonic_oscillator")
+    sigma, K = ho.reference.std[0, 0], ho.system.getForce(0).getGlobalParameterDefaultValue(0)
+    if ensemble == "alchemical":
+        spring = SpringConstantState.from_system(ho.system)
+        spring.ho_K = K / 4.0
+        state = CompoundThermodynamicState(ho.thermodynamic_state(), composable_states=[spring])
+        exact_std = 2.0 * sigma
+    else:
+        box = 3.0 * np.eye(3)
+        ho.system.setDefaultPeriodicBoxVectors(*box)
+        centre = [1.5, 1.5, 1.5]  # mid-box: reported positions are wrapped into the box
+        ho.system.getForce(0).setParticleParameters(0, 0, centre)
+        ho.positions = unit.Quantity(np.array([centre]), unit.nanometer)
+        periodic = openmm.NonbondedForce()  # makes the System periodic; no interactions
+        periodic.setNonbondedMethod(openmm.NonbondedForce.CutoffPeriodic)
+        periodic.addParticle(0.0, 0.1, 0.0)
+        ho.system.addForce(periodic)
+        ho.system.addForce(openmm.MonteCarloBarostat(1.0 * unit.bar, ho.temperature))
+        state = ho.thermodynamic_state(pressure=1.0 * unit.bar)
+        exact_std = sigma
+    move = FlowMCMove(GaussianProposal(ho.positions_nm, 1.5 * sigma, seed=15), n_proposals=4, seed=16)
+    x = sample_chain(ho, move, 3000, thermodynamic_state=state)[:, 0, :]
+    for k in range(3):
+        assert_mean(x[:, k], ho.positions_nm[0, k], f"mean of coordinate {k}")
+        assert_mean((x[:, k] - ho.positions_nm[0, k]) ** 2, exact_std**2, f"variance of coordinate {k}")
 
 
 def test_missing_hastings_term_is_detected():
@@ -283,6 +320,23 @@ def test_construction_errors_name_the_problem():
         FlowMCMove(proposal).apply(ho.thermodynamic_state(), ho.sampler_state(), reference_cache())
     with pytest.raises(ValueError, match="up to 5"):
         FlowMCMove(proposal, atom_indices=[0, 5]).apply(ho.thermodynamic_state(), ho.sampler_state(), reference_cache())
+
+
+def test_topology_fingerprint_check_refuses_a_proposal_for_another_molecule():
+    from openmm_flowplugin.molecular_system import system_fingerprint
+
+    ho = systems.get("harmonic_oscillator", n_particles=2)
+    for fingerprint, fails in ((system_fingerprint(ho.system, ho.topology), False), ("0" * 64, True)):
+        proposal = GaussianProposal(ho.positions_nm, 0.05, seed=0)
+        proposal.fingerprint = fingerprint
+        move = FlowMCMove(proposal, topology=ho.topology)
+        if fails:
+            with pytest.raises(ValueError, match="made for another molecule"):
+                move.apply(ho.thermodynamic_state(), ho.sampler_state(), reference_cache())
+        else:
+            move.apply(ho.thermodynamic_state(), ho.sampler_state(), reference_cache())
+    with pytest.raises(ValueError, match="atom_indices=None"):
+        FlowMCMove(proposal, topology=ho.topology, atom_indices=[0, 1])
 
 
 def test_constrained_atoms_are_refused():
