@@ -13,7 +13,6 @@ from ._move_state import proposal_from_state, proposal_state, share_proposal
 from .energy import context_potential_energy
 from .proposals import (
     ProposalBuffer,
-    _parameter_versions,
     check_proposal_fingerprint,
     kabsch_align,
     metropolis_hastings_log_ratio,
@@ -238,8 +237,9 @@ class FlowMCMove(mcmc.MCMCMove):
             Hastings term :math:`\\log q(x \\mid x') - \\log q(x' \\mid x)`; NaN or +inf rejects.
         """
         if self._pending is None:
-            key = (id(self.proposal), _parameter_versions(self.proposal))
-            self._pending = _Batch(*self._proposal_buffer().take(self.n_proposals), key)
+            buffer = self._proposal_buffer()
+            x, log_q = buffer.take(self.n_proposals)
+            self._pending = _Batch(x, log_q, (id(self.proposal), buffer.proposal_version))
         batch = self._pending
         i = batch.next
         batch.next += 1

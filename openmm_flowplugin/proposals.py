@@ -169,6 +169,11 @@ class ProposalBuffer:
         self.clear()
 
     @property
+    def proposal_version(self):
+        """In-place modification counters of the proposal's tensors when the buffered draws were made."""
+        return self._version
+
+    @property
     def n_buffered(self):
         """Draws not yet handed out."""
         return len(self._log_q) - self._next

@@ -106,18 +106,19 @@ def test_buffer_errors_keep_what_it_had():
 class ShiftedGaussian(torch.nn.Module):
     """A torch proposal with a trainable mean: in-place updates must empty the buffer."""
 
-    def __init__(self):
+    def __init__(self, scale=1.0):
         super().__init__()
         self.mean = torch.nn.Parameter(torch.zeros(1, 3, dtype=torch.float64))
+        self.scale = float(scale)
 
     n_atoms = 1
 
     def sample(self, n):
-        z = torch.randn(n, 1, 3, dtype=torch.float64)
-        return self.mean + z, self.log_prob(self.mean + z)
+        x = self.mean + self.scale * torch.randn(n, 1, 3, dtype=torch.float64)
+        return x, self.log_prob(x)
 
     def log_prob(self, x):
-        return -0.5 * ((x - self.mean) ** 2).sum((-2, -1))
+        return -0.5 * (((x - self.mean) / self.scale) ** 2).sum((-2, -1))
 
 
 def test_buffer_is_emptied_when_the_proposal_is_trained_in_place():
@@ -153,3 +154,31 @@ def test_move_copies_share_one_buffer_and_use_each_draw_once():
             c.apply(ho.thermodynamic_state(), ho.sampler_state(), context_cache)
     np.testing.assert_array_equal(np.array(used), np.array(proposal.drawn)[: len(used)])
     assert proposal.calls == 2  # 27 draws from batches of 16
+
+
+def test_move_recomputes_log_q_of_the_current_state_after_in_place_training():
+    ho = systems.get("harmonic_oscillator")
+
+    class CountingShifted(ShiftedGaussian):
+        log_prob_calls = 0
+
+        def log_prob(self, x):
+            if x.shape[0] == 1:
+                CountingShifted.log_prob_calls += 1
+            return super().log_prob(x)
+
+    proposal = CountingShifted(scale=ho.reference.std[0, 0])
+    with torch.no_grad():
+        proposal.mean.copy_(torch.as_tensor(ho.positions_nm))
+    move = FlowMCMove(proposal, n_proposals=5, seed=7)
+    state, sampler_state = ho.thermodynamic_state(), ho.sampler_state()
+    context_cache = cache.ContextCache(platform=openmm.Platform.getPlatformByName("Reference"))
+    move.apply(state, sampler_state, context_cache)
+    assert move.n_accepted > 0
+    calls = CountingShifted.log_prob_calls
+    move.apply(state, sampler_state, context_cache)  # current state came from the proposal: memo hit
+    assert CountingShifted.log_prob_calls == calls
+    with torch.no_grad():
+        proposal.mean += 0.0  # an in-place update, even a null one, makes cached log q values stale
+    move.apply(state, sampler_state, context_cache)
+    assert CountingShifted.log_prob_calls == calls + 1
