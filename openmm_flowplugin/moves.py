@@ -14,6 +14,7 @@ from .energy import context_potential_energy
 from .proposals import (
     ProposalBuffer,
     check_proposal_fingerprint,
+    checked_batch_size,
     kabsch_align,
     metropolis_hastings_log_ratio,
     proposal_n_atoms,
@@ -139,9 +140,7 @@ class FlowMCMove(mcmc.MCMCMove):
         self.n_proposals = int(n_proposals)
         self.atom_indices = atom_indices
         self.redraw_velocities = bool(redraw_velocities)
-        if int(sample_batch_size) != sample_batch_size or sample_batch_size < 1:
-            raise ValueError(f"sample_batch_size must be an integer >= 1, got {sample_batch_size!r}.")
-        self.sample_batch_size = int(sample_batch_size)
+        self.sample_batch_size = checked_batch_size(sample_batch_size)
         if topology is not None and atom_indices is not None:
             raise ValueError("topology checks the proposal against the whole system; pass it only with atom_indices=None.")
         self._topology = topology

@@ -161,10 +161,8 @@ class ProposalBuffer:
     """
 
     def __init__(self, proposal, batch_size=512, n_atoms=None):
-        if int(batch_size) != batch_size or batch_size < 1:
-            raise ValueError(f"sample_batch_size must be an integer >= 1, got {batch_size!r}.")
         self.proposal = proposal
-        self.batch_size = int(batch_size)
+        self.batch_size = checked_batch_size(batch_size)
         self.n_atoms = proposal_n_atoms(proposal) if n_atoms is None else int(n_atoms)
         self.clear()
 
@@ -214,6 +212,13 @@ class ProposalBuffer:
                 f"expected {(n, self.n_atoms, 3)} (nm) and ({n},)."
             )
         return x, log_q
+
+
+def checked_batch_size(batch_size):
+    """``batch_size`` as an int, or ValueError naming ``sample_batch_size`` if it is not an integer >= 1."""
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"sample_batch_size must be an integer >= 1, got {batch_size!r}.")
+    return int(batch_size)
 
 
 def check_proposal_fingerprint(proposal, system, topology):
