@@ -1,5 +1,8 @@
 """Shared pytest configuration (tests and doctests): seeding, one torch thread, the ``gpu`` marker."""
 
+# Scripts under tests/data made the fixtures; they are not tests.
+collect_ignore_glob = ["tests/data/*"]
+
 import numpy as np
 import pytest
 import torch

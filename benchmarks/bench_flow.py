@@ -9,8 +9,8 @@ import time
 import torch
 
 from openmm_flowplugin import OpenMMEnergy, load_flow, systems
-from openmm_flowplugin.evaluation import weighted_fraction, backbone_dihedrals
-from openmm_flowplugin.training import effective_sample_size
+from openmm_flowplugin.analysis.evaluation import weighted_fraction, backbone_dihedrals
+from openmm_flowplugin.analysis import effective_sample_size
 
 
 def main():

@@ -43,8 +43,8 @@ from openmm import unit
 from openmmtools import cache, mcmc
 
 from openmm_flowplugin import systems
-from openmm_flowplugin.checkpoints import load_flow
-from openmm_flowplugin.moves import FlowMCMove
+from openmm_flowplugin.flows.checkpoints import load_flow
+from openmm_flowplugin.mcmc import FlowMCMove
 
 TIMESTEP, FRICTION = 1.0 * unit.femtosecond, 1.0 / unit.picosecond
 PHI_BASIN = (0.0, 2.5)  # rad: the C7ax/alpha_L basin, excluding beta-basin fluctuations across phi = +-pi

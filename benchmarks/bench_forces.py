@@ -20,7 +20,7 @@ from openmm import app, unit
 os.environ.setdefault("TORCHANI_NO_WARN_EXTENSIONS", "1")
 
 from openmm_flowplugin import systems  # noqa: E402
-from openmm_flowplugin.ani import ANIPotential, ani_force, create_mixed_system, small_ani_model  # noqa: E402
+from openmm_flowplugin.forces.ani import ANIPotential, ani_force, create_mixed_system, small_ani_model  # noqa: E402
 from openmm_flowplugin.forces import as_openmm_force  # noqa: E402
 
 

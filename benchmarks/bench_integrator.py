@@ -87,7 +87,8 @@ def sample_phi(simulation, budget, stride):
 
 def load_trained_flow(name="alanine_dipeptide_vacuum"):
     """The shipped Boltzmann generator (``flows.load_flow`` or ``checkpoints.load_flow``), or exit saying why."""
-    from openmm_flowplugin import checkpoints, flows
+    from openmm_flowplugin import flows
+    from openmm_flowplugin.flows import checkpoints
 
     load_flow = getattr(flows, "load_flow", None) or getattr(checkpoints, "load_flow", None)
     try:

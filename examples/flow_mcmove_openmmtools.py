@@ -18,8 +18,8 @@ from openmm import unit
 from openmmtools import cache, mcmc
 
 from openmm_flowplugin import systems
-from openmm_flowplugin.checkpoints import load_flow
-from openmm_flowplugin.moves import FlowMCMove
+from openmm_flowplugin.flows.checkpoints import load_flow
+from openmm_flowplugin.mcmc import FlowMCMove
 
 
 def main(iterations=300, flow="alanine_dipeptide_vacuum"):

@@ -22,7 +22,7 @@ from openmm import app, unit
 os.environ.setdefault("TORCHANI_NO_WARN_EXTENSIONS", "1")
 
 from openmm_flowplugin import systems  # noqa: E402
-from openmm_flowplugin.ani import create_mixed_system, load_ani_model, small_ani_model  # noqa: E402
+from openmm_flowplugin.forces.ani import create_mixed_system, load_ani_model, small_ani_model  # noqa: E402
 from openmm_flowplugin.forces import flow_potential, parameter_derivative  # noqa: E402
 
 

@@ -5,7 +5,7 @@ minimize, run with StateDataReporter and DCDReporter, save a checkpoint, reload 
 ``examples/replace_integrator_plain.py`` uses OpenMM's LangevinMiddleIntegrator,
 ``examples/replace_integrator.py`` openmm_flowplugin's FlowMCIntegrator, and
 ``diff examples/replace_integrator_plain.py examples/replace_integrator.py`` shows that one line. The proposal is the trained Boltzmann generator of
-:func:`openmm_flowplugin.checkpoints.load_flow`; every 100 steps the integrator tries a jump to one of its
+:func:`openmm_flowplugin.flows.load_flow`; every 100 steps the integrator tries a jump to one of its
 samples, accepted by the Metropolis-Hastings rule, so the Boltzmann distribution stays exact.
 
 Run: ``python examples/replace_integrator.py [output_dir]`` (CPU, well under a minute), or the ``_plain`` twin.
@@ -18,7 +18,7 @@ import openmm
 from openmm import app
 from openmm.unit import femtoseconds, kelvin, picosecond
 
-from openmm_flowplugin import checkpoints, integrators, systems  # noqa: F401 - the plain twin uses only systems
+from openmm_flowplugin import integrators, load_flow, systems  # noqa: F401 - the plain twin uses only systems
 
 out = sys.argv[1] if len(sys.argv) > 1 else "."
 os.makedirs(out, exist_ok=True)
@@ -27,7 +27,7 @@ prmtop = app.AmberPrmtopFile(str(systems.data_path("data", "alanine-dipeptide.pr
 inpcrd = app.AmberInpcrdFile(str(systems.data_path("data", "alanine-dipeptide.crd")))
 system = prmtop.createSystem(nonbondedMethod=app.NoCutoff, constraints=None)
 
-integrator = integrators.FlowMCIntegrator(300 * kelvin, 1 / picosecond, 1 * femtoseconds, checkpoints.load_flow("alanine_dipeptide_vacuum"), jump_interval=100)
+integrator = integrators.FlowMCIntegrator(300 * kelvin, 1 / picosecond, 1 * femtoseconds, load_flow("alanine_dipeptide_vacuum"), jump_interval=100)
 
 simulation = app.Simulation(prmtop.topology, system, integrator, openmm.Platform.getPlatformByName("Reference"))
 simulation.context.setPositions(inpcrd.positions)

@@ -2,51 +2,63 @@
 
 Public API (imported lazily, so ``import openmm_flowplugin`` stays fast and quiet):
 
-- Systems and energies: :mod:`~openmm_flowplugin.systems`, :class:`OpenMMEnergy`
+- Systems and energies: :mod:`~openmm_flowplugin.systems` (registry, :func:`~openmm_flowplugin.systems.from_files`),
+  :class:`OpenMMEnergy`, :func:`select_platform`
 - Coordinates and flows: :class:`InternalCoordinateTransform`, :class:`BoltzmannGenerator`,
   :func:`load_flow`, :func:`save_flow`
 - Training and evaluation: :func:`train_maximum_likelihood`, :func:`train_reverse_kl`,
-  :func:`evaluate_flow`, :func:`effective_sample_size`, :func:`simulate`
+  :func:`evaluate_flow`, :func:`importance_weights`, :func:`effective_sample_size`, :func:`simulate`
 - Proposals and exact moves: :class:`GaussianProposal`, :class:`ProposalBuffer`, :class:`FlowMCMove` (openmmtools),
-  :class:`FlowMCIntegrator` (drop-in OpenMM integrator)
-- Forces: :func:`as_openmm_force`, :func:`flow_potential`, :func:`parameter_derivative`
-  (TorchANI integration: :mod:`openmm_flowplugin.ani`, extra ``[ani]``)
+  :class:`FlowMCIntegrator` (drop-in OpenMM integrator), :class:`FlowMCReporter`
+- Forces: :func:`as_openmm_force`, :func:`flow_potential`, :func:`parameter_derivative`,
+  :func:`create_mixed_system` (TorchANI: :mod:`openmm_flowplugin.forces.ani`, extra ``[ani]``)
+- Speed: :func:`set_package_threads` (torch threads for the package's own work; default 1)
+
+Subpackages, one concept each: ``bridge``, ``geometry``, ``flows``, ``proposals``, ``mcmc``,
+``integrators``, ``forces``, ``analysis``, ``systems``, ``simulation``, ``cli``. Module paths of the
+flat layout (``openmm_flowplugin.moves``, ``.python_force``, ...) still import, for stored data.
 """
 
 import importlib
 
+from . import _compat
 from ._version import __version__
+
+_compat.install()
 
 _EXPORTS = {
     # systems and the energy bridge
     "systems": ".systems",
-    "MolecularSystem": ".molecular_system",
-    "OpenMMEnergy": ".energy",
+    "MolecularSystem": ".systems.molecular_system",
+    "OpenMMEnergy": ".bridge.energy",
     "select_platform": ".platforms",
     # coordinates and flows
-    "InternalCoordinateTransform": ".coordinates",
-    "BoltzmannGenerator": ".flows",
-    "load_flow": ".checkpoints",
-    "save_flow": ".checkpoints",
-    "CheckpointError": ".checkpoints",
+    "InternalCoordinateTransform": ".geometry.internal",
+    "BoltzmannGenerator": ".flows.boltzmann_generator",
+    "load_flow": ".flows.checkpoints",
+    "save_flow": ".flows.checkpoints",
+    "CheckpointError": ".flows.checkpoints",
     # training, data, evaluation
-    "train_maximum_likelihood": ".training",
-    "train_reverse_kl": ".training",
-    "importance_weights": ".training",
-    "effective_sample_size": ".training",
-    "simulate": ".simulate",
-    "evaluate_flow": ".evaluation",
+    "train_maximum_likelihood": ".flows.training",
+    "train_reverse_kl": ".flows.training",
+    "importance_weights": ".analysis.weights",
+    "effective_sample_size": ".analysis.weights",
+    "simulate": ".simulation.md",
+    "evaluate_flow": ".analysis.evaluation",
     # proposals
-    "GaussianProposal": ".proposals",
-    "ProposalBuffer": ".proposals",
+    "GaussianProposal": ".proposals.gaussian",
+    "ProposalBuffer": ".proposals.buffer",
     # exact learned Monte Carlo: openmmtools move, OpenMM integrator
-    "FlowMCMove": ".moves",
-    "FlowMCIntegrator": ".integrators",
-    "FlowMCReporter": ".reporters",
+    "FlowMCMove": ".mcmc.flow_move",
+    "FlowMCIntegrator": ".integrators.flow_mc",
+    "FlowMCReporter": ".integrators.reporter",
     # learned potentials as forces
-    "as_openmm_force": ".forces",
-    "flow_potential": ".forces",
-    "parameter_derivative": ".forces",
+    "as_openmm_force": ".forces.as_force",
+    "flow_potential": ".forces.modules",
+    "parameter_derivative": ".forces.as_force",
+    "create_mixed_system": ".forces.mixing",
+    # speed
+    "set_package_threads": "._threads",
 }
 
 __all__ = ["__version__", *_EXPORTS]

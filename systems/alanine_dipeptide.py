@@ -9,7 +9,7 @@ from importlib import resources
 
 from openmm import app, unit
 
-from openmm_flowplugin.molecular_system import MolecularSystem
+from openmm_flowplugin.systems.molecular_system import MolecularSystem
 
 _DATA = resources.files(__package__).joinpath("data")
 

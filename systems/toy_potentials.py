@@ -8,8 +8,8 @@ import numpy as np
 import openmm
 from openmm import app, unit
 
-from openmm_flowplugin.molecular_system import MolecularSystem
-from openmm_flowplugin.references import GaussianReference, PlanarReference
+from openmm_flowplugin.systems.molecular_system import MolecularSystem
+from openmm_flowplugin.systems.references import GaussianReference, PlanarReference
 from openmm_flowplugin.units import in_unit, kT
 
 # Mueller-Brown parameters (Mueller & Brown, Theor. Chim. Acta 53, 75 (1979)).

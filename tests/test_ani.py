@@ -13,7 +13,7 @@ os.environ.setdefault("TORCHANI_NO_WARN_EXTENSIONS", "1")  # optional CUDA exten
 pytest.importorskip("torchani", reason="torchani (extra openmm_flowplugin[ani]) is not installed")
 
 from openmm_flowplugin import systems  # noqa: E402
-from openmm_flowplugin.ani import (  # noqa: E402
+from openmm_flowplugin.forces.ani import (  # noqa: E402
     ANI_DIR_ENV_VAR,
     ANIPotential,
     _build_named,

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from openmm_flowplugin import BoltzmannGenerator, CheckpointError, load_flow, save_flow, systems
-from openmm_flowplugin.checkpoints import file_sha256
+from openmm_flowplugin.flows.checkpoints import file_sha256
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from openmm_flowplugin import systems
-from openmm_flowplugin.coordinates import InternalCoordinates, InternalCoordinateTransform, dihedral
+from openmm_flowplugin.geometry.internal import InternalCoordinates, InternalCoordinateTransform, dihedral
 
 
 @pytest.fixture(scope="module")

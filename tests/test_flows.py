@@ -10,9 +10,10 @@ from openmm import app, unit
 from scipy import integrate
 
 from openmm_flowplugin import BoltzmannGenerator, OpenMMEnergy, systems
-from openmm_flowplugin.coordinates import InternalCoordinates, InternalCoordinateTransform
-from openmm_flowplugin.molecular_system import MolecularSystem
-from openmm_flowplugin.training import effective_sample_size, train_maximum_likelihood
+from openmm_flowplugin.geometry.internal import InternalCoordinates, InternalCoordinateTransform
+from openmm_flowplugin.systems.molecular_system import MolecularSystem
+from openmm_flowplugin.analysis import effective_sample_size
+from openmm_flowplugin.flows import train_maximum_likelihood
 
 BOND_LENGTH, BOND_K = 0.15, 2.0e5  # nm, kJ/mol/nm^2
 ANGLE, ANGLE_K = 1.9, 400.0  # rad, kJ/mol/rad^2

@@ -17,8 +17,8 @@ from openmm_flowplugin.forces import (
     flow_potential,
     parameter_derivative,
 )
-from openmm_flowplugin.python_force import _MODULE_CACHE
-from openmm_flowplugin.torch_force import script_adapter
+from openmm_flowplugin.forces.python_force import _MODULE_CACHE
+from openmm_flowplugin.forces.torch_force import script_adapter
 from openmm_flowplugin.units import kT
 
 RTOL = 1e-5  # energies and forces through a Context versus the module's own torch evaluation
@@ -143,7 +143,7 @@ def test_particle_subset_scatters_forces(alanine):
     module, atoms = PlainNet(), [3, 5, 7, 11]
     system = copy.deepcopy(alanine.system)
     reference_context = _context(copy.deepcopy(system))
-    system.addForce(as_openmm_force(module, particles=atoms, backend="python"))
+    system.addForce(as_openmm_force(module, particles=atoms, backend="python", system=system))
     x = _positions(alanine)
     energy, forces = _energy_forces(_context(system), x)
     mm_energy, mm_forces = _energy_forces(reference_context, x)
@@ -305,7 +305,7 @@ def test_torchforce_backend_on_cuda(alanine):
     pytest.importorskip("openmmtorch", reason="openmmtorch (extra openmm_flowplugin[torch-force]) is not installed")
     module = PairNet()
     system = _empty_system(22)
-    force = as_openmm_force(module, particles=list(range(22)), global_parameters={"lambda_ml": 0.5}, backend="torch")
+    force = as_openmm_force(module, particles=list(range(22)), global_parameters={"lambda_ml": 0.5}, backend="torch", system=system)
     assert type(force).__name__ == "TorchForce"
     system.addForce(force)
     context = _context(system, "CUDA")

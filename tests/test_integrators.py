@@ -14,7 +14,7 @@ from openmm import app, unit
 from openmm_flowplugin import systems
 from openmm_flowplugin.integrators import FlowMCIntegrator
 from openmm_flowplugin.proposals import GaussianProposal
-from openmm_flowplugin.reporters import FlowMCReporter
+from openmm_flowplugin.integrators import FlowMCReporter
 
 N_SIGMA = 6.0
 REFERENCE = openmm.Platform.getPlatformByName("Reference")

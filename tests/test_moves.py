@@ -22,8 +22,8 @@ from openmmtools.states import CompoundThermodynamicState, GlobalParameterState
 from openmmtools.utils import deserialize, serialize
 
 from openmm_flowplugin import systems
-from openmm_flowplugin._move_state import ProposalStateError, file_sha256
-from openmm_flowplugin.moves import FlowMCMove
+from openmm_flowplugin.proposals.storage import ProposalStateError, file_sha256
+from openmm_flowplugin.mcmc import FlowMCMove
 from openmm_flowplugin.proposals import GaussianProposal
 
 N_SIGMA = 6.0
@@ -323,7 +323,7 @@ def test_construction_errors_name_the_problem():
 
 
 def test_topology_fingerprint_check_refuses_a_proposal_for_another_molecule():
-    from openmm_flowplugin.molecular_system import system_fingerprint
+    from openmm_flowplugin.systems.molecular_system import system_fingerprint
 
     ho = systems.get("harmonic_oscillator", n_particles=2)
     for fingerprint, fails in ((system_fingerprint(ho.system, ho.topology), False), ("0" * 64, True)):
@@ -434,7 +434,7 @@ def test_checkpoint_state_is_path_and_hash_and_resume_checks_it(tmp_path):
 
 
 def test_real_flow_checkpoint_is_shared_not_stored(tmp_path):
-    from openmm_flowplugin import checkpoints
+    from openmm_flowplugin.flows import checkpoints
     from openmm_flowplugin.flows import BoltzmannGenerator
 
     ala = systems.get("alanine_dipeptide_vacuum")

@@ -11,10 +11,11 @@ from openmm import unit
 from openmmtools import cache, mcmc
 from openmmtools.multistate import MultiStateReporter, ReplicaExchangeSampler
 
-from openmm_flowplugin import checkpoints, systems
-from openmm_flowplugin._move_state import ProposalStateError
+from openmm_flowplugin import systems
+from openmm_flowplugin.flows import checkpoints
+from openmm_flowplugin.proposals.storage import ProposalStateError
 from openmm_flowplugin.flows import BoltzmannGenerator
-from openmm_flowplugin.moves import FlowMCMove
+from openmm_flowplugin.mcmc import FlowMCMove
 from openmm_flowplugin.proposals import GaussianProposal
 
 TEMPERATURES = (300.0, 600.0)

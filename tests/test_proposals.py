@@ -9,7 +9,7 @@ import torch
 from openmmtools import cache
 
 from openmm_flowplugin import systems
-from openmm_flowplugin.moves import FlowMCMove
+from openmm_flowplugin.mcmc import FlowMCMove
 from openmm_flowplugin.proposals import GaussianProposal, ProposalBuffer, kabsch_align, metropolis_hastings_log_ratio
 
 

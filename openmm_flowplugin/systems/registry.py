@@ -1,4 +1,4 @@
-"""Registry of ready-made systems.
+"""Registry of ready-made systems: ``list``, ``get``, ``register``, ``describe``, ``data_path``.
 
 Builders and their input files live in the top-level ``systems/`` folder of the repository,
 installed as the package ``openmm_flowplugin._systems``.

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .forces import as_openmm_force
+from .as_force import as_openmm_force
 
 #: Environment variable naming the folder that holds named models' state-dict files.
 ANI_DIR_ENV_VAR = "OPENMM_FLOWPLUGIN_ANI_DIR"
@@ -224,7 +224,47 @@ def ani_force(model, topology, atoms=None, backend="python"):
     atoms = list(range(topology.getNumAtoms())) if atoms is None else [int(i) for i in atoms]
     potential = ANIPotential(model, _atomic_numbers(topology, atoms))
     particles = None if atoms == list(range(topology.getNumAtoms())) else atoms
-    return as_openmm_force(potential, particles=particles, backend=backend)
+    return as_openmm_force(potential, particles=particles, backend=backend, system=topology.getNumAtoms())
 
 
-from .ani_mixed import create_mixed_system  # noqa: E402  (re-export; ani_mixed imports this module lazily)
+
+
+def create_mixed_system(system, topology, ml_atoms, model, lambda_name="lambda_ml", lambda_value=1.0, backend="python"):
+    """An MM system whose ``ml_atoms`` interact internally through an ANI model, switched by ``lambda``.
+
+    A thin use of the generic :func:`openmm_flowplugin.forces.mixing.create_mixed_system` (see it for
+    the energy function and the supported forces) with :func:`ani_force` as the ML part.
+
+    Parameters
+    ----------
+    system : openmm.System
+    topology : openmm.app.Topology
+        Gives the elements of the ML atoms.
+    ml_atoms : sequence of int
+    model : str or torch.nn.Module
+        A torchani model, or a name for :func:`load_ani_model`.
+    lambda_name : str
+    lambda_value : float
+    backend : {"python", "torch", "auto"}
+
+    Returns
+    -------
+    openmm.System
+
+    Examples
+    --------
+    >>> from openmm_flowplugin import systems
+    >>> molecule = systems.get("alanine_dipeptide_vacuum")
+    >>> mixed = create_mixed_system(molecule.system, molecule.topology, range(22), small_ani_model())
+    >>> type(mixed.getForce(mixed.getNumForces() - 1)).__name__
+    'CustomCVForce'
+    """
+    from .mixing import create_mixed_system as mix
+
+    atoms = sorted({int(i) for i in ml_atoms})
+    if not atoms or atoms[-1] >= system.getNumParticles() or atoms[0] < 0:
+        raise ValueError(f"ml_atoms must be a non-empty set of particle indices below {system.getNumParticles()}.")
+    if isinstance(model, str):
+        model = load_ani_model(model)
+    return mix(system, atoms, ani_force(model, topology, atoms, backend=backend), lambda_name=lambda_name,
+               lambda_value=lambda_value, backend=backend)

@@ -12,38 +12,12 @@ import threading
 
 import numpy as np
 import openmm
-from openmm import unit
 import torch
 
-from .platforms import select_platform
-from .units import kT as _kT
-from .units import to_numpy_positions
-
-try:  # The SWIG entry points skip the Quantity wrapping that dominates the cost for small systems.
-    from openmm import _openmm
-
-    _FAST_PATH = all(
-        hasattr(_openmm, name) for name in ("Context_setPositions", "Context_getState", "State__getVectorAsNumpy", "State_getPotentialEnergy")
-    )
-except ImportError:  # pragma: no cover - depends on the OpenMM build
-    _FAST_PATH = False
-
-_ENERGY_AND_FORCES = openmm.State.Energy + openmm.State.Forces
-
-
-def context_potential_energy(context, positions=None):
-    """Potential energy (kJ/mol, float) of ``context``, after setting ``positions`` (nm, numpy (n, 3)) if given.
-
-    Goes through OpenMM's SWIG entry points where available: for small systems the Quantity
-    wrapping of ``setPositions``/``getState`` costs more than the energy itself.
-    """
-    if _FAST_PATH:
-        if positions is not None:
-            _openmm.Context_setPositions(context, np.ascontiguousarray(positions, dtype=np.float64))
-        return _openmm.State_getPotentialEnergy(_openmm.Context_getState(context, openmm.State.Energy, False, -1))
-    if positions is not None:
-        context.setPositions(positions)
-    return context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+from .._openmm_fast import context_energy_and_forces, context_potential_energy  # noqa: F401 (re-exported)
+from ..platforms import select_platform
+from ..units import kT as _kT
+from ..units import to_numpy_positions
 
 
 class _ContextEvaluator:
@@ -71,15 +45,7 @@ class _ContextEvaluator:
         return energies, forces, failed
 
     def _evaluate_one(self, x, force_out):
-        if _FAST_PATH:
-            _openmm.Context_setPositions(self.context, x)
-            state = _openmm.Context_getState(self.context, _ENERGY_AND_FORCES, False, -1)
-            _openmm.State__getVectorAsNumpy(state, openmm.State.Forces, force_out)
-            return _openmm.State_getPotentialEnergy(state)
-        self.context.setPositions(x)
-        state = self.context.getState(energy=True, forces=True)
-        force_out[:] = state.getForces(asNumpy=True)._value
-        return state.getPotentialEnergy()._value
+        return context_energy_and_forces(self.context, x, force_out)
 
 
 # Worker processes hold their own Context, built once from the System's XML.
@@ -220,7 +186,7 @@ class OpenMMEnergy:
 
     def _as_tensor(self, positions):
         if not torch.is_tensor(positions):
-            from .units import nanometers
+            from ..units import nanometers
 
             positions = torch.as_tensor(nanometers(positions))
         if positions.ndim not in (2, 3) or positions.shape[-2:] != (self.n_atoms, 3):

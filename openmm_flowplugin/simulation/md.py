@@ -7,8 +7,8 @@ import openmm
 from openmm import unit
 from tqdm.auto import tqdm
 
-from .platforms import select_platform
-from .units import in_unit, kelvin
+from ..platforms import select_platform
+from ..units import in_unit, kelvin
 
 
 def simulate(
@@ -65,7 +65,7 @@ def simulate(
     """
     import mdtraj
 
-    from .checkpoints import atomic_output_path, check_output_path
+    from ..flows.checkpoints import atomic_output_path, check_output_path
 
     n_steps, report_interval = int(n_steps), int(report_interval)
     if n_steps < report_interval or report_interval < 1:

@@ -12,11 +12,18 @@ import math
 
 import numpy as np
 import openmm
-import torch
 from openmm import unit
 
-from .proposals import ProposalBuffer, check_proposal_fingerprint, kabsch_align, proposal_n_atoms
-from .units import in_unit, kelvin, kT
+from ..proposals.buffer import ProposalBuffer
+from ..proposals.protocol import (
+    align_to_current,
+    check_proposal_fingerprint,
+    check_proposal_methods,
+    checked_count,
+    proposal_n_atoms,
+    single_log_prob,
+)
+from ..units import in_unit, kelvin, kT
 
 
 def _jump_program(integrator, n_proposals):
@@ -164,15 +171,11 @@ class FlowMCIntegrator(openmm.CompoundIntegrator):
             raise ValueError(f"friction must be >= 0 /ps, got {friction}.")
         if not timestep > 0:
             raise ValueError(f"timestep must be > 0 ps, got {timestep}; e.g. 2*unit.femtoseconds.")
-        for name, value in (("jump_interval", jump_interval), ("n_proposals", n_proposals)):
-            if int(value) != value or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
-        if not (callable(getattr(proposal, "sample", None)) and callable(getattr(proposal, "log_prob", None))):
-            raise TypeError(f"proposal {proposal!r} lacks sample(n) and log_prob(x); see openmm_flowplugin.proposals.")
+        jump_interval, n_proposals = checked_count("jump_interval", jump_interval), checked_count("n_proposals", n_proposals)
+        check_proposal_methods(proposal)
         self.proposal = proposal
-        self.jump_interval, self.n_proposals = int(jump_interval), int(n_proposals)
+        self.jump_interval, self.n_proposals = jump_interval, n_proposals
         self.n_atoms = proposal_n_atoms(proposal)
-        self._rigid_invariant = bool(getattr(proposal, "rigid_invariant", False))
         self._respects_constraints = bool(getattr(proposal, "respects_constraints", False))
         self._validated = False
         self._until = None
@@ -331,10 +334,8 @@ class FlowMCIntegrator(openmm.CompoundIntegrator):
     def _load_proposals(self):
         x = np.array(self._jump.getPerDofVariableByName("fmc_x_snap"), dtype=np.float64)
         x_new, log_q_new = self._buffer.take(self.n_proposals)
-        with torch.no_grad():
-            log_q_cur = float(torch.as_tensor(self.proposal.log_prob(torch.from_numpy(x)[None])).reshape(-1)[0])
-        if self._rigid_invariant:
-            x_new = kabsch_align(x_new, x)
+        log_q_cur = single_log_prob(self.proposal, x)
+        x_new = align_to_current(self.proposal, x_new, x)
         ok = np.isfinite(x_new).all(axis=(1, 2)) & np.isfinite(log_q_new) & math.isfinite(log_q_cur)
         for j in range(self.n_proposals):
             # log q relative to log q(current) keeps the device's numbers small in any precision

@@ -1,14 +1,18 @@
 """Evaluating a Boltzmann generator: importance-sampling ESS, reweighted observables, plots."""
 
-__all__ = ["FlowEvaluation", "evaluate_flow", "backbone_dihedrals"]
+__all__ = ["FlowEvaluation", "evaluate_flow", "backbone_dihedrals", "USABLE_ESS_FRACTION"]
 
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .energy import OpenMMEnergy
-from .training import effective_sample_size, importance_weights
+from .._threads import package_threads
+from ..bridge.energy import OpenMMEnergy
+from .weights import effective_sample_size, importance_weights, weighted_fraction
+
+#: Below this Kish ESS fraction reweighted estimates rest on a handful of samples: reported as unusable.
+USABLE_ESS_FRACTION = 0.05
 
 
 def backbone_dihedrals(positions, mdtraj_topology):
@@ -56,27 +60,32 @@ class FlowEvaluation:
         w = np.exp(self.log_weights - np.max(self.log_weights[np.isfinite(self.log_weights)]))
         return w / w.sum()
 
+    @property
+    def n_effective(self):
+        """Kish effective number of samples, ``ess_fraction * n_samples``."""
+        return self.ess_fraction * self.n_samples
+
+    @property
+    def usable(self):
+        """Whether the ESS suffices for reweighted estimates (at least :data:`USABLE_ESS_FRACTION` and 50 samples)."""
+        return self.ess_fraction >= USABLE_ESS_FRACTION and self.n_effective >= 50
+
     def summary(self):
-        """Human-readable lines."""
+        """Human-readable lines; an unusable flow (tiny ESS) says so instead of printing estimates."""
         lines = [
             f"samples: {self.n_samples}",
-            f"importance-sampling ESS: {self.ess_fraction * 100:.1f} % ({self.ess_fraction * self.n_samples:.0f} effective samples)",
+            f"importance-sampling ESS: {self.ess_fraction * 100:.1f} % ({self.n_effective:.0f} effective samples)",
             f"failed energy evaluations: {self.n_failed}",
         ]
-        if self.phi_positive is not None:
+        if not self.usable:
+            lines.append(
+                f"ESS {self.ess_fraction * 100:.1f} % ({self.n_effective:.0f} effective samples): the flow is not usable "
+                "for reweighted estimates at this sample size; train it longer, on more data, or draw more samples."
+            )
+        elif self.phi_positive is not None:
             p, se = self.phi_positive
             lines.append(f"phi > 0 population (reweighted): {p:.4f} +- {se:.4f}")
         return lines
-
-
-def weighted_fraction(indicator, log_weights):
-    """Self-normalized importance estimate of P(indicator) with its delta-method standard error."""
-    w = np.exp(log_weights - np.max(log_weights[np.isfinite(log_weights)]))
-    w = w / w.sum()
-    f = np.asarray(indicator, dtype=np.float64)
-    p = float(np.sum(w * f))
-    se = float(np.sqrt(np.sum(w**2 * (f - p) ** 2)))
-    return p, se
 
 
 def evaluate_flow(flow, molecular_system, n_samples=10_000, platform=None):
@@ -91,7 +100,8 @@ def evaluate_flow(flow, molecular_system, n_samples=10_000, platform=None):
     True
     """
     energy = OpenMMEnergy(molecular_system.system, molecular_system.temperature, platform=platform)
-    x, u, log_w = importance_weights(flow, energy, int(n_samples))
+    with package_threads():
+        x, u, log_w = importance_weights(flow, energy, int(n_samples))
     log_w_np = log_w.numpy()
     result = FlowEvaluation(
         n_samples=int(n_samples),

@@ -24,7 +24,7 @@ import os
 import threading
 import weakref
 
-from .checkpoints import file_sha256
+from ..flows.checkpoints import file_sha256
 
 _cache = weakref.WeakValueDictionary()
 _cache_lock = threading.Lock()
@@ -76,7 +76,7 @@ def _import(module_name, attribute):
 
 
 def _default_loader(path):
-    from .checkpoints import load_flow
+    from ..flows.checkpoints import load_flow
 
     return load_flow(path)
 

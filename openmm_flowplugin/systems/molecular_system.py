@@ -9,7 +9,7 @@ import numpy as np
 import openmm
 from openmm import app, unit
 
-from .units import kelvin
+from ..units import kelvin
 
 
 @dataclass

@@ -1,7 +1,9 @@
-"""ML/MM mixed systems: an ANI model on a subset of atoms of an MM system, switched by ``lambda``.
+"""ML/MM mixed systems: any learned potential on a subset of atoms of an MM system, switched by ``lambda``.
 
-Re-exported as :func:`openmm_flowplugin.ani.create_mixed_system`. Needs the extra
-``openmm_flowplugin[ani]``.
+``U(x; λ) = λ U_ML(x_ml) + (1 - λ) U_MM,int(x_ml) + U_MM,rest(x)``, as openmm-ml's interpolating
+mixed systems. The ML part is any torch module following :func:`~openmm_flowplugin.as_openmm_force`'s
+convention, or an OpenMM Force acting on the ML atoms. TorchANI models use this through
+:func:`openmm_flowplugin.forces.ani.create_mixed_system`.
 """
 
 __all__ = ["create_mixed_system"]
@@ -9,6 +11,9 @@ __all__ = ["create_mixed_system"]
 import copy
 
 import openmm
+import torch
+
+from .as_force import as_openmm_force
 
 _BONDED = {
     # force class: (number of terms, get parameters, set parameters, atoms per term)
@@ -62,8 +67,8 @@ def _internal_nonbonded(force, atoms, periodic):
     return pair
 
 
-def create_mixed_system(system, topology, ml_atoms, model, lambda_name="lambda_ml", lambda_value=1.0, backend="python"):
-    """An MM system whose ``ml_atoms`` interact internally through an ANI model, switched by ``lambda``.
+def create_mixed_system(system, ml_atoms, ml_potential, lambda_name="lambda_ml", lambda_value=1.0, backend="python"):
+    """An MM system whose ``ml_atoms`` interact internally through ``ml_potential``, switched by ``lambda``.
 
     ``U(x; λ) = λ U_ML(x_ml) + (1 - λ) U_MM,int(x_ml) + U_MM,rest(x)``, as openmm-ml's
     interpolating mixed systems: ``U_MM,int`` holds the bonded terms entirely inside the ML atoms
@@ -79,14 +84,16 @@ def create_mixed_system(system, topology, ml_atoms, model, lambda_name="lambda_m
     system : openmm.System
         Not modified. Supported forces touching ML atoms: HarmonicBond, HarmonicAngle,
         PeriodicTorsion, RBTorsion, Nonbonded (constraints are kept as they are).
-    topology : openmm.app.Topology
     ml_atoms : sequence of int
-    model : str or torch.nn.Module
-        A torchani model, or a name for :func:`load_ani_model`.
+    ml_potential : torch.nn.Module or openmm.Force
+        A module mapping the ML atoms' positions (nm, float64, shape (len(ml_atoms), 3), sorted
+        atom order) to kJ/mol (wrapped with :func:`~openmm_flowplugin.as_openmm_force`), or a
+        Force that already acts on those atoms.
     lambda_name : str
     lambda_value : float
         Default value of λ in new Contexts.
     backend : {"python", "torch", "auto"}
+        For a module, as in :func:`~openmm_flowplugin.as_openmm_force`.
 
     Returns
     -------
@@ -94,20 +101,26 @@ def create_mixed_system(system, topology, ml_atoms, model, lambda_name="lambda_m
 
     Examples
     --------
+    >>> import torch
     >>> from openmm_flowplugin import systems
-    >>> from openmm_flowplugin.ani import small_ani_model
+    >>> class Zero(torch.nn.Module):
+    ...     def forward(self, positions):
+    ...         return 0.0 * positions.sum()
     >>> molecule = systems.get("alanine_dipeptide_vacuum")
-    >>> mixed = create_mixed_system(molecule.system, molecule.topology, range(22), small_ani_model())
+    >>> mixed = create_mixed_system(molecule.system, range(22), Zero())
     >>> type(mixed.getForce(mixed.getNumForces() - 1)).__name__
     'CustomCVForce'
     """
     atoms = sorted({int(i) for i in ml_atoms})
     if not atoms or atoms[-1] >= system.getNumParticles() or atoms[0] < 0:
         raise ValueError(f"ml_atoms must be a non-empty set of particle indices below {system.getNumParticles()}.")
-    from .ani import ani_force, load_ani_model
-
-    if isinstance(model, str):
-        model = load_ani_model(model)
+    if isinstance(ml_potential, torch.nn.Module):
+        particles = None if atoms == list(range(system.getNumParticles())) else atoms
+        ml_force = as_openmm_force(ml_potential, particles=particles, backend=backend, system=system)
+    elif isinstance(ml_potential, openmm.Force):
+        ml_force = copy.deepcopy(ml_potential)
+    else:
+        raise TypeError(f"ml_potential must be a torch.nn.Module or an openmm.Force, got {type(ml_potential).__name__}.")
     ml = set(atoms)
     periodic = system.usesPeriodicBoundaryConditions()
     mixed = copy.deepcopy(system)
@@ -136,7 +149,6 @@ def create_mixed_system(system, topology, ml_atoms, model, lambda_name="lambda_m
     switch = openmm.CustomCVForce("")
     switch.addGlobalParameter(lambda_name, float(lambda_value))
     switch.addEnergyParameterDerivative(lambda_name)
-    ml_force = ani_force(model, topology, atoms, backend=backend)
     switch.addCollectiveVariable("u_ml", ml_force)
     names = []
     for k, force in enumerate(internal):

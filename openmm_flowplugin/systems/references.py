@@ -9,7 +9,7 @@ __all__ = ["GaussianReference", "PlanarReference"]
 
 import numpy as np
 
-from .units import kT as _kT
+from ..units import kT as _kT
 
 
 class GaussianReference:

@@ -16,22 +16,14 @@ integration): :class:`openmm.PythonForce` cannot report them to a Context, so
 positions and parameters (and adds the Context's own derivatives from other forces).
 """
 
-__all__ = [
-    "as_openmm_force",
-    "flow_potential",
-    "parameter_derivative",
-    "TorchComputation",
-    "FlowEnergy",
-    "HarmonicRestraint",
-]
+__all__ = ["as_openmm_force", "parameter_derivative"]
 
 import keyword
 
 import numpy as np
 import torch
 
-from .python_force import TorchComputation, _computation_of, _module_forces, python_force
-from .units import kT as _kT
+from .python_force import _computation_of, _module_forces, python_force
 
 _RESERVED_NAMES = {"positions", "box_vectors", "self"}
 _BACKENDS = ("auto", "python", "torch")
@@ -49,12 +41,23 @@ def _check_parameters(global_parameters):
     return parameters
 
 
-def _check_particles(particles):
+def _check_particles(particles, system):
     if particles is None:
         return None
-    indices = [int(i) for i in particles]
-    if len(indices) == 0 or len(set(indices)) != len(indices) or min(indices) < 0:
-        raise ValueError(f"particles must be a non-empty list of distinct non-negative indices, got {particles!r}.")
+    if system is None:
+        raise ValueError(
+            "particles needs system= (the openmm.System the force will join, or its particle count): an index beyond "
+            "the System would make OpenMM read memory outside it."
+        )
+    n_particles = system if isinstance(system, int) else system.getNumParticles()
+    values = list(particles)
+    if any(not isinstance(i, (int, np.integer)) or isinstance(i, bool) for i in values):
+        raise TypeError(f"particles must be integers, got {particles!r}.")
+    indices = [int(i) for i in values]
+    if len(indices) == 0 or len(set(indices)) != len(indices) or min(indices) < 0 or max(indices) >= n_particles:
+        raise ValueError(
+            f"particles must be a non-empty list of distinct indices in [0, {n_particles}) (the System's particles), got {particles!r}."
+        )
     return indices
 
 
@@ -72,7 +75,7 @@ def _resolve_backend(backend):
     return "python"
 
 
-def as_openmm_force(module, particles=None, periodic=False, global_parameters=None, backend="auto"):
+def as_openmm_force(module, particles=None, periodic=False, global_parameters=None, backend="auto", system=None):
     """Wrap a torch module mapping positions (nm) to an energy (kJ/mol) as an OpenMM Force.
 
     Parameters
@@ -85,6 +88,7 @@ def as_openmm_force(module, particles=None, periodic=False, global_parameters=No
     particles : sequence of int, optional
         Apply the force to these particles only: the module sees their positions, in this order,
         and forces are scattered back (``PythonForce.setParticles``). Default: all particles.
+        Needs ``system``, against which the indices are checked.
     periodic : bool
         Whether the module uses periodic boundary conditions. Positions may then arrive wrapped
         into the box, so the module must be invariant to wrapping (e.g. minimum image).
@@ -95,6 +99,8 @@ def as_openmm_force(module, particles=None, periodic=False, global_parameters=No
         ``"torch"``: ``openmmtorch.TorchForce`` through TorchScript (extra
         ``openmm_flowplugin[torch-force]``). ``"auto"``: ``"torch"`` if CUDA torch is available and
         ``openmmtorch`` imports, otherwise ``"python"``.
+    system : openmm.System or int, optional
+        The System the force will be added to (or its particle count); required with ``particles``.
 
     Returns
     -------
@@ -120,6 +126,7 @@ def as_openmm_force(module, particles=None, periodic=False, global_parameters=No
     --------
     >>> import openmm
     >>> system = openmm.System(); _ = system.addParticle(1.0)
+    >>> from openmm_flowplugin.forces import HarmonicRestraint
     >>> restraint = HarmonicRestraint([[0.0, 0.0, 0.0]])
     >>> _ = system.addForce(as_openmm_force(restraint, global_parameters={"k": 100.0}, backend="python"))
     >>> context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
@@ -131,7 +138,7 @@ def as_openmm_force(module, particles=None, periodic=False, global_parameters=No
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"module must be a torch.nn.Module mapping positions to an energy, got {type(module).__name__}.")
     parameters = _check_parameters(global_parameters)
-    particles = _check_particles(particles)
+    particles = _check_particles(particles, system)
     backend = _resolve_backend(backend)
     if backend == "torch":
         from .torch_force import torch_force
@@ -139,95 +146,6 @@ def as_openmm_force(module, particles=None, periodic=False, global_parameters=No
         return torch_force(module, particles=particles, periodic=periodic, global_parameters=parameters)
 
     return python_force(module, particles=particles, periodic=periodic, global_parameters=parameters)
-
-
-class HarmonicRestraint(torch.nn.Module):
-    """``U = k/2 * sum |x - x0|^2`` with the force constant ``k`` (kJ/mol/nm^2) a global parameter.
-
-    A minimal module following the calling convention of :func:`as_openmm_force`; a reference
-    for tests and examples.
-
-    Parameters
-    ----------
-    reference_positions : array_like, shape (n_particles, 3)
-        ``x0`` in nm.
-
-    Examples
-    --------
-    >>> import torch
-    >>> HarmonicRestraint([[0.0, 0.0, 0.0]])(torch.tensor([[0.1, 0.0, 0.0]], dtype=torch.float64), k=torch.tensor(200.0))
-    tensor(1.0000, dtype=torch.float64)
-    """
-
-    def __init__(self, reference_positions):
-        super().__init__()
-        self.register_buffer("reference_positions", torch.as_tensor(np.asarray(reference_positions, dtype=np.float64)))
-
-    def forward(self, positions: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        return 0.5 * k * ((positions - self.reference_positions) ** 2).sum()
-
-
-class FlowEnergy(torch.nn.Module):
-    """``U(x) = -kT log q(x)`` in kJ/mol for a flow with ``log_prob(x)``, ``x`` shape (n, n_atoms, 3) nm.
-
-    Parameters
-    ----------
-    flow : torch.nn.Module
-        Has ``log_prob(x) -> Tensor[n]``.
-    kT : float
-        Thermal energy in kJ/mol.
-    """
-
-    def __init__(self, flow, kT):
-        super().__init__()
-        self.flow = flow
-        self.kT = float(kT)
-
-    def forward(self, positions):
-        x = positions.to(dtype=_flow_dtype(self.flow)).unsqueeze(0)
-        return -self.kT * self.flow.log_prob(x).to(torch.float64).sum()
-
-
-def _flow_dtype(flow):
-    for tensor in list(flow.parameters()) + list(flow.buffers()) if isinstance(flow, torch.nn.Module) else []:
-        if tensor.is_floating_point():
-            return tensor.dtype
-    return torch.float64
-
-
-def flow_potential(flow, temperature, particles=None, backend="python"):
-    """The energy ``U(x) = -kT log q(x)`` of a flow as an OpenMM Force (learned bias or reference).
-
-    Parameters
-    ----------
-    flow : torch.nn.Module
-        Any module with ``log_prob(x)``, ``x`` a tensor of shape (n, n_atoms, 3) in nm,
-        returning ``log q`` of shape (n,). Positions are cast to the flow's parameter dtype.
-    temperature : openmm.unit.Quantity or float
-        Temperature (K if a bare number) defining ``kT``.
-    particles : sequence of int, optional
-        Atoms the flow describes (default: all).
-    backend : {"python", "torch", "auto"}
-        As in :func:`as_openmm_force`.
-
-    Returns
-    -------
-    openmm.Force
-        Forces ``kT * grad log q(x)`` (kJ/mol/nm) by autograd.
-
-    Examples
-    --------
-    >>> import torch
-    >>> class Gaussian(torch.nn.Module):
-    ...     def log_prob(self, x):
-    ...         return -0.5 * (x ** 2).sum(dim=(-2, -1)) / 0.01
-    >>> force = flow_potential(Gaussian(), 300.0)
-    >>> type(force).__name__
-    'PythonForce'
-    """
-    if not callable(getattr(flow, "log_prob", None)):
-        raise TypeError(f"flow must have a log_prob(x) method, got {type(flow).__name__}.")
-    return as_openmm_force(FlowEnergy(flow, _kT(temperature)), particles=particles, backend=backend)
 
 
 def parameter_derivative(context, name):
@@ -252,6 +170,7 @@ def parameter_derivative(context, name):
     --------
     >>> import openmm
     >>> system = openmm.System(); _ = system.addParticle(1.0)
+    >>> from openmm_flowplugin.forces import HarmonicRestraint
     >>> restraint = HarmonicRestraint([[0.0, 0.0, 0.0]])
     >>> _ = system.addForce(as_openmm_force(restraint, global_parameters={"k": 100.0}, backend="python"))
     >>> context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))

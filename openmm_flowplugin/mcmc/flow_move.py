@@ -5,20 +5,23 @@ __all__ = ["FlowMCMove"]
 import math
 
 import numpy as np
-import torch
 from openmm import unit
 from openmmtools import mcmc
 
-from ._move_state import proposal_from_state, proposal_state, share_proposal
-from .energy import context_potential_energy
-from .proposals import (
-    ProposalBuffer,
+from .._openmm_fast import context_potential_energy
+from ..proposals.buffer import ProposalBuffer
+from ..proposals.protocol import (
+    align_to_current,
+    check_constraints,
     check_proposal_fingerprint,
+    check_proposal_methods,
     checked_batch_size,
-    kabsch_align,
+    checked_count,
     metropolis_hastings_log_ratio,
     proposal_n_atoms,
+    single_log_prob,
 )
+from ..proposals.storage import proposal_from_state, proposal_state, share_proposal
 
 
 class _Batch:
@@ -121,11 +124,8 @@ class FlowMCMove(mcmc.MCMCMove):
     def __init__(self, proposal, n_proposals=1, atom_indices=None, redraw_velocities=True, seed=None,
                  topology=None, sample_batch_size=512, **kwargs):
         super().__init__(**kwargs)
-        for method in ("sample", "log_prob"):
-            if not callable(getattr(proposal, method, None)):
-                raise TypeError(f"proposal {type(proposal).__name__} has no {method}() method; see openmm_flowplugin.proposals for the protocol.")
-        if int(n_proposals) != n_proposals or n_proposals < 1:
-            raise ValueError(f"n_proposals must be a positive integer, got {n_proposals!r}.")
+        check_proposal_methods(proposal)
+        n_proposals = checked_count("n_proposals", n_proposals)
         if atom_indices is not None:
             atom_indices = [int(i) for i in np.asarray(atom_indices).reshape(-1)]
             if len(set(atom_indices)) != len(atom_indices) or min(atom_indices, default=0) < 0:
@@ -242,9 +242,7 @@ class FlowMCMove(mcmc.MCMCMove):
         batch = self._pending
         i = batch.next
         batch.next += 1
-        proposed = batch.x[i]
-        if getattr(self.proposal, "rigid_invariant", False) and np.isfinite(proposed).all():
-            proposed = kabsch_align(proposed, positions)
+        proposed = align_to_current(self.proposal, batch.x[i], positions)
         log_q_current, log_q_proposed = self._log_q(positions, batch.proposal_key), float(batch.log_q[i])
         self._log_q_memo = (batch.proposal_key, [(positions.copy(), log_q_current), (proposed, log_q_proposed)])
         return proposed, log_q_current - log_q_proposed
@@ -256,9 +254,7 @@ class FlowMCMove(mcmc.MCMCMove):
         for memo_positions, memo_log_q in memo if memo_key == proposal_key else ():
             if np.array_equal(memo_positions, positions):
                 return memo_log_q
-        with torch.no_grad():
-            log_q = self.proposal.log_prob(torch.from_numpy(np.ascontiguousarray(positions))[None])
-        return float(torch.as_tensor(log_q).reshape(-1)[0])
+        return single_log_prob(self.proposal, positions)
 
     def _proposal_buffer(self):
         buffer = self._buffers.get(id(self.proposal))
@@ -288,15 +284,8 @@ class FlowMCMove(mcmc.MCMCMove):
             if max(self.atom_indices, default=-1) >= n_particles:
                 raise ValueError(f"atom_indices go up to {max(self.atom_indices)} but the system has {n_particles} atoms.")
             atoms = moved = np.asarray(self.atom_indices)
-        if system.getNumConstraints() and not getattr(self.proposal, "respects_constraints", False):
-            moved_set = set(range(n_particles)) if moved is None else set(self.atom_indices)
-            for k in range(system.getNumConstraints()):
-                i, j, _ = system.getConstraintParameters(k)
-                if i in moved_set or j in moved_set:
-                    raise ValueError(
-                        f"constraint {k} between atoms {i} and {j} involves atoms the proposal moves; flow proposals "
-                        "do not satisfy constraints. Build the system with constraints=None."
-                    )
+        pairs = (system.getConstraintParameters(k)[:2] for k in range(system.getNumConstraints()))
+        check_constraints(self.proposal, pairs, None if moved is None else set(self.atom_indices))
         return atoms
 
     def _maxwell_boltzmann(self, system, kT):

@@ -29,7 +29,7 @@ from torch import nn
 from zuko.flows.spline import CircularRQSTransform
 from zuko.transforms import ComposedTransform, CouplingTransform, DependentTransform, MonotonicRQSTransform
 
-from .coordinates import InternalCoordinates, InternalCoordinateTransform
+from ..geometry.internal import InternalCoordinates, InternalCoordinateTransform
 
 _SPLINE_BOUND = 5.0  # standardized bond/angle features; identity tails outside
 
@@ -180,8 +180,8 @@ class BoltzmannGenerator(nn.Module):
                 f"{molecular_system.name} has {molecular_system.n_constraints} constraints, but a flow moves every atom. "
                 "Build the System with constraints=None (e.g. systems.get(name) does)."
             )
-        from ._version import __version__
-        from .units import kelvin
+        from .._version import __version__
+        from ..units import kelvin
 
         bonds = [(a.index, b.index) for a, b in molecular_system.topology.bonds()]
         metadata = {

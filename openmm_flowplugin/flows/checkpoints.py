@@ -10,16 +10,16 @@ masses), temperature and package version. Files are written to a temporary name 
 and an existing file is never overwritten unless asked.
 """
 
-__all__ = ["save_flow", "load_flow", "file_sha256", "atomic_output_path", "check_output_path", "CheckpointError"]
+__all__ = ["save_flow", "load_flow", "file_sha256", "check_flow_matches", "resolve_flow_path", "CheckpointError"]
 
-import contextlib
 import hashlib
-import os
 import threading
 import weakref
 from pathlib import Path
 
 import torch
+
+from ..outputs import atomic_output_path, check_output_path  # noqa: F401 (check_output_path: old import path)
 
 FORMAT = "openmm_flowplugin.flow/1"
 
@@ -40,31 +40,6 @@ def file_sha256(path):
     return digest.hexdigest()
 
 
-def check_output_path(path, overwrite=False):
-    """Raise ``FileExistsError`` if ``path`` exists and ``overwrite`` is false (call before long work)."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; choose another output name or pass overwrite=True (--overwrite).")
-    return path
-
-
-@contextlib.contextmanager
-def atomic_output_path(path, overwrite=False):
-    """Yield a temporary path next to ``path``; rename it to ``path`` if the block succeeds.
-
-    Raises ``FileExistsError`` at once if ``path`` exists and ``overwrite`` is false.
-    """
-    path = check_output_path(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")  # keep the suffix: writers dispatch on it
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_flow(flow, path, overwrite=False):
     """Write ``flow`` (a :class:`~openmm_flowplugin.flows.BoltzmannGenerator`) to ``path``; returns its sha256."""
     payload = {
@@ -82,7 +57,7 @@ def save_flow(flow, path, overwrite=False):
 
 def resolve_flow_path(name_or_path):
     """A registered system name -> its shipped model in ``systems/models``; otherwise the path itself."""
-    from . import systems
+    from .. import systems
 
     if str(name_or_path) in systems.list():
         return Path(str(systems.data_path("models", f"{name_or_path}.pt")))
@@ -117,7 +92,7 @@ def load_flow(name_or_path, system=None, cache=True):
     >>> flow.n_atoms, flow.metadata["system"]
     (22, 'alanine_dipeptide_vacuum')
     """
-    from .flows import BoltzmannGenerator
+    from .boltzmann_generator import BoltzmannGenerator
 
     path = resolve_flow_path(name_or_path)
     if not path.is_file():

@@ -1,0 +1,21 @@
+"""Normalizing flows: Boltzmann generators on internal coordinates, their training and checkpoints."""
+
+from .._compat import package_getattr
+from .boltzmann_generator import BoltzmannGenerator
+from .checkpoints import CheckpointError, file_sha256, load_flow, save_flow
+from .training import ESSSelector, TrainingHistory, train_maximum_likelihood, train_reverse_kl
+
+__all__ = [
+    "BoltzmannGenerator",
+    "load_flow",
+    "save_flow",
+    "file_sha256",
+    "CheckpointError",
+    "train_maximum_likelihood",
+    "train_reverse_kl",
+    "ESSSelector",
+    "TrainingHistory",
+]
+
+# Private names of the flat layout's ``flows`` module, which stored data (pickles) may name.
+__getattr__ = package_getattr(__name__, ('boltzmann_generator', 'checkpoints', 'training'))

@@ -1,0 +1,166 @@
+"""The proposal protocol shared by every learned Monte Carlo move.
+
+A *proposal* is any object with
+
+- ``sample(n) -> (x, log_q)``: ``x`` a torch tensor of shape (n, n_atoms, 3) in nm, ``log_q`` shape (n,);
+- ``log_prob(x) -> log_q``: shape (n,) for ``x`` of shape (n, n_atoms, 3).
+
+``log_q`` is the log density with respect to Cartesian volume of the atoms it moves; for a
+proposal that is invariant to rigid motions (``rigid_invariant = True``, e.g. flows on internal
+coordinates) it is the density with respect to the internal degrees of freedom (see
+:mod:`openmm_flowplugin.geometry.internal`) and moves re-align each proposal onto the current state.
+
+Optional attributes a move consults: ``n_atoms`` (checked at construction), ``rigid_invariant``
+(default False), ``respects_constraints`` (default False), ``fingerprint`` (sha256 of the
+molecule it was made for, see :attr:`MolecularSystem.fingerprint`).
+"""
+
+__all__ = [
+    "metropolis_hastings_log_ratio",
+    "proposal_n_atoms",
+    "parameter_versions",
+    "checked_batch_size",
+    "check_proposal_fingerprint",
+    "check_proposal_methods",
+    "checked_count",
+    "single_log_prob",
+    "align_to_current",
+    "check_constraints",
+]
+
+import itertools
+import math
+
+import numpy as np
+import torch
+
+
+def metropolis_hastings_log_ratio(u_current, u_proposed, log_q_current, log_q_proposed):
+    """log acceptance ratio ``-u' + u + log q(x) - log q(x')`` in float64; NaN or +inf energy -> -inf.
+
+    A proposal the proposal density itself rules out (``log q(x') = -inf``) or that the energy
+    rejects (``u' = +inf`` or NaN) is never accepted. Scalars in, a float out; arrays in, an array out.
+
+    Examples
+    --------
+    >>> metropolis_hastings_log_ratio(1.0, 2.0, -3.0, -3.5)
+    -0.5
+    >>> metropolis_hastings_log_ratio(1.0, float("nan"), 0.0, 0.0)
+    -inf
+    """
+    if all(isinstance(v, (float, int)) for v in (u_current, u_proposed, log_q_current, log_q_proposed)):
+        if not (math.isfinite(u_proposed) and math.isfinite(log_q_proposed)):
+            return -math.inf
+        log_ratio = -float(u_proposed) + u_current + log_q_current - log_q_proposed
+        return -math.inf if math.isnan(log_ratio) else log_ratio
+    u_current = np.asarray(u_current, dtype=np.float64)
+    u_proposed = np.asarray(u_proposed, dtype=np.float64)
+    log_q_current = np.asarray(log_q_current, dtype=np.float64)
+    log_q_proposed = np.asarray(log_q_proposed, dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        log_ratio = -u_proposed + u_current + log_q_current - log_q_proposed
+    bad = ~np.isfinite(u_proposed) | ~np.isfinite(log_q_proposed) | np.isnan(log_ratio)
+    return np.where(bad, -np.inf, log_ratio)
+
+
+def proposal_n_atoms(proposal):
+    """Number of atoms a proposal moves: its ``n_atoms`` attribute, else the shape of one sample."""
+    n_atoms = getattr(proposal, "n_atoms", None)
+    if n_atoms is None:
+        x, _ = proposal.sample(1)
+        if x.ndim != 3 or x.shape[-1] != 3:
+            raise ValueError(f"proposal.sample(1) must return positions of shape (1, n_atoms, 3), got {tuple(x.shape)}.")
+        n_atoms = x.shape[1]
+    return int(n_atoms)
+
+
+def parameter_versions(proposal):
+    """In-place modification counters of a torch proposal's tensors (None for other proposals)."""
+    if not isinstance(proposal, torch.nn.Module):
+        return None
+    return tuple(t._version for t in itertools.chain(proposal.parameters(), proposal.buffers()))
+
+
+def checked_batch_size(batch_size):
+    """``batch_size`` as an int, or ValueError naming ``sample_batch_size`` if it is not an integer >= 1."""
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"sample_batch_size must be an integer >= 1, got {batch_size!r}.")
+    return int(batch_size)
+
+
+def check_proposal_fingerprint(proposal, system, topology):
+    """Raise ValueError if ``proposal.fingerprint`` exists and is not that of ``system`` + ``topology``.
+
+    The fingerprint (:func:`~openmm_flowplugin.molecular_system.system_fingerprint`: atom count,
+    elements, masses) tells a flow made for another molecule with the same atom count apart.
+    Nothing is checked if either is missing.
+    """
+    from ..systems.molecular_system import system_fingerprint
+
+    fingerprint = getattr(proposal, "fingerprint", None)
+    if topology is None or fingerprint is None:
+        return
+    expected = system_fingerprint(system, topology)
+    if fingerprint != expected:
+        raise ValueError(
+            f"proposal.fingerprint {fingerprint[:12]}... does not match the system's {expected[:12]}...: "
+            "the proposal was made for another molecule. Load the proposal trained for this system."
+        )
+
+
+def check_proposal_methods(proposal):
+    """Raise TypeError unless ``proposal`` has callable ``sample`` and ``log_prob``."""
+    for method in ("sample", "log_prob"):
+        if not callable(getattr(proposal, method, None)):
+            raise TypeError(f"proposal {type(proposal).__name__} has no {method}() method; see openmm_flowplugin.proposals for the protocol.")
+
+
+def checked_count(name, value):
+    """``value`` as an int, or ValueError naming ``name`` unless it is an integer >= 1 (bools refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer, float)) or int(value) != value or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+    return int(value)
+
+
+def single_log_prob(proposal, positions):
+    """``log q`` (float) of one configuration, positions float64 (n_atoms, 3) nm, with one torch thread."""
+    from .._threads import package_threads
+
+    with torch.no_grad(), package_threads():
+        log_q = proposal.log_prob(torch.from_numpy(np.ascontiguousarray(positions, dtype=np.float64))[None])
+    return float(torch.as_tensor(log_q).reshape(-1)[0])
+
+
+def align_to_current(proposal, proposed, current):
+    """Proposed positions rigidly aligned onto ``current`` if ``proposal.rigid_invariant``, else unchanged.
+
+    The optimal (Kabsch) alignment is symmetric, so detailed balance holds in the rigid degrees of freedom.
+    Non-finite proposals are returned as they are (they are rejected).
+    """
+    if not getattr(proposal, "rigid_invariant", False):
+        return proposed
+    from ..geometry.alignment import kabsch_align
+
+    if proposed.ndim == 2:
+        return kabsch_align(proposed, current) if np.isfinite(proposed).all() else proposed
+    finite = np.isfinite(proposed).all(axis=(1, 2))
+    aligned = proposed.copy()
+    if finite.any():
+        aligned[finite] = kabsch_align(proposed[finite], current)
+    return aligned
+
+
+def check_constraints(proposal, constrained_pairs, moved=None):
+    """Raise ValueError if a constraint involves a moved atom and the proposal does not respect constraints.
+
+    ``constrained_pairs``: iterable of (i, j); ``moved``: set of moved atom indices (None: all atoms).
+    """
+    if getattr(proposal, "respects_constraints", False):
+        return
+    for k, (i, j) in enumerate(constrained_pairs):
+        if moved is None or i in moved or j in moved:
+            raise ValueError(
+                f"constraint {k} between atoms {i} and {j} involves atoms the proposal moves; learned proposals "
+                "do not satisfy constraints. Build the System with constraints=None (and a ~1 fs timestep), or use "
+                "a proposal that declares respects_constraints = True."
+            )
