@@ -1,4 +1,4 @@
-"""What every command shares: the user-error wrapper and trajectory loading."""
+"""What every command shares: the user-error wrapper, the system options, counts, trajectories."""
 
 import functools
 import sys
@@ -7,6 +7,9 @@ from pathlib import Path
 import click
 
 USER_ERRORS = (KeyError, FileNotFoundError, FileExistsError, ValueError, TypeError, OSError)
+
+#: Counts that must be integers >= 1 (steps, batch sizes, samples...).
+POSITIVE_INT = click.IntRange(min=1)
 
 
 def _user_errors(command):
@@ -22,8 +25,87 @@ def _user_errors(command):
     return wrapper
 
 
+_FILE = click.Path(dir_okay=False)
+
+_SYSTEM_OPTIONS = (
+    click.argument("system", required=False, default=None),
+    click.option("--system", "system_name", default=None, help="A registered system (see `openmm-flowplugin systems`)."),
+    click.option("--pdb", type=_FILE, default=None, help="PDB file: with --forcefield, or the coordinates for --system-xml."),
+    click.option("--forcefield", multiple=True, help="OpenMM ForceField XML for --pdb (repeatable), e.g. amber14-all.xml."),
+    click.option("--prmtop", type=_FILE, default=None, help="AMBER topology (with --inpcrd)."),
+    click.option("--inpcrd", type=_FILE, default=None, help="AMBER coordinates (with --prmtop)."),
+    click.option("--top", "gromacs_top", type=_FILE, default=None, help="GROMACS topology (with --gro)."),
+    click.option("--gro", type=_FILE, default=None, help="GROMACS coordinates (with --top)."),
+    click.option("--system-xml", type=_FILE, default=None, help="Serialized openmm.System (with --pdb for topology and positions)."),
+)
+
+_SYSTEM_KEYS = ("system", "system_name", "pdb", "forcefield", "prmtop", "inpcrd", "gromacs_top", "gro", "system_xml")
+
+
+def _system_options(command, positional):
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        options = {key: kwargs.pop(key, None) for key in _SYSTEM_KEYS}
+        return command(*args, molecular_system_options=options, **kwargs)
+
+    for decorator in reversed(_SYSTEM_OPTIONS if positional else _SYSTEM_OPTIONS[1:]):
+        wrapper = decorator(wrapper)
+    return wrapper
+
+
+def system_options(command):
+    """Add ``[SYSTEM] | --system NAME | --pdb FILE --forcefield XML... | --prmtop --inpcrd | --top --gro | --system-xml --pdb``.
+
+    The wrapped command receives one keyword, ``molecular_system_options``: a dict for :func:`load_system`.
+    """
+    return _system_options(command, positional=True)
+
+
+def named_system_options(command):
+    """As :func:`system_options`, without the positional SYSTEM (for commands whose argument is something else)."""
+    return _system_options(command, positional=False)
+
+
+def load_system(options, temperature=None, default_name=None):
+    """The :class:`~openmm_flowplugin.systems.MolecularSystem` the system options describe.
+
+    ``default_name`` (e.g. the system stored in a checkpoint) is used when no option names a system.
+    """
+    from .. import systems
+
+    options = dict(options)
+    positional, named = options.pop("system", None), options.pop("system_name", None)
+    if positional and named and positional != named:
+        raise ValueError(f"the system is given twice: SYSTEM {positional!r} and --system {named!r}; give one.")
+    name = positional or named
+    files = {key: value for key, value in options.items() if value}
+    if name and files:
+        raise ValueError(f"give either a registered system ({name!r}) or input files ({', '.join('--' + k.replace('_', '-') for k in files)}), not both.")
+    kwargs = {} if temperature is None else {"temperature": temperature}
+    if name or not files:
+        name = name or default_name
+        if name is None:
+            raise ValueError(
+                "no system given: name a registered system (`openmm-flowplugin systems`) or pass files: "
+                "--pdb FILE --forcefield XML..., --prmtop FILE --inpcrd FILE, --top FILE --gro FILE, or --system-xml FILE --pdb FILE."
+            )
+        return systems.get(name, **kwargs)
+    from ..systems.from_files import from_files
+
+    return from_files(
+        pdb=files.get("pdb"),
+        forcefield=tuple(files.get("forcefield", ())) or None,
+        prmtop=files.get("prmtop"),
+        inpcrd=files.get("inpcrd"),
+        top=files.get("gromacs_top"),
+        gro=files.get("gro"),
+        system_xml=files.get("system_xml"),
+        **kwargs,
+    )
+
 
 def _load_trajectories(paths, molecular_system):
+    """Frames (n, n_atoms, 3) nm of mdtraj-readable trajectories; one-line errors for missing, unreadable or empty files."""
     import mdtraj
     import numpy as np
 
@@ -31,7 +113,15 @@ def _load_trajectories(paths, molecular_system):
     for path in paths:
         if not Path(path).is_file():
             raise FileNotFoundError(f"trajectory {path} not found.")
-        trajectory = mdtraj.load(path, top=molecular_system.mdtraj_topology) if not str(path).endswith(".h5") else mdtraj.load(path)
+        try:
+            if str(path).endswith(".h5"):
+                trajectory = mdtraj.load(path)
+            else:
+                trajectory = mdtraj.load(path, top=molecular_system.mdtraj_topology)
+        except Exception as error:  # mdtraj raises many types for unreadable files
+            raise ValueError(f"cannot read trajectory {path}: {type(error).__name__}: {error}") from None
+        if trajectory.n_frames == 0:
+            raise ValueError(f"trajectory {path} has no frames.")
         if trajectory.n_atoms != molecular_system.n_atoms:
             raise ValueError(f"{path} has {trajectory.n_atoms} atoms but {molecular_system.name} has {molecular_system.n_atoms}.")
         frames.append(trajectory.xyz)

@@ -4,12 +4,12 @@ from pathlib import Path
 
 import click
 
-from ._common import _user_errors
+from ._common import POSITIVE_INT, _user_errors
 from .evaluate_command import _evaluate, _plots
 
 
 @click.command()
-@click.option("--samples", "-n", default=10_000, show_default=True)
+@click.option("--samples", "-n", default=10_000, show_default=True, type=POSITIVE_INT)
 @click.option("--output-dir", default="out", show_default=True, type=click.Path(file_okay=False))
 @click.option("--seed", default=0, show_default=True)
 @_user_errors
@@ -27,7 +27,7 @@ def demo(samples, output_dir, seed):
     if not checkpoint.is_file():
         checkpoint = _train_small_flow(name, Path(output_dir))
     start = time.perf_counter()
-    result, molecular_system = _evaluate(str(checkpoint), name, samples)
+    result, molecular_system = _evaluate(str(checkpoint), {"system_name": name}, samples)
     click.echo(f"flow: {checkpoint}")
     for line in result.summary():
         click.echo(line)

@@ -3,42 +3,47 @@
 
 import click
 
-from ._common import _load_trajectories, _user_errors
+from ._common import POSITIVE_INT, _load_trajectories, _user_errors, load_system, named_system_options
 
 
 @click.command()
 @click.argument("checkpoint")
-@click.option("--system", default=None, help="System name (default: the one stored in the checkpoint).")
-@click.option("--samples", "-n", default=10_000, show_default=True)
+@named_system_options
+@click.option("--samples", "-n", default=10_000, show_default=True, type=POSITIVE_INT)
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Ramachandran PNG (peptides).")
 @click.option("--energy-plot", type=click.Path(dir_okay=False), default=None, help="Energy histogram PNG.")
 @click.option("--data", "-d", multiple=True, type=click.Path(dir_okay=False), help="MD trajectory to compare with.")
 @click.option("--seed", default=0, show_default=True)
 @_user_errors
-def evaluate(checkpoint, system, samples, plot, energy_plot, data, seed):
-    """Evaluate a flow CHECKPOINT (path or system name): ESS, energies, Ramachandran plot."""
+def evaluate(checkpoint, molecular_system_options, samples, plot, energy_plot, data, seed):
+    """Evaluate a flow CHECKPOINT (path or system name): ESS, energies, Ramachandran plot.
+
+    The system defaults to the registered one named in the checkpoint; a flow trained on your own
+    files needs the same files again (--pdb/--forcefield, --prmtop/--inpcrd, ...).
+    """
     import torch
 
     torch.manual_seed(seed)
-    result, molecular_system = _evaluate(checkpoint, system, samples)
+    result, molecular_system = _evaluate(checkpoint, molecular_system_options, samples)
     for line in result.summary():
         click.echo(line)
     md_positions = _load_trajectories(data, molecular_system) if data else None
     _plots(result, molecular_system, plot, energy_plot, md_positions)
 
 
-def _evaluate(checkpoint, system, samples):
+def _evaluate(checkpoint, molecular_system_options, samples):
     from .. import systems
-    from ..flows.checkpoints import load_flow
     from ..analysis.evaluation import evaluate_flow
+    from ..flows.checkpoints import check_flow_matches, load_flow
 
     flow = load_flow(checkpoint)
-    name = system or flow.metadata.get("system")
-    if name is None:
-        raise ValueError(f"{checkpoint} does not name its system; pass --system.")
-    molecular_system = systems.get(name)
-    from ..flows.checkpoints import check_flow_matches
-
+    stored = flow.metadata.get("system")
+    if not any(molecular_system_options.values()) and stored not in systems.list():
+        raise ValueError(
+            f"{checkpoint} was trained on {stored!r}, which is not a registered system; pass the files it was built from "
+            "(--pdb/--forcefield, --prmtop/--inpcrd, --top/--gro or --system-xml/--pdb)."
+        )
+    molecular_system = load_system(molecular_system_options, default_name=stored)
     check_flow_matches(flow, molecular_system)
     return evaluate_flow(flow, molecular_system, n_samples=samples), molecular_system
 

@@ -3,13 +3,13 @@
 
 import click
 
-from ._common import _load_trajectories, _user_errors
+from ._common import POSITIVE_INT, _load_trajectories, _user_errors, load_system, system_options
 
 
 @click.command()
-@click.argument("system")
-@click.option("--steps", default=1_000_000, show_default=True, help="Production MD steps.")
-@click.option("--interval", default=100, show_default=True, help="Steps between saved frames.")
+@system_options
+@click.option("--steps", default=1_000_000, show_default=True, type=POSITIVE_INT, help="Production MD steps.")
+@click.option("--interval", default=100, show_default=True, type=POSITIVE_INT, help="Steps between saved frames.")
 @click.option("--temperature", type=float, default=None, help="Kelvin (default: the system's).")
 @click.option("--timestep", type=float, default=1.0, show_default=True, help="Femtoseconds.")
 @click.option("--seed", type=int, default=None)
@@ -19,14 +19,13 @@ from ._common import _load_trajectories, _user_errors
 @click.option("--start-frame", default=-1, show_default=True, help="Frame of --start to begin from.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @_user_errors
-def simulate(system, steps, interval, temperature, timestep, seed, platform, output, start, start_frame, overwrite):
+def simulate(molecular_system_options, steps, interval, temperature, timestep, seed, platform, output, start, start_frame, overwrite):
     """Run Langevin MD of SYSTEM and save an HDF5 trajectory."""
     from openmm import unit
 
-    from .. import systems
     from ..simulation.md import simulate as run
 
-    molecular_system = systems.get(system)
+    molecular_system = load_system(molecular_system_options)
     if start is not None:
         frames = _load_trajectories([start], molecular_system)
         if not -len(frames) <= start_frame < len(frames):

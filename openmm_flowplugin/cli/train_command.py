@@ -4,33 +4,32 @@ import sys
 
 import click
 
-from ._common import _load_trajectories, _user_errors
+from ._common import POSITIVE_INT, _load_trajectories, _user_errors, load_system, system_options
 
 
 @click.command()
-@click.argument("system")
+@system_options
 @click.option("--data", "-d", multiple=True, required=True, type=click.Path(dir_okay=False), help="MD trajectory (repeatable).")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Checkpoint file to write.")
-@click.option("--ml-steps", default=3000, show_default=True, help="Maximum-likelihood steps.")
-@click.option("--kl-steps", default=0, show_default=True, help="Reverse-KL fine-tuning steps (energy-based).")
-@click.option("--batch-size", default=256, show_default=True)
+@click.option("--ml-steps", default=3000, show_default=True, type=click.IntRange(min=0), help="Maximum-likelihood steps.")
+@click.option("--kl-steps", default=0, show_default=True, type=click.IntRange(min=0), help="Reverse-KL fine-tuning steps (energy-based).")
+@click.option("--batch-size", default=256, show_default=True, type=POSITIVE_INT)
 @click.option("--learning-rate", default=1e-3, show_default=True)
 @click.option("--kl-learning-rate", default=1e-4, show_default=True)
-@click.option("--blocks", default=3, show_default=True, help="Coupling blocks.")
+@click.option("--blocks", default=3, show_default=True, type=POSITIVE_INT, help="Coupling blocks.")
 @click.option("--hidden", default="128,128", show_default=True, help="Conditioner hidden widths.")
-@click.option("--bins", default=8, show_default=True, help="Spline bins.")
+@click.option("--bins", default=8, show_default=True, type=click.IntRange(min=2), help="Spline bins.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--ess-samples", default=10_000, show_default=True, help="Samples for the final ESS report.")
-@click.option("--select-every", default=0, show_default=True,
+@click.option("--ess-samples", default=10_000, show_default=True, type=POSITIVE_INT, help="Samples for the final ESS report.")
+@click.option("--select-every", default=0, show_default=True, type=click.IntRange(min=0),
               help="Every N steps measure the ESS on 2,000 fresh samples and keep the best weights (0: off).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint.")
 @_user_errors
-def train(system, data, output, ml_steps, kl_steps, batch_size, learning_rate, kl_learning_rate, blocks, hidden, bins,
+def train(molecular_system_options, data, output, ml_steps, kl_steps, batch_size, learning_rate, kl_learning_rate, blocks, hidden, bins,
           seed, ess_samples, select_every, overwrite):
     """Train a Boltzmann generator for SYSTEM on MD data, then optionally by reverse KL."""
     import torch
 
-    from .. import systems
     from ..flows.checkpoints import save_flow
     from ..outputs import check_output_path
     from ..bridge.energy import OpenMMEnergy
@@ -40,7 +39,7 @@ def train(system, data, output, ml_steps, kl_steps, batch_size, learning_rate, k
 
     check_output_path(output, overwrite)  # refuse an existing file before training
     torch.manual_seed(seed)
-    molecular_system = systems.get(system)
+    molecular_system = load_system(molecular_system_options)
     positions = torch.as_tensor(_load_trajectories(data, molecular_system), dtype=torch.float64)
     hidden_widths = tuple(int(h) for h in hidden.split(","))
     command = " ".join(["openmm-flowplugin"] + sys.argv[1:])
