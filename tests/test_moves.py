@@ -6,6 +6,7 @@ are tuned.
 """
 
 import copy
+import functools
 import json
 import math
 import pickle
@@ -22,7 +23,7 @@ from openmmtools.states import CompoundThermodynamicState, GlobalParameterState
 from openmmtools.utils import deserialize, serialize
 
 from openmm_flowplugin import systems
-from openmm_flowplugin.proposals.storage import ProposalStateError, file_sha256
+from openmm_flowplugin.proposals.storage import ProposalStateError, file_sha256, register_checkpoint_loader
 from openmm_flowplugin.mcmc import FlowMCMove
 from openmm_flowplugin.proposals import GaussianProposal
 
@@ -75,7 +76,7 @@ class FixedProposal:
     def __init__(self, x):
         self.x = torch.as_tensor(np.asarray(x, dtype=np.float64))
 
-    def sample(self, n):
+    def sample(self, n, generator=None):
         return self.x.expand(n, *self.x.shape).clone(), torch.zeros(n, dtype=torch.float64)
 
     def log_prob(self, x):
@@ -91,7 +92,7 @@ class RandomRigidMotion:
         self.x = torch.as_tensor(np.asarray(x, dtype=np.float64))
         self.n_atoms = len(x)
 
-    def sample(self, n):
+    def sample(self, n, generator=None):
         q = torch.linalg.qr(torch.randn(n, 3, 3, dtype=torch.float64))[0]
         q = q * torch.sign(torch.linalg.det(q))[:, None, None]
         return self.x @ q.transpose(1, 2) + torch.randn(n, 1, 3, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
@@ -280,7 +281,7 @@ def test_invalid_proposals_are_rejected_and_state_untouched(kind):
     before = _state_arrays(sampler_state)
     move.apply(state, sampler_state, reference_cache())
     after = _state_arrays(sampler_state)
-    assert move.statistics == dict(n_proposed=3, n_accepted=0, n_invalid=0 if kind == "two_atoms_overlapping" else 3)
+    assert move.statistics == dict(n_proposed=3, n_accepted=0, n_invalid=0 if kind == "two_atoms_overlapping" else 3, n_drawn=3)
     for b, a in zip(before, after):
         np.testing.assert_array_equal(a, b)
 
@@ -302,7 +303,7 @@ def test_exception_inside_the_move_leaves_state_and_statistics_unchanged():
         move.apply(state, sampler_state, reference_cache())  # the first step was accepted (exact proposal)
     for b, a in zip(before, _state_arrays(sampler_state)):
         np.testing.assert_array_equal(a, b)
-    assert move.statistics == dict(n_proposed=0, n_accepted=0, n_invalid=0)
+    assert move.statistics == dict(n_proposed=0, n_accepted=0, n_invalid=0, n_drawn=0)
 
 
 def test_construction_errors_name_the_problem():
@@ -353,11 +354,11 @@ def test_statistics_interface():
     move = FlowMCMove(GaussianProposal(ho.positions_nm, ho.reference.std, seed=1), n_proposals=5, seed=2)
     assert math.isnan(move.fraction_accepted)
     move.apply(ho.thermodynamic_state(), ho.sampler_state(), reference_cache())
-    assert move.statistics == dict(n_proposed=5, n_accepted=5, n_invalid=0) and move.fraction_accepted == 1.0
+    assert move.statistics == dict(n_proposed=5, n_accepted=5, n_invalid=0, n_drawn=5) and move.fraction_accepted == 1.0
     move.statistics = dict(n_proposed=10, n_accepted=3)
-    assert (move.n_proposed, move.n_accepted, move.n_invalid) == (10, 3, 0)
+    assert (move.n_proposed, move.n_accepted, move.n_invalid, move.n_drawn) == (10, 3, 0, 5)
     move.reset_statistics()
-    assert move.statistics == dict(n_proposed=0, n_accepted=0, n_invalid=0)
+    assert move.statistics == dict(n_proposed=0, n_accepted=0, n_invalid=0, n_drawn=5)  # the stream position stays
 
 
 def test_deepcopy_shares_proposal_with_independent_random_stream():
@@ -365,8 +366,8 @@ def test_deepcopy_shares_proposal_with_independent_random_stream():
     move = FlowMCMove(GaussianProposal(ho.positions_nm, 0.05, seed=1), seed=2)
     copies = [copy.deepcopy(move) for _ in range(2)]
     assert all(c.proposal is move.proposal for c in copies)
-    draws = [c._rng.random(4).tolist() for c in [move] + copies]
-    assert draws[0] != draws[1] != draws[2]
+    assert [c.stream for c in [move] + copies] == [(), (0,), (1,)] and all(c.seed == move.seed for c in copies)
+    assert copy.deepcopy(copies[1]).stream == (1, 0)
     nested = copy.deepcopy(mcmc.SequenceMove([mcmc.LangevinDynamicsMove(n_steps=1), move]))
     assert nested.move_list[1].proposal is move.proposal
 
@@ -382,9 +383,7 @@ def test_serialization_round_trips_plain_data():
     for restored in (pickle.loads(pickle.dumps(move)), deserialize(yaml.load(stored, Loader=_DictYamlLoader))):
         assert restored.__getstate__() == move.__getstate__()
         assert restored.proposal is move.proposal  # found again through the keyed cache
-        same_stream = np.random.default_rng()
-        same_stream.bit_generator.state = move._rng.bit_generator.state
-        assert restored._rng.random() == same_stream.random()
+        assert (restored.seed, restored.stream, restored.n_drawn) == (move.seed, move.stream, 3)
 
 
 def test_non_plain_proposal_state_fails_with_the_fix():
@@ -404,6 +403,7 @@ class JsonCheckpointGaussian(GaussianProposal):
         raise AssertionError("a checkpointed proposal must be stored by path and hash, not by state")
 
 
+@functools.partial(register_checkpoint_loader, JsonCheckpointGaussian.checkpoint_loader)
 def load_json_gaussian(path):
     JsonCheckpointGaussian.loads += 1
     with open(path) as handle:

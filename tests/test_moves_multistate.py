@@ -48,8 +48,7 @@ def test_stored_as_plain_data_and_resumed_with_statistics(tmp_path):
     moves = _flow_moves(sampler)
     assert all(m.proposal is proposal for m in moves)  # per-state copies share the proposal
     assert [m.n_proposed for m in moves] == [12, 12]
-    streams = {m._rng.bit_generator.state["state"]["state"] for m in moves}
-    assert len(streams) == len(moves)  # independent acceptance streams per state
+    assert len({m.stream for m in moves}) == len(moves)  # independent streams per state
     statistics = [m.statistics for m in moves]
     reporter.close()
     del sampler, moves

@@ -66,8 +66,8 @@ class RecordingGaussian(GaussianProposal):
         super().__init__(*args, **kwargs)
         self.drawn, self.calls = [], 0
 
-    def sample(self, n):
-        x, log_q = super().sample(n)
+    def sample(self, n, generator=None):
+        x, log_q = super().sample(n, generator)
         self.drawn.extend(x.numpy())
         self.calls += 1
         return x, log_q
@@ -78,17 +78,23 @@ def test_buffer_hands_out_every_draw_once_in_order():
     buffer = ProposalBuffer(proposal, batch_size=8)
     taken = [buffer.take(n)[0] for n in (3, 3, 3, 20, 1)]
     np.testing.assert_array_equal(np.concatenate(taken), np.array(proposal.drawn)[:30])
-    assert proposal.calls == 4 and len(proposal.drawn) == 8 + 8 + 13 + 8 and buffer.n_buffered == 7
+    assert proposal.calls == 4 and len(proposal.drawn) == 32 and buffer.n_buffered == 2  # batches 0-3, each drawn once
     x, log_q = buffer.take(2)
     np.testing.assert_allclose(log_q, proposal.log_prob(torch.from_numpy(x)).numpy())
+    # draws are addressed by position: asking again for old positions gives the same draws
+    np.testing.assert_array_equal(buffer.draws(0, 3)[0], taken[0])
+    again = ProposalBuffer(RecordingGaussian([[0.0, 0.0, 0.0]], 0.1), batch_size=8, seed=buffer.seed)
+    np.testing.assert_array_equal(again.draws(10, 5)[0], np.concatenate(taken)[10:15])
+    other_stream = ProposalBuffer(RecordingGaussian([[0.0, 0.0, 0.0]], 0.1), batch_size=8, seed=buffer.seed, stream=(1,))
+    assert not np.isin(other_stream.draws(0, 30)[0], np.concatenate(taken)).any()
 
 
 def test_buffer_errors_keep_what_it_had():
     class SometimesWrongShape(RecordingGaussian):
         broken = False
 
-        def sample(self, n):
-            x, log_q = super().sample(n)
+        def sample(self, n, generator=None):
+            x, log_q = super().sample(n, generator)
             return (x[:, :, :2], log_q) if self.broken else (x, log_q)
 
     proposal = SometimesWrongShape([[0.0, 0.0, 0.0]], 0.1, seed=4)
@@ -113,8 +119,8 @@ class ShiftedGaussian(torch.nn.Module):
 
     n_atoms = 1
 
-    def sample(self, n):
-        x = self.mean + self.scale * torch.randn(n, 1, 3, dtype=torch.float64)
+    def sample(self, n, generator=None):
+        x = self.mean + self.scale * torch.randn(n, 1, 3, dtype=torch.float64, generator=generator)
         return x, self.log_prob(x)
 
     def log_prob(self, x):
@@ -132,28 +138,34 @@ def test_buffer_is_emptied_when_the_proposal_is_trained_in_place():
     np.testing.assert_allclose(log_q, proposal.log_prob(torch.from_numpy(x)).detach().numpy())
 
 
-def test_move_copies_share_one_buffer_and_use_each_draw_once():
+def test_move_copies_draw_independent_streams_and_never_reuse_a_draw():
     ho = systems.get("harmonic_oscillator")
-    proposal = RecordingGaussian(ho.positions_nm, ho.reference.std, seed=5)
+    proposal = RecordingGaussian(ho.positions_nm, ho.reference.std)
     move = FlowMCMove(proposal, n_proposals=3, seed=6, sample_batch_size=16)
     copies = [move] + [copy.deepcopy(move) for _ in range(2)]
+    assert [c.stream for c in copies] == [(), (0,), (1,)]
     context_cache = cache.ContextCache(platform=openmm.Platform.getPlatformByName("Reference"))
-    used = []
+    used = {id(c): [] for c in copies}
 
     for c in copies:  # record which draws each copy proposes (the proposal is not rigid-invariant: used as drawn)
         original = c._propose_positions
 
-        def spy(positions, original=original):
+        def spy(positions, original=original, c=c):
             proposed, ratio = original(positions)
-            used.append(proposed.copy())
+            used[id(c)].append(proposed.copy())
             return proposed, ratio
 
         c._propose_positions = spy
-    for _ in range(3):
+    for _ in range(7):  # 21 draws per copy: crosses a batch boundary
         for c in copies:
             c.apply(ho.thermodynamic_state(), ho.sampler_state(), context_cache)
-    np.testing.assert_array_equal(np.array(used), np.array(proposal.drawn)[: len(used)])
-    assert proposal.calls == 2  # 27 draws from batches of 16
+    everything = np.concatenate([np.array(u) for u in used.values()])
+    assert len(np.unique(everything.reshape(len(everything), -1), axis=0)) == len(everything) == 63
+    assert all(c.n_drawn == 21 for c in copies)
+    # the same seed and stream give the same draws, in any process or copy: a fresh move replays copy 1's chain
+    replay = FlowMCMove(RecordingGaussian(ho.positions_nm, ho.reference.std), n_proposals=3, seed=6, sample_batch_size=16)
+    replay.stream = (1,)
+    np.testing.assert_array_equal(replay._proposal_buffer().draws(0, 21)[0], np.array(used[id(copies[2])]))
 
 
 def test_move_recomputes_log_q_of_the_current_state_after_in_place_training():

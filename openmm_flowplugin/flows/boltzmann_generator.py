@@ -200,6 +200,11 @@ class BoltzmannGenerator(nn.Module):
         return self.config["n_atoms"]
 
     @property
+    def bonds(self):
+        """The bond graph the internal coordinates were built on, as a list of (i, j)."""
+        return [tuple(bond) for bond in self.config["bonds"]]
+
+    @property
     def fingerprint(self):
         """sha256 of the molecule this flow was made for (``None`` if unknown)."""
         return self.metadata.get("fingerprint")
@@ -211,17 +216,20 @@ class BoltzmannGenerator(nn.Module):
     def log_prob(self, x):
         """Log density (float64, shape (n,)) of Cartesian positions ``x`` of shape (n, n_atoms, 3) in nm."""
         x = self._check_positions(x)
+        if len(x) == 0:
+            return torch.zeros(0, dtype=torch.float64, device=x.device)
         ic, _, _ = self.coordinates.to_internal(x.to(torch.float64))
         features, log_det_features = self._features(ic)
         z, ladj = self.transform().call_and_ladj(features.float())
         return self._base_log_prob(z) + ladj.double() + log_det_features
 
-    def sample(self, n):
+    def sample(self, n, generator=None):
         """Draw ``n`` configurations: positions (n, n_atoms, 3) nm float64 in the root frame, and log_q (n,) float64.
 
-        Differentiable (reparameterized) when gradients are enabled.
+        Random numbers come from ``generator`` (a :class:`torch.Generator`) if given, else from torch's
+        global generator. Differentiable (reparameterized) when gradients are enabled.
         """
-        z = self._sample_base(int(n))
+        z = self._sample_base(int(n), generator)
         features, ladj = z, torch.zeros(len(z), dtype=torch.float64, device=z.device)
         for layer in reversed(self.layers):
             features, layer_ladj = layer.inverse_and_ladj(features)
@@ -290,12 +298,13 @@ class BoltzmannGenerator(nn.Module):
         log_uniform = torch.where(inside, -n_c * math.log(2 * math.pi), -math.inf)
         return log_uniform - 0.5 * (rest**2).sum(-1) - 0.5 * rest.shape[-1] * math.log(2 * math.pi)
 
-    def _sample_base(self, n):
+    def _sample_base(self, n, generator=None):
         n_c = self.n_circular
         device = self.bond_loc.device
-        torsions = (torch.rand(n, n_c, device=device) * 2 - 1) * math.pi
-        rest = torch.randn(n, self.n_features - n_c, device=device)
-        return torch.cat((torsions, rest), dim=-1)
+        draw_device = device if generator is None else generator.device  # a CPU generator draws on the CPU
+        torsions = (torch.rand(n, n_c, device=draw_device, generator=generator) * 2 - 1) * math.pi
+        rest = torch.randn(n, self.n_features - n_c, device=draw_device, generator=generator)
+        return torch.cat((torsions, rest), dim=-1).to(device)
 
     def extra_repr(self):
         return f"n_atoms={self.n_atoms}, n_features={self.n_features}, n_circular={self.n_circular}, n_layers={len(self.layers)}"

@@ -52,7 +52,15 @@ def save_flow(flow, path, overwrite=False):
         torch.save(payload, tmp)
     flow.checkpoint_path = str(Path(path).resolve())
     flow.checkpoint_sha256 = file_sha256(path)
+    _record_version(flow)
     return flow.checkpoint_sha256
+
+
+def _record_version(flow):
+    """Remember the weights' version the file holds: storing a move refuses the path once they change."""
+    from ..proposals.storage import record_checkpoint_version
+
+    record_checkpoint_version(flow)
 
 
 def resolve_flow_path(name_or_path):
@@ -102,27 +110,22 @@ def load_flow(name_or_path, system=None, cache=True):
     with _cache_lock:
         flow = _cache.get(key) if cache else None
         if flow is None:
+            config, state_dict, metadata = _read_payload(path)
+            placeholder = torch.zeros(1, config["n_atoms"], 3, dtype=torch.float64)
+            flow = BoltzmannGenerator(  # errors here are bugs, not bad files: they propagate with their traceback
+                config["n_atoms"], config["bonds"], placeholder, n_blocks=config["n_blocks"],
+                hidden=config["hidden"], bins=config["bins"], metadata=metadata,
+                narrow_torsions=config.get("narrow_torsions", []),
+            )
             try:
-                payload = torch.load(path, map_location="cpu", weights_only=True)
-                if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-                    raise CheckpointError(f"{path} is not an openmm_flowplugin flow checkpoint (format {FORMAT}).")
-                config = payload["config"]
-                state_dict = payload["state_dict"]
-                placeholder = torch.zeros(1, config["n_atoms"], 3, dtype=torch.float64)
-                flow = BoltzmannGenerator(
-                    config["n_atoms"], config["bonds"], placeholder, n_blocks=config["n_blocks"],
-                    hidden=config["hidden"], bins=config["bins"], metadata=payload["metadata"],
-                    narrow_torsions=config.get("narrow_torsions", []),
-                )
                 flow.load_state_dict(state_dict)
-            except CheckpointError:
-                raise
-            except Exception as error:  # unpickling, truncated file, missing keys, wrong shapes
-                raise CheckpointError(f"{path} is corrupt or not a flow checkpoint: {type(error).__name__}: {error}") from None
+            except RuntimeError as error:  # missing/unexpected keys, wrong shapes
+                raise CheckpointError(f"{path}: its weights do not fit the architecture its config describes: {error}") from error
             flow.eval()
             flow.requires_grad_(False)
             flow.checkpoint_path = key[0]
             flow.checkpoint_sha256 = sha256
+            _record_version(flow)
             if cache:
                 _cache[key] = flow
     if system is not None:
@@ -130,12 +133,35 @@ def load_flow(name_or_path, system=None, cache=True):
     return flow
 
 
+_CONFIG_KEYS = {"n_atoms": int, "bonds": list, "n_blocks": int, "hidden": list, "bins": int}
+
+
+def _read_payload(path):
+    """(config, state_dict, metadata) of a checkpoint file, or CheckpointError naming what is wrong with the file."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated, not a torch file, or unsafe pickle content: all mean a bad file
+        raise CheckpointError(f"{path} is corrupt or not a flow checkpoint: {type(error).__name__}: {error}") from error
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an openmm_flowplugin flow checkpoint (format {FORMAT}).")
+    missing = [key for key in ("config", "state_dict", "metadata") if not isinstance(payload.get(key), dict)]
+    config = payload.get("config") if isinstance(payload.get("config"), dict) else {}
+    missing += [f"config[{key!r}]" for key, kind in _CONFIG_KEYS.items() if not isinstance(config.get(key), kind)]
+    if missing:
+        raise CheckpointError(f"{path} is corrupt: {', '.join(missing)} missing or of the wrong type.")
+    return config, payload["state_dict"], payload["metadata"]
+
+
 def check_flow_matches(flow, molecular_system):
     """Raise :class:`CheckpointError` unless ``flow`` was made for ``molecular_system``."""
-    expected = molecular_system.fingerprint
-    if flow.n_atoms != molecular_system.n_atoms or (flow.fingerprint is not None and flow.fingerprint != expected):
+    from ..systems.molecular_system import fingerprint_matches
+
+    same = flow.n_atoms == molecular_system.n_atoms and fingerprint_matches(
+        flow.fingerprint, molecular_system.system, molecular_system.topology, flow.bonds
+    )
+    if not same:
         raise CheckpointError(
             f"flow checkpoint {flow.checkpoint_path} was made for {flow.metadata.get('system', '?')!r} "
-            f"({flow.n_atoms} atoms) but the system is {molecular_system.name!r} ({molecular_system.n_atoms} atoms); "
-            "load the checkpoint trained for this molecule or train one."
+            f"({flow.n_atoms} atoms) but the system is {molecular_system.name!r} ({molecular_system.n_atoms} atoms), "
+            "with other atoms, masses or bonds; load the checkpoint trained for this molecule or train one."
         )

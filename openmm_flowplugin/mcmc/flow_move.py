@@ -1,6 +1,6 @@
 """Exact Monte Carlo moves with learned (flow) proposals for openmmtools samplers."""
 
-__all__ = ["FlowMCMove"]
+__all__ = ["FlowMCMove", "BrokenStateError"]
 
 import math
 
@@ -22,6 +22,11 @@ from ..proposals.protocol import (
     single_log_prob,
 )
 from ..proposals.storage import proposal_from_state, proposal_state, share_proposal
+from ..proposals.streams import ACCEPT, VELOCITIES, checked_root_seed, numpy_generator
+
+
+class BrokenStateError(RuntimeError):
+    """The current state has a non-finite energy: the setup is broken, not the proposal."""
 
 
 class _Batch:
@@ -67,18 +72,24 @@ class FlowMCMove(mcmc.MCMCMove):
         if False they are kept. Both are exact: the acceptance does not depend on velocities, so they
         stay Maxwell-Boltzmann distributed and independent of the positions.
     seed : int, optional
-        Seed of the move's own random generator (acceptance and velocities). ``proposal`` draws with
-        its own randomness.
+        Root seed of every random number the move uses: proposals (passed to ``proposal.sample`` as a
+        ``generator``), acceptance uniforms and velocities, each from
+        ``SeedSequence(seed, spawn_key=(*stream, purpose, counter))`` (see
+        :mod:`~openmm_flowplugin.proposals.streams`). ``stream`` is ``()`` for this object and gains the
+        copy number with each deep copy, so openmmtools' per-state copies draw independent streams;
+        ``counter`` is the number of proposals this copy has used (``n_drawn``, kept across resumes
+        and synchronised by openmmtools between MPI ranks). Same seed, same chain; a resumed run continues
+        its streams instead of replaying them. Default: a fresh seed (stored with the move).
     topology : openmm.app.Topology, optional
         The system's topology. If given, and the proposal has a ``fingerprint`` (the package's flows
         do), the first :meth:`apply` checks that the system is the molecule the proposal was made for
         (elements and masses) and raises ``ValueError`` otherwise. Needs ``atom_indices=None``.
     sample_batch_size : int, optional
-        Proposals drawn per ``proposal.sample`` call (default 512), kept in a buffer and used in
-        order across :meth:`apply` calls and the move's deep copies (e.g. the per-state copies of a
-        ``MultiStateSampler``): a flow samples a batch for little more than the cost of one draw.
-        Exact for the same reason as ``n_proposals``; each draw is used once. The buffer is emptied
-        if the proposal's parameters change in place.
+        Proposals drawn per ``proposal.sample`` call (default 512), cached and used in order across
+        :meth:`apply` calls: a flow samples a batch for little more than the cost of one draw. Exact
+        for the same reason as ``n_proposals``; each draw of a stream is used once. The cache is
+        dropped if the proposal's parameters change (its version,
+        :func:`~openmm_flowplugin.proposals.protocol.proposal_version`).
 
     Attributes
     ----------
@@ -86,6 +97,8 @@ class FlowMCMove(mcmc.MCMCMove):
         Proposals made and accepted since the last :meth:`reset_statistics` (kept across resumes).
     n_invalid : int
         Proposals rejected because positions, energy or ``log_q`` were NaN or infinite.
+    n_drawn : int
+        Proposals this copy's stream has used (not reset by :meth:`reset_statistics`).
 
     Notes
     -----
@@ -98,7 +111,8 @@ class FlowMCMove(mcmc.MCMCMove):
     The only inexactness is floating-point error in the proposal's ``log_q`` (float32 flows).
     Systems whose moved atoms carry constraints are refused unless ``proposal.respects_constraints``.
     Deep copies share ``proposal`` (weights are never copied) and receive an independent random stream,
-    so the per-state copies made by ``MultiStateSampler`` do not share acceptance draws.
+    so the per-state copies made by ``MultiStateSampler`` share no draws. A current state with a
+    non-finite energy raises :class:`BrokenStateError` (the state is broken, not the proposal).
 
     References
     ----------
@@ -144,8 +158,11 @@ class FlowMCMove(mcmc.MCMCMove):
         if topology is not None and atom_indices is not None:
             raise ValueError("topology checks the proposal against the whole system; pass it only with atom_indices=None.")
         self._topology = topology
-        self._rng = np.random.default_rng(seed)
-        self._buffers = {}  # id(proposal) -> ProposalBuffer, shared by deep copies
+        self.seed = checked_root_seed(seed)
+        self.stream = ()
+        self.n_drawn = 0
+        self._n_copies = 0
+        self._buffers = {}  # (id(proposal), stream, batch size) -> ProposalBuffer, shared by deep copies
         self._reset_transients()
         self.reset_statistics()
         share_proposal(proposal)
@@ -153,17 +170,22 @@ class FlowMCMove(mcmc.MCMCMove):
     # ------------------------------------------------------------------ statistics
     @property
     def statistics(self):
-        """``dict(n_proposed=, n_accepted=, n_invalid=)``; settable, as openmmtools' moves."""
-        return dict(n_proposed=self.n_proposed, n_accepted=self.n_accepted, n_invalid=self.n_invalid)
+        """``dict(n_proposed=, n_accepted=, n_invalid=, n_drawn=)``; settable, as openmmtools' moves.
+
+        ``n_drawn`` rides along because openmmtools synchronises statistics between MPI ranks: the rank
+        that applies a state's move next continues its stream where the last one stopped.
+        """
+        return dict(n_proposed=self.n_proposed, n_accepted=self.n_accepted, n_invalid=self.n_invalid, n_drawn=self.n_drawn)
 
     @statistics.setter
     def statistics(self, value):
         self.n_proposed = int(value["n_proposed"])
         self.n_accepted = int(value["n_accepted"])
         self.n_invalid = int(value.get("n_invalid", 0))
+        self.n_drawn = int(value.get("n_drawn", self.n_drawn))
 
     def reset_statistics(self):
-        """Set the counters to zero."""
+        """Set ``n_proposed``, ``n_accepted`` and ``n_invalid`` to zero (the stream position ``n_drawn`` stays)."""
         self.n_proposed = self.n_accepted = self.n_invalid = 0
 
     @property
@@ -190,10 +212,16 @@ class FlowMCMove(mcmc.MCMCMove):
         sampler_state.apply_to_context(context, ignore_velocities=True)
         positions = np.array(sampler_state.positions.value_in_unit(unit.nanometer), dtype=np.float64)
         u_current = thermodynamic_state.reduced_potential(context)
+        if not math.isfinite(u_current):
+            raise BrokenStateError(
+                f"the current state has reduced potential {u_current}: the positions, box or Context are broken (the "
+                "proposal is not at fault). Check the starting positions (minimize them) and the system before this move."
+            )
         # Positions-only moves keep the box, so u(x') - u(x) = beta [U(x') - U(x)] exactly (pV, mu N, gamma A fixed).
         beta = 1.0 / thermodynamic_state.kT.value_in_unit(unit.kilojoule_per_mole)
         u_offset = u_current - beta * context_potential_energy(context)
         n_accepted = n_invalid = 0
+        uniforms = numpy_generator(self.seed, *self.stream, ACCEPT, self.n_drawn)
         try:
             for _ in range(self.n_proposals):
                 proposed, log_q_ratio = self._propose_positions(positions[atoms])
@@ -204,7 +232,7 @@ class FlowMCMove(mcmc.MCMCMove):
                     u_proposed = u_offset + beta * context_potential_energy(context, trial)
                 log_alpha = metropolis_hastings_log_ratio(u_current, u_proposed, 0.0, -log_q_ratio)
                 n_invalid += not np.isfinite(u_proposed) or not np.isfinite(log_q_ratio)
-                if log_alpha >= 0.0 or self._rng.random() < math.exp(log_alpha):
+                if log_alpha >= 0.0 or uniforms.random() < math.exp(log_alpha):
                     positions, u_current = trial, u_proposed
                     n_accepted += 1
         finally:
@@ -212,9 +240,11 @@ class FlowMCMove(mcmc.MCMCMove):
         if n_accepted:
             context.setPositions(positions)
             if self.redraw_velocities:
-                context.setVelocities(self._maxwell_boltzmann(context.getSystem(), thermodynamic_state.kT))
+                velocities = numpy_generator(self.seed, *self.stream, VELOCITIES, self.n_drawn)
+                context.setVelocities(self._maxwell_boltzmann(context.getSystem(), thermodynamic_state.kT, velocities))
             sampler_state.update_from_context(context, ignore_velocities=not self.redraw_velocities)
         self.n_proposed += self.n_proposals
+        self.n_drawn += self.n_proposals
         self.n_accepted += n_accepted
         self.n_invalid += n_invalid
 
@@ -237,7 +267,7 @@ class FlowMCMove(mcmc.MCMCMove):
         """
         if self._pending is None:
             buffer = self._proposal_buffer()
-            x, log_q = buffer.take(self.n_proposals)
+            x, log_q = buffer.draws(self.n_drawn, self.n_proposals)
             self._pending = _Batch(x, log_q, (id(self.proposal), buffer.proposal_version))
         batch = self._pending
         i = batch.next
@@ -257,9 +287,10 @@ class FlowMCMove(mcmc.MCMCMove):
         return single_log_prob(self.proposal, positions)
 
     def _proposal_buffer(self):
-        buffer = self._buffers.get(id(self.proposal))
-        if buffer is None or buffer.proposal is not self.proposal or buffer.batch_size != self.sample_batch_size:
-            buffer = self._buffers[id(self.proposal)] = ProposalBuffer(self.proposal, self.sample_batch_size)
+        key = (id(self.proposal), self.stream, self.sample_batch_size)
+        buffer = self._buffers.get(key)
+        if buffer is None or buffer.proposal is not self.proposal or buffer.seed != self.seed:
+            buffer = self._buffers[key] = ProposalBuffer(self.proposal, self.sample_batch_size, seed=self.seed, stream=self.stream)
         return buffer
 
     def _reset_transients(self):
@@ -288,12 +319,12 @@ class FlowMCMove(mcmc.MCMCMove):
         check_constraints(self.proposal, pairs, None if moved is None else set(self.atom_indices))
         return atoms
 
-    def _maxwell_boltzmann(self, system, kT):
+    def _maxwell_boltzmann(self, system, kT, rng):
         """Velocities in nm/ps, shape (n_particles, 3), at thermal energy ``kT``; massless particles get 0."""
         masses = np.array([system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(system.getNumParticles())])
         kT = kT.value_in_unit(unit.kilojoule_per_mole)
         sigma = np.sqrt(np.divide(kT, masses, out=np.zeros_like(masses), where=masses > 0))
-        return sigma[:, None] * self._rng.standard_normal((len(masses), 3))
+        return sigma[:, None] * rng.standard_normal((len(masses), 3))
 
     # ------------------------------------------------------------------ copies and storage
     def __deepcopy__(self, memo):
@@ -302,7 +333,8 @@ class FlowMCMove(mcmc.MCMCMove):
         copy.proposal = self.proposal
         copy._topology = self._topology
         copy._buffers = self._buffers
-        copy._rng = np.random.default_rng(self._rng.integers(0, 2**63, size=2))
+        copy.stream, copy.n_drawn, copy._n_copies = self.stream + (self._n_copies,), 0, 0
+        self._n_copies += 1
         memo[id(self)] = copy
         return copy
 
@@ -312,7 +344,9 @@ class FlowMCMove(mcmc.MCMCMove):
             atom_indices=None if self.atom_indices is None else list(self.atom_indices),
             redraw_velocities=self.redraw_velocities,
             sample_batch_size=self.sample_batch_size,
-            rng_state=self._rng.bit_generator.state,
+            seed=self.seed,
+            stream=list(self.stream),
+            n_copies=self._n_copies,
         )
         state.update(self.statistics)
         if _with_proposal:
@@ -326,8 +360,11 @@ class FlowMCMove(mcmc.MCMCMove):
         self.sample_batch_size = int(state.get("sample_batch_size", 512))
         self._topology = None  # not stored: the check is made by the run that built the move
         self._buffers = {}
-        self._rng = np.random.default_rng()
-        self._rng.bit_generator.state = state["rng_state"]
+        if "seed" in state:
+            self.seed, self.stream, self._n_copies = int(state["seed"]), tuple(int(k) for k in state["stream"]), int(state["n_copies"])
+        else:  # stored by 0.1, which kept a numpy generator state: derive a root seed from it, continue after n_proposed
+            self.seed, self.stream, self._n_copies = int(state["rng_state"]["state"]["state"]) % 2**63, (), 0
+        self.n_drawn = int(state.get("n_drawn", state["n_proposed"]))
         self.statistics = state
         self._reset_transients()
         if "proposal" in state:

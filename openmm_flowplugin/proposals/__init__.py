@@ -16,19 +16,25 @@ from .protocol import (
     check_proposal_fingerprint,
     checked_batch_size,
     metropolis_hastings_log_ratio,
-    parameter_versions,
     proposal_n_atoms,
+    proposal_version,
+    sample_with_generator,
 )
+from .streams import checked_root_seed, numpy_generator, torch_generator
 
 __all__ = [
     "GaussianProposal",
     "ProposalBuffer",
     "metropolis_hastings_log_ratio",
     "proposal_n_atoms",
-    "parameter_versions",
+    "proposal_version",
     "checked_batch_size",
     "check_proposal_fingerprint",
     "kabsch_align",
+    "sample_with_generator",
+    "checked_root_seed",
+    "numpy_generator",
+    "torch_generator",
 ]
 
 # Private names of the flat layout's ``proposals`` module, which stored data (pickles) may name.

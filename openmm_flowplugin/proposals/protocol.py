@@ -2,7 +2,9 @@
 
 A *proposal* is any object with
 
-- ``sample(n) -> (x, log_q)``: ``x`` a torch tensor of shape (n, n_atoms, 3) in nm, ``log_q`` shape (n,);
+- ``sample(n, generator=None) -> (x, log_q)``: ``x`` a torch tensor of shape (n, n_atoms, 3) in nm,
+  ``log_q`` shape (n,); random numbers come from ``generator`` (a :class:`torch.Generator`) when
+  given, so moves control every stream (:mod:`~openmm_flowplugin.proposals.streams`);
 - ``log_prob(x) -> log_q``: shape (n,) for ``x`` of shape (n, n_atoms, 3).
 
 ``log_q`` is the log density with respect to Cartesian volume of the atoms it moves; for a
@@ -12,13 +14,16 @@ coordinates) it is the density with respect to the internal degrees of freedom (
 
 Optional attributes a move consults: ``n_atoms`` (checked at construction), ``rigid_invariant``
 (default False), ``respects_constraints`` (default False), ``fingerprint`` (sha256 of the
-molecule it was made for, see :attr:`MolecularSystem.fingerprint`).
+molecule it was made for, see :attr:`MolecularSystem.fingerprint`), ``version`` (a token that
+changes with the parameters; see :func:`proposal_version`; tensors and modules are tracked
+without it).
 """
 
 __all__ = [
     "metropolis_hastings_log_ratio",
     "proposal_n_atoms",
-    "parameter_versions",
+    "proposal_version",
+    "sample_with_generator",
     "checked_batch_size",
     "check_proposal_fingerprint",
     "check_proposal_methods",
@@ -28,8 +33,10 @@ __all__ = [
     "check_constraints",
 ]
 
+import inspect
 import itertools
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -74,11 +81,79 @@ def proposal_n_atoms(proposal):
     return int(n_atoms)
 
 
-def parameter_versions(proposal):
-    """In-place modification counters of a torch proposal's tensors (None for other proposals)."""
-    if not isinstance(proposal, torch.nn.Module):
-        return None
-    return tuple(t._version for t in itertools.chain(proposal.parameters(), proposal.buffers()))
+def proposal_version(proposal):
+    """A token that changes whenever the proposal's parameters change (its *version*).
+
+    In order: the proposal's own ``version`` attribute (called if callable) — the way for any
+    proposal to declare it; for a :class:`torch.nn.Module`, the identity and in-place modification
+    counter of every parameter and buffer; for other objects, the same for the tensors and modules
+    among their attributes (one level deep, e.g. a wrapper holding a flow). A proposal whose state
+    cannot be tracked this way (no tensors, no ``version``) is refused: draws made ahead and cached
+    ``log q`` values could otherwise outlive a change of its parameters.
+
+    Raises
+    ------
+    TypeError
+        If no version can be established.
+
+    Examples
+    --------
+    >>> layer = torch.nn.Linear(2, 2)
+    >>> before = proposal_version(layer)
+    >>> with torch.no_grad():
+    ...     _ = layer.weight.mul_(2.0)
+    >>> proposal_version(layer) != before
+    True
+    """
+    version = getattr(proposal, "version", None)
+    if version is not None:
+        return ("declared", version() if callable(version) else version)
+    if isinstance(proposal, torch.nn.Module):
+        return _tensor_token(itertools.chain(proposal.parameters(), proposal.buffers()))
+    tensors = []
+    for value in vars(proposal).values() if hasattr(proposal, "__dict__") else ():
+        if isinstance(value, torch.nn.Module):
+            tensors.extend(itertools.chain(value.parameters(), value.buffers()))
+        elif torch.is_tensor(value):
+            tensors.append(value)
+    if not tensors:
+        raise TypeError(
+            f"cannot tell when the proposal {type(proposal).__name__} changes: it holds no torch tensors or modules and "
+            "has no `version` attribute. Give it a `version` attribute (or property) that changes whenever its "
+            "parameters change (a constant if they never do)."
+        )
+    return _tensor_token(tensors)
+
+
+def _tensor_token(tensors):
+    return tuple((id(t), t._version) for t in tensors)
+
+
+def sample_with_generator(proposal, n, generator):
+    """``proposal.sample(n, generator=generator)``, or ``proposal.sample(n)`` for proposals without that argument.
+
+    A proposal whose ``sample`` takes no ``generator`` draws with its own randomness: its draws then do
+    not follow the move's seed, and copies, MPI ranks or resumed runs may repeat them (warned once per class).
+    """
+    cls = type(proposal)
+    accepts = _ACCEPTS_GENERATOR.get(cls)
+    if accepts is None:
+        try:
+            parameters = inspect.signature(proposal.sample).parameters
+            accepts = "generator" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+        except (TypeError, ValueError):
+            accepts = False
+        _ACCEPTS_GENERATOR[cls] = accepts
+        if not accepts:
+            warnings.warn(
+                f"{cls.__name__}.sample(n) takes no `generator`: its draws do not follow the move's seed, so copies, MPI "
+                "ranks and resumed runs may repeat them. Add a `generator=None` argument and draw from it.",
+                stacklevel=3,
+            )
+    return proposal.sample(n, generator=generator) if accepts else proposal.sample(n)
+
+
+_ACCEPTS_GENERATOR = {}
 
 
 def checked_batch_size(batch_size):
@@ -89,22 +164,22 @@ def checked_batch_size(batch_size):
 
 
 def check_proposal_fingerprint(proposal, system, topology):
-    """Raise ValueError if ``proposal.fingerprint`` exists and is not that of ``system`` + ``topology``.
+    """Raise ValueError if the proposal was made for another molecule than ``system`` + ``topology``.
 
-    The fingerprint (:func:`~openmm_flowplugin.molecular_system.system_fingerprint`: atom count,
-    elements, masses) tells a flow made for another molecule with the same atom count apart.
-    Nothing is checked if either is missing.
+    Compares ``proposal.fingerprint`` (:func:`~openmm_flowplugin.systems.molecular_system.system_fingerprint`:
+    atom count, elements, masses, bond graph) and, for proposals that expose the ``bonds`` they were
+    built on (flows on internal coordinates), that bond graph against the System's. Nothing is
+    checked without a topology or a fingerprint.
     """
-    from ..systems.molecular_system import system_fingerprint
+    from ..systems.molecular_system import fingerprint_matches
 
     fingerprint = getattr(proposal, "fingerprint", None)
     if topology is None or fingerprint is None:
         return
-    expected = system_fingerprint(system, topology)
-    if fingerprint != expected:
+    if not fingerprint_matches(fingerprint, system, topology, getattr(proposal, "bonds", None)):
         raise ValueError(
-            f"proposal.fingerprint {fingerprint[:12]}... does not match the system's {expected[:12]}...: "
-            "the proposal was made for another molecule. Load the proposal trained for this system."
+            f"proposal.fingerprint {fingerprint[:15]}... does not match the system (atoms, masses and bond graph): "
+            "the proposal was made for another molecule (or another atom order). Load the proposal trained for this system."
         )
 
 

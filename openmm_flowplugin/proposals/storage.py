@@ -5,26 +5,54 @@ A move that holds a learned proposal is deep-copied and serialized by openmmtool
 ``__getstate__``). Its state must therefore be plain data, and restoring it must find the model
 again instead of storing or copying weights:
 
-- a proposal with a ``checkpoint_path`` (e.g. a flow from :func:`openmm_flowplugin.checkpoints.load_flow`)
+- a proposal with a ``checkpoint_path`` (e.g. a flow from :func:`openmm_flowplugin.flows.load_flow`)
   is stored as ``{"checkpoint_path", "checkpoint_sha256"}`` (plus ``"loader"`` if the proposal names
-  its own ``checkpoint_loader = "module:function"``); restoring checks the file's sha256 and loads it;
+  its own ``checkpoint_loader``); restoring checks the file's sha256 and loads it. Storing refuses a
+  proposal whose parameters changed since it was loaded or saved (its version,
+  :func:`~openmm_flowplugin.proposals.protocol.proposal_version`, differs from the one recorded
+  then): the file would name other weights than the ones the move used. Save it first
+  (:func:`~openmm_flowplugin.flows.save_flow`, a new file) and store that;
 - any other proposal is stored as its class (module, name) and its own ``__getstate__()`` dict,
   which must be plain data (as :class:`~openmm_flowplugin.proposals.GaussianProposal` does).
+
+Stored data never chooses code freely: a stored loader or class is resolved only if it is on an
+allow-list — the package's own (under their current and flat-layout module paths) plus those the
+user registers in code with :func:`register_proposal_class` and :func:`register_checkpoint_loader`.
+What this cannot guard: openmmtools' own ``deserialize`` imports the classes a storage file names
+for every move, and a serialized System unpickles every PythonForce's callable. Resume only storage
+you trust.
 
 Restored proposals go through a process-level ``WeakValueDictionary`` keyed by
 (path, sha256) or (class, canonical JSON of the state), so the moves of a resumed sampler share one
 object, as :class:`openmmtools.states.ThermodynamicState` shares its System.
 """
 
-__all__ = ["ProposalStateError", "proposal_state", "proposal_from_state", "share_proposal", "file_sha256"]
+__all__ = [
+    "ProposalStateError",
+    "proposal_state",
+    "proposal_from_state",
+    "share_proposal",
+    "register_proposal_class",
+    "register_checkpoint_loader",
+    "record_checkpoint_version",
+]
 
-import importlib
 import json
 import os
 import threading
 import weakref
 
 from ..flows.checkpoints import file_sha256
+from .protocol import proposal_version
+
+#: Plain-data proposal classes a stored state may name: "module:qualname" -> class (resolved lazily).
+_PROPOSAL_CLASSES = {
+    "openmm_flowplugin.proposals.gaussian:GaussianProposal": ("openmm_flowplugin.proposals.gaussian", "GaussianProposal"),
+    "openmm_flowplugin.proposals:GaussianProposal": ("openmm_flowplugin.proposals.gaussian", "GaussianProposal"),
+}
+
+#: Checkpoint loaders a stored state may name: name -> callable(path) (resolved lazily).
+_LOADERS = {}
 
 _cache = weakref.WeakValueDictionary()
 _cache_lock = threading.Lock()
@@ -45,11 +73,48 @@ def _is_plain(value):
     return False
 
 
+def register_proposal_class(cls):
+    """Allow moves restored from storage to rebuild proposals of class ``cls`` (stored by module and name).
+
+    Examples
+    --------
+    >>> class MyProposal:
+    ...     pass
+    >>> register_proposal_class(MyProposal) is MyProposal
+    True
+    """
+    _PROPOSAL_CLASSES[f"{cls.__module__}:{cls.__qualname__}"] = cls
+    return cls
+
+
+def register_checkpoint_loader(name, loader):
+    """Allow stored states naming ``loader=name`` to load checkpoints with ``loader(path)``.
+
+    A proposal declares its loader with the attribute ``checkpoint_loader = name``.
+    """
+    if not callable(loader):
+        raise TypeError(f"loader must be callable(path), got {type(loader).__name__}.")
+    _LOADERS[str(name)] = loader
+    return loader
+
+
+def record_checkpoint_version(proposal):
+    """Remember ``proposal``'s current version as the one its checkpoint file holds (load_flow/save_flow call this)."""
+    proposal._checkpoint_version = proposal_version(proposal)
+
+
 def proposal_state(proposal):
     """Plain-data description of ``proposal`` from which :func:`proposal_from_state` rebuilds (or finds) it."""
     path = getattr(proposal, "checkpoint_path", None)
     if path is not None:
         path = os.path.abspath(os.fspath(path))
+        recorded = getattr(proposal, "_checkpoint_version", None)
+        if recorded is not None and proposal_version(proposal) != recorded:
+            raise ProposalStateError(
+                f"the proposal's parameters changed since it was loaded from or saved to {path} (e.g. trained in place): "
+                "storing that path would name other weights than the ones the move used. Save the trained model to a new "
+                "file (openmm_flowplugin.flows.save_flow(flow, 'new.pt')) before the sampler stores the move."
+            )
         sha256 = getattr(proposal, "checkpoint_sha256", None) or file_sha256(path)
         state = {"checkpoint_path": path, "checkpoint_sha256": str(sha256)}
         loader = getattr(proposal, "checkpoint_loader", None)
@@ -68,11 +133,29 @@ def proposal_state(proposal):
     return {"module": cls.__module__, "class": cls.__qualname__, "state": own_state}
 
 
-def _import(module_name, attribute):
-    obj = importlib.import_module(module_name)
-    for part in attribute.split("."):
-        obj = getattr(obj, part)
-    return obj
+def _allowed_class(module_name, qualname):
+    entry = _PROPOSAL_CLASSES.get(f"{module_name}:{qualname}")
+    if entry is None:
+        raise ProposalStateError(
+            f"stored state names proposal class {module_name}.{qualname}, which is not on the allow-list of classes a "
+            "stored move may rebuild. If you trust this storage and the class is yours, call "
+            "openmm_flowplugin.proposals.storage.register_proposal_class(YourClass) before resuming."
+        )
+    if isinstance(entry, tuple):
+        import importlib
+
+        entry = getattr(importlib.import_module(entry[0]), entry[1])
+    return entry
+
+
+def _allowed_loader(name):
+    loader = _LOADERS.get(name)
+    if loader is None:
+        raise ProposalStateError(
+            f"stored state names checkpoint loader {name!r}, which is not on the allow-list. If you trust this storage, "
+            "call openmm_flowplugin.proposals.storage.register_checkpoint_loader(name, function) before resuming."
+        )
+    return loader
 
 
 def _default_loader(path):
@@ -95,12 +178,14 @@ def _load_checkpoint(state):
             f"the stored one is {expected}. Restore the original file to resume this run exactly, or start a new "
             "run with the new model (resuming with other weights would mix two samplers)."
         )
-    loader = _import(*state["loader"].split(":")) if "loader" in state else _default_loader
-    return loader(path)
+    loader = _allowed_loader(state["loader"]) if "loader" in state else _default_loader
+    proposal = loader(path)
+    record_checkpoint_version(proposal)
+    return proposal
 
 
 def _build_plain(state):
-    cls = _import(state["module"], state["class"])
+    cls = _allowed_class(state["module"], state["class"])
     proposal = cls.__new__(cls)
     proposal.__setstate__(state["state"])
     return proposal

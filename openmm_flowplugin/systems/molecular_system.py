@@ -1,6 +1,6 @@
 """The object returned by :func:`openmm_flowplugin.systems.get`."""
 
-__all__ = ["MolecularSystem"]
+__all__ = ["MolecularSystem", "system_fingerprint", "system_bond_graph", "fingerprint_matches"]
 
 import hashlib
 from dataclasses import dataclass, field
@@ -79,7 +79,7 @@ class MolecularSystem:
 
     @property
     def fingerprint(self):
-        """sha256 of the atom count, elements and masses: identifies the molecule in checkpoints."""
+        """sha256 of atom count, elements, masses and bond graph: identifies the molecule in checkpoints."""
         return system_fingerprint(self.system, self.topology)
 
     def thermodynamic_state(self, temperature=None, pressure=None):
@@ -101,13 +101,64 @@ class MolecularSystem:
         return states.SamplerState(positions, box_vectors=self.system.getDefaultPeriodicBoxVectors())
 
 
+def system_bond_graph(system):
+    """Bonds of ``system`` as a sorted list of (i, j), i < j: every bond of its bond forces, and its constraints.
+
+    Taken from the System, not the Topology, so a PDB without CONECT records or a System XML gives the
+    same graph as the force field that made it.
+
+    Examples
+    --------
+    >>> from openmm_flowplugin import systems
+    >>> len(system_bond_graph(systems.get("alanine_dipeptide_vacuum").system))
+    21
+    """
+    bonds = set()
+    for force in system.getForces():
+        if hasattr(force, "getNumBonds") and hasattr(force, "getBondParameters"):
+            for k in range(force.getNumBonds()):
+                i, j = force.getBondParameters(k)[:2]
+                bonds.add((min(i, j), max(i, j)))
+    for k in range(system.getNumConstraints()):
+        i, j, _ = system.getConstraintParameters(k)
+        bonds.add((min(i, j), max(i, j)))
+    return sorted(bonds)
+
+
 def system_fingerprint(system, topology=None):
-    """sha256 hex digest of particle count, elements (if a topology is given) and masses."""
+    """``"v2:"`` + sha256 hex digest of particle count, elements (if a topology is given), masses and bond graph."""
+    digest = hashlib.sha256(b"v2")
+    _digest_atoms(digest, system, topology)
+    digest.update(repr(system_bond_graph(system)).encode())
+    return "v2:" + digest.hexdigest()
+
+
+def _fingerprint_v1(system, topology=None):
+    """The fingerprint of version 0.1 (no bonds), which checkpoints written then carry."""
     digest = hashlib.sha256()
+    _digest_atoms(digest, system, topology)
+    return digest.hexdigest()
+
+
+def _digest_atoms(digest, system, topology):
     digest.update(str(system.getNumParticles()).encode())
     if topology is not None:
         for atom in topology.atoms():
             digest.update((atom.element.symbol if atom.element is not None else "X").encode())
     for i in range(system.getNumParticles()):
         digest.update(f"{system.getParticleMass(i).value_in_unit(unit.dalton):.4f}".encode())
-    return digest.hexdigest()
+
+
+def fingerprint_matches(fingerprint, system, topology=None, bonds=None):
+    """Whether a stored ``fingerprint`` (and, if given, a model's ``bonds``) fit ``system``.
+
+    A 0.1 fingerprint (no ``"v2:"`` prefix) covers atoms only, so the bonds a flow was built on are
+    compared with the System's bond graph as well whenever they are known.
+    """
+    if bonds is not None and sorted((min(i, j), max(i, j)) for i, j in bonds) != system_bond_graph(system):
+        return False
+    if fingerprint is None:
+        return True
+    if fingerprint.startswith("v2:"):
+        return fingerprint == system_fingerprint(system, topology)
+    return fingerprint == _fingerprint_v1(system, topology)
