@@ -141,8 +141,14 @@ class FlowMCMove(mcmc.MCMCMove):
         check_proposal_methods(proposal)
         n_proposals = checked_count("n_proposals", n_proposals)
         if atom_indices is not None:
-            atom_indices = [int(i) for i in np.asarray(atom_indices).reshape(-1)]
-            if len(set(atom_indices)) != len(atom_indices) or min(atom_indices, default=0) < 0:
+            indices = np.asarray(atom_indices)
+            if indices.size == 0 or indices.ndim != 1 or not (np.issubdtype(indices.dtype, np.integer) and indices.dtype != bool):
+                raise ValueError(
+                    f"atom_indices must be a non-empty 1D sequence of integer atom indices, got {atom_indices!r} "
+                    "(floats are not truncated: pass ints)."
+                )
+            atom_indices = [int(i) for i in indices]
+            if len(set(atom_indices)) != len(atom_indices) or min(atom_indices) < 0:
                 raise ValueError(f"atom_indices must be distinct non-negative atom indices, got {atom_indices}.")
             n_atoms = proposal_n_atoms(proposal)
             if n_atoms != len(atom_indices):
