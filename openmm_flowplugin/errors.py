@@ -1,0 +1,35 @@
+"""The package's user-error types: bad input, named with the problem and the fix.
+
+The command line prints these as one line (``error: ...``, exit status 2); anything else is a bug
+or a broken environment and keeps its traceback. Each subclasses the built-in type it refines, so
+``except ValueError`` and ``pytest.raises(ValueError)`` keep working.
+
+Examples
+--------
+>>> try:
+...     raise InvalidInputError("n_steps must be an integer >= 1, got 0.")
+... except ValueError as error:
+...     print(error)
+n_steps must be an integer >= 1, got 0.
+"""
+
+__all__ = ["UserInputError", "InvalidInputError", "InvalidTypeError", "UnknownNameError"]
+
+
+class UserInputError(Exception):
+    """Base of the errors caused by the user's input (values, files, names), not by a bug."""
+
+
+class InvalidInputError(UserInputError, ValueError):
+    """A value, file content or combination of options that cannot be used."""
+
+
+class InvalidTypeError(UserInputError, TypeError):
+    """An argument of the wrong kind (e.g. a module where a Force is needed)."""
+
+
+class UnknownNameError(UserInputError, KeyError):
+    """A name (system, parameter, platform) that is not known; the message lists the known ones."""
+
+    def __str__(self):  # KeyError quotes its message; print it as a sentence
+        return str(self.args[0]) if self.args else ""
