@@ -23,6 +23,7 @@ from openmm_flowplugin.forces.ani import (  # noqa: E402
     small_ani_model,
 )
 from openmm_flowplugin.forces import parameter_derivative  # noqa: E402
+from openmm_flowplugin.units import kT  # noqa: E402
 
 RTOL = 1e-5
 ML_ATOMS = list(range(10, 22))  # alanine residue and the N-methyl cap (atoms 10-21)
@@ -64,8 +65,8 @@ def _torch(potential, x):
     return float(energy.detach()), -grad.numpy()
 
 
-def _internal_mm_energy(system, atoms, x):
-    """MM energy of ``atoms`` alone: other atoms' charges, epsilons and bonded terms switched off."""
+def _internal_mm(system, atoms, x):
+    """MM energy and forces of ``atoms`` alone: other atoms' charges, epsilons and bonded terms switched off."""
     system = copy.deepcopy(system)
     ml = set(atoms)
     for force in system.getForces():
@@ -90,7 +91,7 @@ def _internal_mm_energy(system, atoms, x):
             for k in range(force.getNumTorsions()):
                 i, j, m, n, per, phase, kt = force.getTorsionParameters(k)
                 force.setTorsionParameters(k, i, j, m, n, per, phase, kt if {i, j, m, n} <= ml else 0.0)
-    return _state(_context(system), x)[0]
+    return _state(_context(system), x)[:2]
 
 
 def test_named_model_fails_without_download(monkeypatch, tmp_path):
@@ -149,9 +150,15 @@ def test_mixed_system_endpoints_and_derivative(alanine, model):
     energy_half, _, _ = _state(context)
     assert energy_half == pytest.approx(0.5 * (energy0 + energy1), rel=RTOL)
     # Independently: U_MM,int is the original NonbondedForce and bonded terms restricted to the ML atoms.
-    u_mm_int = _internal_mm_energy(alanine.system, ML_ATOMS, x)
+    u_mm_int, f_mm_int = _internal_mm(alanine.system, ML_ATOMS, x)
     assert energy1 - energy0 == pytest.approx(u_ml - u_mm_int, rel=RTOL)
-    # Forces at lambda = 1: MM forces of the rest plus the torch ML forces on the ML atoms.
+    # Forces at lambda = 1: MM forces of the rest (all MM forces minus the internal ones) plus the torch ML
+    # forces on the ML atoms.
+    _, f_ml = _torch(potential, x[ML_ATOMS])
+    expected_forces1 = mm_forces - f_mm_int
+    expected_forces1[ML_ATOMS] += f_ml
+    assert np.abs(expected_forces1 - mm_forces).max() > 1e-2 * np.abs(mm_forces).max()  # control: lambda matters
+    np.testing.assert_allclose(forces1, expected_forces1, rtol=RTOL, atol=RTOL * np.abs(mm_forces).max())
 
 
 def test_mixed_system_serializes_and_composable_state(alanine, model):
@@ -166,7 +173,13 @@ def test_mixed_system_serializes_and_composable_state(alanine, model):
     context = compound.create_context(openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
     assert context.getParameter("lambda_ml") == 0.25
     context.setPositions(alanine.positions)
-    assert np.isfinite(compound.reduced_potential(context))
+    # U(0.25) = U_MM + 0.25 (U_ML - U_MM,int), from the original MM system and torch, reduced by kT(300 K).
+    x = np.asarray(alanine.positions.value_in_unit(unit.nanometer))
+    u_mm = _state(_context(copy.deepcopy(alanine.system)), x)[0]
+    u_ml = _torch(ANIPotential(model, [_atomic_numbers(alanine.topology)[i] for i in ML_ATOMS]), x[ML_ATOMS])[0]
+    u_mm_int = _internal_mm(alanine.system, ML_ATOMS, x)[0]
+    beta = 1.0 / kT(300 * unit.kelvin)
+    assert compound.reduced_potential(context) == pytest.approx(beta * (u_mm + 0.25 * (u_ml - u_mm_int)), rel=RTOL)
 
 
 def test_unsupported_force_is_named(alanine, model):

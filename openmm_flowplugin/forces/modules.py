@@ -85,6 +85,12 @@ def flow_potential(flow, temperature, particles=None, backend="python", system=N
     openmm.Force
         Forces ``kT * grad log q(x)`` (kJ/mol/nm) by autograd.
 
+    Notes
+    -----
+    The force evaluates a snapshot of the flow taken now (see :func:`as_openmm_force`): training
+    the flow further does not change it. Create the force after training; to use new weights,
+    create a new force.
+
     Examples
     --------
     >>> import torch
