@@ -47,12 +47,14 @@ def test_dimensions(transform):
     assert len(set(transform.zmatrix[:, 0]) | set(transform.roots)) == 22
 
 
-def test_float32_round_trip_within_1e_5_nm(ala2, transform):
+def test_float32_round_trip_within_1e_6_nm(ala2, transform):
     x = _configurations(ala2).float()
     ic, origin, rotation = transform.to_internal(x)
     assert ic.bonds.dtype == torch.float32
     back = transform.to_cartesian(ic, origin, rotation)
-    assert (back - x).abs().max().item() <= 1e-5
+    # Computed in float64 inside: measured max error 1.2e-7 nm (float32 rounding of the output) over 6 seeds;
+    # tolerance 1e-6 nm (~10x).
+    assert (back - x).abs().max().item() <= 1e-6
 
 
 def test_torsions_match_mdtraj(ala2):
@@ -105,3 +107,22 @@ def test_log_det_jacobian_matches_autograd(ala2, transform):
 def test_disconnected_graph_is_refused():
     with pytest.raises(ValueError, match="not connected"):
         InternalCoordinateTransform(5, [(0, 1), (1, 2), (3, 4)])
+
+
+@pytest.mark.parametrize("n_atoms, bonds, error, match", [
+    (4, [(0, 1), (1, 2.9), (2, 3)], TypeError, "bonds must be integers.*float64"),  # 2.9 used to become atom 2
+    (4, np.array([[0, 1], [1, 2], [2, 3]], dtype=float), TypeError, "bonds must be integers"),
+    (4, [(0, True), (1, 2), (2, 3)], TypeError, "booleans"),
+    (4.0, [(0, 1), (1, 2), (2, 3)], TypeError, "n_atoms must be an integer"),
+    (4, [(0, 1, 2), (2, 3, 1)], ValueError, r"shape \(n_bonds, 2\)"),
+])
+def test_bad_bond_graphs_are_refused(n_atoms, bonds, error, match):
+    with pytest.raises(error, match=match):
+        InternalCoordinateTransform(n_atoms, bonds)
+
+
+def test_integer_bonds_of_any_integer_type_are_accepted():
+    bonds = [(0, 1), (1, 2), (2, 3)]
+    expected = InternalCoordinateTransform(4, bonds).zmatrix
+    for same in (np.array(bonds, dtype=np.int32), torch.tensor(bonds), (b for b in bonds)):
+        np.testing.assert_array_equal(InternalCoordinateTransform(np.int64(4), same).zmatrix, expected)

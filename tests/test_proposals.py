@@ -44,6 +44,18 @@ def test_kabsch_never_reflects_and_both_paths_agree():
         np.testing.assert_allclose(single.mean(0), reference.mean(0), atol=1e-12)
 
 
+
+@pytest.mark.parametrize("dtype", [np.int64, np.bool_, np.complex128, np.float16])
+def test_kabsch_refuses_positions_that_are_not_real_floats(dtype):
+    reference = np.random.default_rng(3).normal(size=(5, 3))
+    with pytest.raises(TypeError, match=f"x have dtype {np.dtype(dtype).name}"):
+        kabsch_align(reference.astype(dtype), reference)  # complex used to lose its imaginary part silently
+    with pytest.raises(TypeError, match=f"reference have dtype {np.dtype(dtype).name}"):
+        kabsch_align(torch.from_numpy(reference), reference.astype(dtype))
+    aligned = kabsch_align(reference.astype(np.float32), reference)  # float32 is computed in float64
+    assert aligned.dtype == np.float64
+    np.testing.assert_allclose(aligned, reference, atol=1e-6)
+
 # ---------------------------------------------------------------------------- metropolis_hastings_log_ratio
 def test_scalar_and_array_log_ratio_agree_including_invalid_values():
     rng = np.random.default_rng(2)

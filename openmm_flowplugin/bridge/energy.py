@@ -5,7 +5,7 @@ System for a batch of torch positions, and plugs into autograd so that flows can
 against the physical energy (reverse KL) with OpenMM computing the forces.
 """
 
-__all__ = ["OpenMMEnergy"]
+__all__ = ["OpenMMEnergy", "EnergyEvaluationError"]
 
 import multiprocessing
 import threading
@@ -16,50 +16,9 @@ import torch
 
 from .._openmm_fast import context_energy_and_forces, context_potential_energy  # noqa: F401 (re-exported)
 from ..platforms import select_platform
+from ..units import check_position_dtype, nanometers, to_atom_indices, to_numpy_positions
 from ..units import kT as _kT
-from ..units import to_numpy_positions
-
-
-class _ContextEvaluator:
-    """One OpenMM Context evaluating energies (kJ/mol) and forces (kJ/mol/nm) of full configurations."""
-
-    def __init__(self, system, platform, properties=None):
-        self.n_atoms = system.getNumParticles()
-        self.integrator = openmm.VerletIntegrator(0.001)
-        self.context = openmm.Context(system, self.integrator, platform, properties or {})
-
-    def evaluate(self, positions):
-        """positions: float64 array (B, n_atoms, 3). Returns energies (B,), forces (B, n_atoms, 3), failed (B,) bool."""
-        n = len(positions)
-        energies = np.full(n, np.inf)
-        forces = np.zeros((n, self.n_atoms, 3))
-        finite_input = np.isfinite(positions).all(axis=(1, 2))
-        for i in np.flatnonzero(finite_input):
-            try:
-                energies[i] = self._evaluate_one(positions[i], forces[i])
-            except Exception:  # OpenMM raises on e.g. NaN coordinates: a failed evaluation, not a crash
-                energies[i] = np.inf
-        failed = ~np.isfinite(energies) | ~np.isfinite(forces).all(axis=(1, 2))
-        energies[failed] = np.inf
-        forces[failed] = 0.0
-        return energies, forces, failed
-
-    def _evaluate_one(self, x, force_out):
-        return context_energy_and_forces(self.context, x, force_out)
-
-
-# Worker processes hold their own Context, built once from the System's XML.
-_worker_evaluator = None
-
-
-def _init_worker(system_xml, platform_name, properties):
-    global _worker_evaluator
-    system = openmm.XmlSerializer.deserialize(system_xml)
-    _worker_evaluator = _ContextEvaluator(system, openmm.Platform.getPlatformByName(platform_name), properties)
-
-
-def _evaluate_in_worker(positions):
-    return _worker_evaluator.evaluate(positions)
+from ._evaluator import EnergyEvaluationError, _ContextEvaluator, _evaluate_in_worker, _init_worker
 
 
 class _ReducedEnergyFunction(torch.autograd.Function):
@@ -90,9 +49,11 @@ class OpenMMEnergy:
         Default: automatic (see :func:`openmm_flowplugin.platforms.select_platform`), overridable
         with the environment variable ``OPENMM_FLOWPLUGIN_PLATFORM``.
     atom_indices : sequence of int, optional
-        Atoms the positions refer to; all other atoms are held at ``reference_positions``.
+        Atoms the positions refer to (distinct integers, non-empty; floats and bools are refused);
+        all other atoms are held at ``reference_positions``.
     reference_positions : array_like or Quantity, shape=(n_atoms, 3), optional
         Positions (nm) of the atoms not in ``atom_indices``; required when ``atom_indices`` is given.
+        Same dtype rule as the positions (below).
     n_workers : int
         Number of processes (each with its own Context) a large batch is split over. ``1`` (default)
         evaluates in this process; more pays only for large batches of small systems on a
@@ -105,13 +66,29 @@ class OpenMMEnergy:
     n_evaluations : int
         Configurations evaluated so far.
     n_failures : int
-        Evaluations that returned ``+inf`` (non-finite input, OpenMM error, or non-finite energy/forces).
+        Evaluations that returned ``+inf`` (bad configurations, see Notes).
+
+    Raises
+    ------
+    EnergyEvaluationError
+        When OpenMM cannot evaluate the System at all (a broken setup, see Notes).
+    TypeError
+        For positions of another dtype than float64 or float32.
 
     Notes
     -----
-    Calling the object returns the reduced energies as a float64 tensor of shape ``(B,)``; it is
-    differentiable: ``backward`` propagates ``du/dx = -F / kT`` from OpenMM's forces. A failed
-    evaluation gives ``u = +inf`` and a zero gradient, never a stale or zero energy.
+    Calling the object with positions of shape ``(B, n_atoms, 3)`` or ``(n_atoms, 3)`` in nm returns
+    the reduced energies as a float64 tensor of shape ``(B,)`` (or a scalar); it is differentiable:
+    ``backward`` propagates ``du/dx = -F / kT`` from OpenMM's forces. Positions may be torch tensors,
+    numpy arrays or Quantities of dtype float64 or float32 (computed in float64; the gradient has the
+    input's dtype), or Python sequences of real numbers; integer, bool, complex and float16 inputs are
+    refused (``TypeError``) instead of being cast.
+
+    A *bad configuration* — non-finite coordinates, OpenMM's exception for NaN coordinates, or a
+    non-finite energy or force — gives ``u = +inf`` and a zero gradient, never a stale or zero energy,
+    so samplers reject it. Any other exception from OpenMM (a force whose Python function raises, a
+    failed platform or lost GPU context) is a broken setup and raises :class:`EnergyEvaluationError`,
+    whose message says whether the Context still evaluates the previous configuration.
 
     Examples
     --------
@@ -143,11 +120,7 @@ class OpenMMEnergy:
         self.platform = select_platform(system, platform)
         self.platform_properties = dict(platform_properties or {})
         if atom_indices is not None:
-            atom_indices = np.asarray(atom_indices, dtype=np.int64)
-            if atom_indices.ndim != 1 or len(np.unique(atom_indices)) != len(atom_indices):
-                raise ValueError("atom_indices must be a 1D sequence of distinct atom indices.")
-            if atom_indices.min() < 0 or atom_indices.max() >= self.n_system_atoms:
-                raise ValueError(f"atom_indices must lie in [0, {self.n_system_atoms}).")
+            atom_indices = to_atom_indices(atom_indices, self.n_system_atoms)
             if reference_positions is None:
                 raise ValueError("atom_indices needs reference_positions for the atoms that are held fixed.")
         self.atom_indices = atom_indices
@@ -155,9 +128,9 @@ class OpenMMEnergy:
             None if reference_positions is None else to_numpy_positions(reference_positions, self.n_system_atoms, "reference_positions")
         )
         self.n_atoms = self.n_system_atoms if atom_indices is None else len(atom_indices)
+        if isinstance(n_workers, (bool, np.bool_)) or not isinstance(n_workers, (int, np.integer)) or n_workers < 1:
+            raise ValueError(f"n_workers must be an integer >= 1, got {n_workers!r}.")
         self.n_workers = int(n_workers)
-        if self.n_workers < 1:
-            raise ValueError("n_workers must be at least 1.")
         self.n_evaluations = 0
         self.n_failures = 0
         self._evaluator = None
@@ -177,7 +150,10 @@ class OpenMMEnergy:
     energy = __call__
 
     def energy_and_forces(self, positions):
-        """Reduced energies (B,) and reduced forces ``-du/dx`` (B, n_atoms, 3) in 1/nm, float64 numpy arrays."""
+        """Reduced energies (B,) and reduced forces ``-du/dx`` (B, n_atoms, 3) in 1/nm, float64 numpy arrays.
+
+        ``positions`` as for calling the object; a bad configuration gives ``u = +inf`` and zero forces.
+        """
         x = self._as_tensor(positions)
         if x.ndim == 2:
             x = x[None]
@@ -185,9 +161,8 @@ class OpenMMEnergy:
         return u.numpy(), -du_dx.numpy()
 
     def _as_tensor(self, positions):
+        check_position_dtype(positions)  # float64 or float32 tensors and arrays; integer, bool, complex... refused
         if not torch.is_tensor(positions):
-            from ..units import nanometers
-
             positions = torch.as_tensor(nanometers(positions))
         if positions.ndim not in (2, 3) or positions.shape[-2:] != (self.n_atoms, 3):
             raise ValueError(

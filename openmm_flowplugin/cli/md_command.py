@@ -143,11 +143,7 @@ def _reporters(simulation, trajectory, log, jump_log, interval, steps, timestep,
         if append[jump_log]:
             truncate_log(jump_log, step)
         streams.append(open(jump_log, "a" if append[jump_log] else "w"))
-        jump_reporter = FlowMCReporter(streams[-1], interval)
-        stats = simulation.integrator.statistics  # FlowMCReporter has no append mode: continue the file without a
-        jump_reporter._has_initialized = append[jump_log]  # second header, "since last report" from the checkpoint
-        jump_reporter._last = (stats["n_proposed"], stats["n_accepted"])
-        reporters.append(jump_reporter)
+        reporters.append(FlowMCReporter(streams[-1], interval, append=append[jump_log]))
     simulation.reporters.extend(reporters)
     return reporters, streams
 

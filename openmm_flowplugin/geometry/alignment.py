@@ -5,6 +5,8 @@ __all__ = ["kabsch_align"]
 import numpy as np
 import torch
 
+from ..units import check_position_dtype
+
 
 def kabsch_align(x, reference):
     """Rigidly move each configuration in ``x`` onto ``reference`` (least-squares, unit weights).
@@ -12,6 +14,8 @@ def kabsch_align(x, reference):
     Parameters
     ----------
     x : numpy.ndarray or torch.Tensor, shape=(n, n_atoms, 3) or (n_atoms, 3)
+        float64 or float32 (other dtypes raise ``TypeError``, as in
+        :func:`~openmm_flowplugin.units.to_numpy_positions`).
     reference : array_like, shape=(n_atoms, 3)
 
     Returns
@@ -33,6 +37,8 @@ def kabsch_align(x, reference):
     >>> bool(np.allclose(kabsch_align(turned, reference), reference))
     True
     """
+    check_position_dtype(x, "x")  # float64 or float32; integer, bool, complex... refused, not cast
+    check_position_dtype(reference, "reference")
     as_torch = torch.is_tensor(x)
     x = np.asarray(x.detach().cpu() if as_torch else x, dtype=np.float64)
     reference = np.asarray(reference.detach().cpu() if torch.is_tensor(reference) else reference, dtype=np.float64)

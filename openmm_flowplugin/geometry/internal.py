@@ -25,6 +25,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from ..units import integer_array
+
 
 class InternalCoordinates(NamedTuple):
     """Bond lengths (nm), angles and torsions (radians), each of shape (batch, n)."""
@@ -73,7 +75,7 @@ class InternalCoordinateTransform:
     ----------
     n_atoms : int
     bonds : sequence of (int, int)
-        The molecule's bond graph; it must be connected.
+        The molecule's bond graph (integer atom indices; floats and bools are refused); it must be connected.
 
     Attributes
     ----------
@@ -96,10 +98,17 @@ class InternalCoordinateTransform:
     """
 
     def __init__(self, n_atoms, bonds):
+        if isinstance(n_atoms, (bool, np.bool_)) or not isinstance(n_atoms, (int, np.integer)):
+            raise TypeError(f"n_atoms must be an integer, got {n_atoms!r}.")
         self.n_atoms = int(n_atoms)
         if self.n_atoms < 3:
             raise ValueError(f"internal coordinates need at least 3 atoms, got {self.n_atoms}.")
-        self.bond_graph = [tuple(sorted(map(int, b))) for b in bonds]
+        pairs = integer_array(bonds if hasattr(bonds, "dtype") else list(bonds), "bonds")  # floats refused, not truncated
+        if pairs.size == 0:
+            pairs = pairs.reshape(0, 2)
+        if pairs.ndim != 2 or pairs.shape[1] != 2:
+            raise ValueError(f"bonds must be pairs of atom indices, shape (n_bonds, 2), got shape {pairs.shape}.")
+        self.bond_graph = [tuple(sorted(map(int, b))) for b in pairs]
         self.roots, self.zmatrix = _build_zmatrix(self.n_atoms, self.bond_graph)
 
     @classmethod

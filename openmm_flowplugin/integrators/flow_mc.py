@@ -12,7 +12,6 @@ import math
 
 import numpy as np
 import openmm
-from openmm import unit
 
 from ..proposals.buffer import ProposalBuffer
 from ..proposals.protocol import (
@@ -23,7 +22,7 @@ from ..proposals.protocol import (
     proposal_n_atoms,
     single_log_prob,
 )
-from ..units import in_unit, kelvin, kT
+from ..units import friction_per_ps, kelvin, kT, timestep_ps
 
 
 def _jump_program(integrator, n_proposals):
@@ -96,11 +95,11 @@ class FlowMCIntegrator(openmm.CompoundIntegrator):
     Parameters
     ----------
     temperature : openmm.unit.Quantity or float
-        Temperature (K if a bare number).
+        Temperature (K if a bare number), finite and > 0.
     friction : openmm.unit.Quantity or float
-        Friction coefficient (1/ps if a bare number).
+        Friction coefficient (1/ps if a bare number), finite and >= 0.
     timestep : openmm.unit.Quantity or float
-        MD step size (ps if a bare number).
+        MD step size (ps if a bare number), finite and > 0. The setters check the same ranges.
     proposal : object
         ``sample(n) -> (x, log_q)`` and ``log_prob(x) -> log_q`` with ``x`` of shape=(n, n_atoms, 3) in nm
         (see :mod:`openmm_flowplugin.proposals`). ``rigid_invariant = True`` proposals are aligned onto
@@ -165,12 +164,7 @@ class FlowMCIntegrator(openmm.CompoundIntegrator):
                  system=None, topology=None, sample_batch_size=512):
         super().__init__()
         temperature = kelvin(temperature)
-        friction = float(in_unit(friction, unit.picosecond**-1, "friction"))
-        timestep = float(in_unit(timestep, unit.picosecond, "timestep"))
-        if not friction >= 0:
-            raise ValueError(f"friction must be >= 0 /ps, got {friction}.")
-        if not timestep > 0:
-            raise ValueError(f"timestep must be > 0 ps, got {timestep}; e.g. 2*unit.femtoseconds.")
+        friction, timestep = friction_per_ps(friction), timestep_ps(timestep)
         jump_interval, n_proposals = checked_count("jump_interval", jump_interval), checked_count("n_proposals", n_proposals)
         check_proposal_methods(proposal)
         self.proposal = proposal
@@ -285,14 +279,15 @@ class FlowMCIntegrator(openmm.CompoundIntegrator):
         return self._md.getTemperature()
 
     def setTemperature(self, temperature):
-        self._md.setTemperature(kelvin(temperature))
+        temperature = kelvin(temperature)
+        self._md.setTemperature(temperature)
         self._jump.setGlobalVariableByName("fmc_kT", kT(temperature))
 
     def getFriction(self):
         return self._md.getFriction()
 
     def setFriction(self, friction):
-        friction = float(in_unit(friction, unit.picosecond**-1, "friction"))
+        friction = friction_per_ps(friction)
         self._md.setFriction(friction)
         self._jump.setGlobalVariableByName("fmc_friction", friction)
 
@@ -300,7 +295,7 @@ class FlowMCIntegrator(openmm.CompoundIntegrator):
         return self._md.getStepSize()
 
     def setStepSize(self, size):
-        size = float(in_unit(size, unit.picosecond, "timestep"))
+        size = timestep_ps(size)
         self._md.setStepSize(size)
         self._jump.setStepSize(size)
 

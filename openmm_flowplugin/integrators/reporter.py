@@ -23,6 +23,10 @@ class FlowMCReporter:
         Integrator to report on (default: ``simulation.integrator``).
     separator : str
         Column separator (default ``","``).
+    append : bool
+        Continue an existing file (a resumed run): no second header line, and the first
+        "since last report" rate counts from the integrator's values when the reporter is added
+        (:meth:`describeNextReport` records them), i.e. from the checkpoint.
 
     Columns: ``Step``, ``Time (ps)``, ``Jumps proposed``, ``Jumps accepted``, ``Acceptance rate``
     (cumulative, ``nan`` before any proposal), ``Acceptance rate since last report``.
@@ -46,18 +50,23 @@ class FlowMCReporter:
     #"Step","Time (ps)","Jumps proposed","Jumps accepted","Acceptance rate","Acceptance rate since last report"
     """
 
-    def __init__(self, file, reportInterval, integrator=None, separator=","):
+    def __init__(self, file, reportInterval, integrator=None, separator=",", append=False):
         if int(reportInterval) != reportInterval or reportInterval < 1:
             raise ValueError(f"reportInterval must be an integer >= 1 (steps), got {reportInterval!r}.")
         self._reportInterval = int(reportInterval)
         self._own_file = isinstance(file, str)
-        self._out = open(file, "w") if self._own_file else file
+        self._out = open(file, "a" if append else "w") if self._own_file else file
         self._integrator = integrator
         self._separator = separator
-        self._has_initialized = False
-        self._last = (0, 0)
+        self._has_initialized = bool(append)  # appending continues a file that has its header
+        self._last = None  # (proposed, accepted) at the last report
+        self._baseline = None  # the integrator's counts before this reporter's first report
 
     def describeNextReport(self, simulation):
+        if self._last is None and self._baseline is None:
+            integrator = self._integrator if self._integrator is not None else simulation.integrator
+            stats = getattr(integrator, "statistics", None)
+            self._baseline = (stats["n_proposed"], stats["n_accepted"]) if stats else (0, 0)
         steps = self._reportInterval - simulation.currentStep % self._reportInterval
         return {"steps": steps, "periodic": None, "include": []}
 
@@ -74,6 +83,8 @@ class FlowMCReporter:
             self._has_initialized = True
         stats = integrator.statistics
         proposed, accepted = stats["n_proposed"], stats["n_accepted"]
+        if self._last is None:  # a resumed run's counts start from its checkpoint, not from zero
+            self._last = self._baseline if self._baseline is not None else (0, 0)
         window = proposed - self._last[0]
         rate = accepted / proposed if proposed else math.nan
         window_rate = (accepted - self._last[1]) / window if window > 0 else math.nan
