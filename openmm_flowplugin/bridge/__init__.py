@@ -1,5 +1,5 @@
 """The OpenMM <-> torch energy bridge: batched reduced energies and forces, autograd, worker processes."""
 
-from .energy import OpenMMEnergy
+from .energy import EnergyEvaluationError, OpenMMEnergy
 
-__all__ = ["OpenMMEnergy"]
+__all__ = ["OpenMMEnergy", "EnergyEvaluationError"]
