@@ -29,6 +29,7 @@ import sys
 
 import numpy as np
 from openmm import unit
+from .errors import InvalidInputError, InvalidTypeError
 
 #: Molar gas constant R = k_B N_A in kJ/(mol K), from :mod:`openmm.unit` (CODATA as shipped by OpenMM).
 MOLAR_GAS_CONSTANT = unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin)
@@ -53,7 +54,7 @@ def in_unit(value, target_unit, name="value"):
     """
     if unit.is_quantity(value):
         if not value.unit.is_compatible(target_unit):
-            raise TypeError(f"{name} has unit {value.unit}, which cannot be converted to {target_unit}.")
+            raise InvalidTypeError(f"{name} has unit {value.unit}, which cannot be converted to {target_unit}.")
         return value.value_in_unit(target_unit)
     return value
 
@@ -72,10 +73,10 @@ def kelvin(temperature):
     ValueError: temperature must be a positive number of kelvin, got inf.
     """
     if isinstance(_raw_value(temperature), (bool, np.bool_)):
-        raise ValueError(f"temperature must be a positive number of kelvin, got {temperature!r}.")
+        raise InvalidInputError(f"temperature must be a positive number of kelvin, got {temperature!r}.")
     t = float(in_unit(temperature, unit.kelvin, "temperature"))
     if not np.isfinite(t) or t <= 0:
-        raise ValueError(f"temperature must be a positive number of kelvin, got {temperature}.")
+        raise InvalidInputError(f"temperature must be a positive number of kelvin, got {temperature}.")
     return t
 
 
@@ -90,7 +91,7 @@ def timestep_ps(timestep, name="timestep"):
     """
     value = _real_scalar(timestep, unit.picosecond, name)
     if not (np.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0 ps, got {timestep}; e.g. 2*unit.femtoseconds.")
+        raise InvalidInputError(f"{name} must be a finite number > 0 ps, got {timestep}; e.g. 2*unit.femtoseconds.")
     return value
 
 
@@ -105,14 +106,14 @@ def friction_per_ps(friction, name="friction"):
     """
     value = _real_scalar(friction, unit.picosecond**-1, name)
     if not (np.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be a finite number >= 0 /ps, got {friction}; e.g. 1/unit.picosecond.")
+        raise InvalidInputError(f"{name} must be a finite number >= 0 /ps, got {friction}; e.g. 1/unit.picosecond.")
     return value
 
 
 def _real_scalar(value, target_unit, name):
     number = in_unit(value, target_unit, name)
     if isinstance(number, (bool, np.bool_)) or np.ndim(number) != 0 or np.asarray(number).dtype.kind not in "fiu":
-        raise ValueError(f"{name} must be a real number (or a Quantity), got {value!r}.")
+        raise InvalidInputError(f"{name} must be a real number (or a Quantity), got {value!r}.")
     return float(number)
 
 
@@ -169,11 +170,11 @@ def to_numpy_positions(positions, n_atoms=None, name="positions"):
     _check_real(_raw_value(positions), name, floating_only=True)
     array = _float64_array(in_unit(positions, unit.nanometer, name))
     if array.ndim != 2 or array.shape[1] != 3:
-        raise ValueError(f"{name} must have shape (n_atoms, 3), got {array.shape}.")
+        raise InvalidInputError(f"{name} must have shape (n_atoms, 3), got {array.shape}.")
     if n_atoms is not None and array.shape[0] != n_atoms:
-        raise ValueError(f"{name} has {array.shape[0]} atoms but the system has {n_atoms}.")
+        raise InvalidInputError(f"{name} has {array.shape[0]} atoms but the system has {n_atoms}.")
     if not np.all(np.isfinite(array)):
-        raise ValueError(f"{name} contain NaN or infinite coordinates.")
+        raise InvalidInputError(f"{name} contain NaN or infinite coordinates.")
     return array
 
 
@@ -219,14 +220,14 @@ def to_atom_indices(indices, n_atoms=None, name="atom_indices"):
     """
     array = integer_array(indices, name)
     if array.ndim != 1:
-        raise ValueError(f"{name} must be a 1D sequence of atom indices, got shape {array.shape}.")
+        raise InvalidInputError(f"{name} must be a 1D sequence of atom indices, got shape {array.shape}.")
     if array.size == 0:
-        raise ValueError(f"{name} is empty: list at least one atom, or pass None for all atoms.")
+        raise InvalidInputError(f"{name} is empty: list at least one atom, or pass None for all atoms.")
     if len(np.unique(array)) != len(array):
-        raise ValueError(f"{name} must be distinct, got {array.tolist()}.")
+        raise InvalidInputError(f"{name} must be distinct, got {array.tolist()}.")
     if array.min() < 0 or (n_atoms is not None and array.max() >= n_atoms):
         bound = "" if n_atoms is None else f", {n_atoms}"
-        raise ValueError(f"{name} must lie in [0{bound}), got {array.tolist()}.")
+        raise InvalidInputError(f"{name} must lie in [0{bound}), got {array.tolist()}.")
     return array
 
 
@@ -244,9 +245,9 @@ def integer_array(values, name):
             return np.zeros(np.shape(values), dtype=np.int64)
         dtype = _sequence_dtype(values)
     if dtype == "bool":
-        raise TypeError(f"{name} must be integer atom indices, got booleans; for a mask use np.flatnonzero(mask).")
+        raise InvalidTypeError(f"{name} must be integer atom indices, got booleans; for a mask use np.flatnonzero(mask).")
     if not (dtype.startswith("int") or dtype.startswith("uint")):
-        raise TypeError(
+        raise InvalidTypeError(
             f"{name} must be integers (Python int or an integer dtype), got dtype {dtype}: "
             "e.g. [0, 1, 2], not [0.0, 1.0, 2.0]."
         )
@@ -294,7 +295,7 @@ def _check_real(value, name, floating_only):
     elif dtype in _FLOATING or (not floating_only and (dtype.startswith("int") or dtype.startswith("uint"))):
         return
     what = "real floating-point coordinates in nm (float64; float32 is converted)" if floating_only else "real lengths in nm"
-    raise TypeError(f"{name} have dtype {dtype}: pass {what}, e.g. np.asarray({name}, dtype=np.float64).")
+    raise InvalidTypeError(f"{name} have dtype {dtype}: pass {what}, e.g. np.asarray({name}, dtype=np.float64).")
 
 
 def _float64_array(value):

@@ -70,3 +70,15 @@ def test_shape_mismatch_is_one_line(runner, tmp_path):
 def test_checkpoint_for_other_system_is_one_line(runner, tmp_path):
     result = runner.invoke(main, ["evaluate", "alanine_dipeptide_vacuum", "--system", "mueller_brown", "-n", "10"])
     _assert_user_error(result, "made for 'alanine_dipeptide_vacuum'")
+
+
+def test_internal_bug_keeps_its_traceback(runner, monkeypatch):
+    """Only the package's user-error types become one line: a bug (here a TypeError deep inside) is not disguised."""
+    from openmm_flowplugin import systems
+
+    def broken():
+        raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
+
+    monkeypatch.setattr(systems, "describe", broken)
+    result = runner.invoke(main, ["systems"])
+    assert result.exit_code != 2 and isinstance(result.exception, TypeError)

@@ -19,6 +19,7 @@ from ..platforms import select_platform
 from ..units import check_position_dtype, nanometers, to_atom_indices, to_numpy_positions
 from ..units import kT as _kT
 from ._evaluator import EnergyEvaluationError, _ContextEvaluator, _evaluate_in_worker, _init_worker
+from ..errors import InvalidInputError
 
 
 class _ReducedEnergyFunction(torch.autograd.Function):
@@ -122,14 +123,14 @@ class OpenMMEnergy:
         if atom_indices is not None:
             atom_indices = to_atom_indices(atom_indices, self.n_system_atoms)
             if reference_positions is None:
-                raise ValueError("atom_indices needs reference_positions for the atoms that are held fixed.")
+                raise InvalidInputError("atom_indices needs reference_positions for the atoms that are held fixed.")
         self.atom_indices = atom_indices
         self.reference_positions = (
             None if reference_positions is None else to_numpy_positions(reference_positions, self.n_system_atoms, "reference_positions")
         )
         self.n_atoms = self.n_system_atoms if atom_indices is None else len(atom_indices)
         if isinstance(n_workers, (bool, np.bool_)) or not isinstance(n_workers, (int, np.integer)) or n_workers < 1:
-            raise ValueError(f"n_workers must be an integer >= 1, got {n_workers!r}.")
+            raise InvalidInputError(f"n_workers must be an integer >= 1, got {n_workers!r}.")
         self.n_workers = int(n_workers)
         self.n_evaluations = 0
         self.n_failures = 0
@@ -165,7 +166,7 @@ class OpenMMEnergy:
         if not torch.is_tensor(positions):
             positions = torch.as_tensor(nanometers(positions))
         if positions.ndim not in (2, 3) or positions.shape[-2:] != (self.n_atoms, 3):
-            raise ValueError(
+            raise InvalidInputError(
                 f"positions must have shape (batch, {self.n_atoms}, 3) or ({self.n_atoms}, 3) in nm, got {tuple(positions.shape)}."
             )
         return positions

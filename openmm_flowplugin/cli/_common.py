@@ -6,7 +6,11 @@ from pathlib import Path
 
 import click
 
-USER_ERRORS = (KeyError, FileNotFoundError, FileExistsError, ValueError, TypeError, OSError)
+from ..errors import InvalidInputError, UserInputError
+
+# The package's own user-error types (bad values, names, files) and the environment's file errors print as one
+# line; anything else is a bug or a broken setup and keeps its traceback.
+USER_ERRORS = (UserInputError, OSError)
 
 #: Counts that must be integers >= 1 (steps, batch sizes, samples...).
 POSITIVE_INT = click.IntRange(min=1)
@@ -18,7 +22,7 @@ def _user_errors(command):
         try:
             return command(*args, **kwargs)
         except USER_ERRORS as error:
-            message = error.args[0] if isinstance(error, KeyError) and error.args else error
+            message = " ".join(str(error).split()) or type(error).__name__  # one line, whatever the message
             click.echo(f"error: {message}", err=True)
             sys.exit(2)
 
@@ -76,16 +80,16 @@ def load_system(options, temperature=None, default_name=None):
     options = dict(options)
     positional, named = options.pop("system", None), options.pop("system_name", None)
     if positional and named and positional != named:
-        raise ValueError(f"the system is given twice: SYSTEM {positional!r} and --system {named!r}; give one.")
+        raise InvalidInputError(f"the system is given twice: SYSTEM {positional!r} and --system {named!r}; give one.")
     name = positional or named
     files = {key: value for key, value in options.items() if value}
     if name and files:
-        raise ValueError(f"give either a registered system ({name!r}) or input files ({', '.join('--' + k.replace('_', '-') for k in files)}), not both.")
+        raise InvalidInputError(f"give either a registered system ({name!r}) or input files ({', '.join('--' + k.replace('_', '-') for k in files)}), not both.")
     kwargs = {} if temperature is None else {"temperature": temperature}
     if name or not files:
         name = name or default_name
         if name is None:
-            raise ValueError(
+            raise InvalidInputError(
                 "no system given: name a registered system (`openmm-flowplugin systems`) or pass files: "
                 "--pdb FILE --forcefield XML..., --prmtop FILE --inpcrd FILE, --top FILE --gro FILE, or --system-xml FILE --pdb FILE."
             )
@@ -119,10 +123,10 @@ def _load_trajectories(paths, molecular_system):
             else:
                 trajectory = mdtraj.load(path, top=molecular_system.mdtraj_topology)
         except Exception as error:  # mdtraj raises many types for unreadable files
-            raise ValueError(f"cannot read trajectory {path}: {type(error).__name__}: {error}") from None
+            raise InvalidInputError(f"cannot read trajectory {path}: {type(error).__name__}: {error}") from None
         if trajectory.n_frames == 0:
-            raise ValueError(f"trajectory {path} has no frames.")
+            raise InvalidInputError(f"trajectory {path} has no frames.")
         if trajectory.n_atoms != molecular_system.n_atoms:
-            raise ValueError(f"{path} has {trajectory.n_atoms} atoms but {molecular_system.name} has {molecular_system.n_atoms}.")
+            raise InvalidInputError(f"{path} has {trajectory.n_atoms} atoms but {molecular_system.name} has {molecular_system.n_atoms}.")
         frames.append(trajectory.xyz)
     return np.concatenate(frames)

@@ -4,6 +4,7 @@
 import click
 
 from ._common import POSITIVE_INT, _load_trajectories, _user_errors, load_system, named_system_options
+from ..errors import InvalidInputError
 
 
 @click.command()
@@ -39,7 +40,7 @@ def _evaluate(checkpoint, molecular_system_options, samples):
     flow = load_flow(checkpoint)
     stored = flow.metadata.get("system")
     if not any(molecular_system_options.values()) and stored not in systems.list():
-        raise ValueError(
+        raise InvalidInputError(
             f"{checkpoint} was trained on {stored!r}, which is not a registered system; pass the files it was built from "
             "(--pdb/--forcefield, --prmtop/--inpcrd, --top/--gro or --system-xml/--pdb)."
         )
@@ -54,7 +55,7 @@ def _plots(result, molecular_system, plot, energy_plot, md_positions=None):
 
     if plot:
         if result.phi is None:
-            raise ValueError(f"{molecular_system.name} has no backbone phi/psi: no Ramachandran plot.")
+            raise InvalidInputError(f"{molecular_system.name} has no backbone phi/psi: no Ramachandran plot.")
         panels = [("flow samples", result.phi, result.psi, None), ("reweighted to Boltzmann", result.phi, result.psi, result.normalized_weights)]
         if md_positions is not None:
             phi, psi = backbone_dihedrals(md_positions, molecular_system.mdtraj_topology)

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ._common import POSITIVE_INT, _user_errors, load_system, system_options
+from ..errors import InvalidInputError
 
 _POSITIVE = click.FloatRange(min=0, min_open=True)
 
@@ -55,15 +56,15 @@ def md(molecular_system_options, flow_path, steps, interval, jump_interval, prop
     from ..units import kelvin
 
     if resume and checkpoint is None:
-        raise ValueError("--resume needs --checkpoint FILE, the checkpoint of the run to continue.")
+        raise InvalidInputError("--resume needs --checkpoint FILE, the checkpoint of the run to continue.")
     if resume and overwrite:
-        raise ValueError("--resume appends to the outputs of the run it continues; drop --overwrite.")
+        raise InvalidInputError("--resume appends to the outputs of the run it continues; drop --overwrite.")
     if trajectory is not None:
         check_trajectory_format(trajectory)
     log = None if log == "-" else log
     outputs = [Path(p) for p in (trajectory, log, jump_log, checkpoint) if p is not None]
     if len({p.resolve() for p in outputs}) < len(outputs):
-        raise ValueError("--trajectory, --log, --jump-log and --checkpoint must be different files.")
+        raise InvalidInputError("--trajectory, --log, --jump-log and --checkpoint must be different files.")
     if resume and not Path(checkpoint).is_file():
         raise FileNotFoundError(f"cannot resume: checkpoint {checkpoint} not found (run without --resume to start a run).")
     if not resume:
@@ -72,7 +73,7 @@ def md(molecular_system_options, flow_path, steps, interval, jump_interval, prop
     molecular_system = load_system(molecular_system_options)
     problem = check_timestep(molecular_system, timestep)
     if problem:
-        raise ValueError(problem)
+        raise InvalidInputError(problem)
     temperature = kelvin(molecular_system.temperature) if temperature is None else float(temperature)
     flow = load_flow(flow_path, system=molecular_system)
     integrator = FlowMCIntegrator(temperature * unit.kelvin, friction / unit.picosecond, timestep * unit.femtosecond, flow,
@@ -85,7 +86,7 @@ def md(molecular_system_options, flow_path, steps, interval, jump_interval, prop
     if resume:
         _load_checkpoint(simulation, checkpoint, temperature, friction)
         if simulation.currentStep >= steps:
-            raise ValueError(f"checkpoint {checkpoint} is at step {simulation.currentStep}; pass --steps above it to continue.")
+            raise InvalidInputError(f"checkpoint {checkpoint} is at step {simulation.currentStep}; pass --steps above it to continue.")
     else:
         simulation.context.setPositions(molecular_system.positions)
         simulation.minimizeEnergy()
@@ -108,14 +109,14 @@ def _load_checkpoint(simulation, path, temperature, friction):
     try:
         simulation.loadCheckpoint(str(path))
     except openmm.OpenMMException as error:
-        raise ValueError(f"cannot load checkpoint {path} (written for another system, integrator or platform?): {error}") from None
+        raise InvalidInputError(f"cannot load checkpoint {path} (written for another system, integrator or platform?): {error}") from None
     jump = simulation.integrator.getIntegrator(1)  # FlowMCIntegrator's jump program; its kT and friction come from the file
     gas_constant = unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin)
     stored_kelvin, stored_friction = jump.getGlobalVariableByName("fmc_kT") / gas_constant, jump.getGlobalVariableByName("fmc_friction")
     if not math.isclose(stored_kelvin, temperature, rel_tol=1e-6):
-        raise ValueError(f"cannot resume: checkpoint {path} was run at {stored_kelvin:.6g} K; resume with --temperature {stored_kelvin:.6g}.")
+        raise InvalidInputError(f"cannot resume: checkpoint {path} was run at {stored_kelvin:.6g} K; resume with --temperature {stored_kelvin:.6g}.")
     if not math.isclose(stored_friction, friction, rel_tol=1e-6, abs_tol=1e-12):
-        raise ValueError(f"cannot resume: checkpoint {path} was run with --friction {stored_friction:.6g}; resume with that value.")
+        raise InvalidInputError(f"cannot resume: checkpoint {path} was run with --friction {stored_friction:.6g}; resume with that value.")
 
 
 def _reporters(simulation, trajectory, log, jump_log, interval, steps, timestep, resume):
@@ -135,7 +136,7 @@ def _reporters(simulation, trajectory, log, jump_log, interval, steps, timestep,
         if append[trajectory]:
             expected, found = step // interval, count_frames(trajectory)
             if found < expected:
-                raise ValueError(f"cannot resume: {trajectory} has {found} frames but the checkpoint at step {step} expects "
+                raise InvalidInputError(f"cannot resume: {trajectory} has {found} frames but the checkpoint at step {step} expects "
                                  f"{expected} (one per --interval {interval}); resume with the first run's --interval.")
             truncate_frames(trajectory, expected)
         reporters.append(trajectory_reporter(trajectory, interval, append=append[trajectory]))

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from ._common import POSITIVE_INT, _user_errors, load_system, system_options
+from ..errors import InvalidInputError
 
 _TAG = "openmm_flowplugin_sample"  # metadata key: the run's settings, as JSON
 _SAMPLERS = ("MultiStateSampler", "ReplicaExchangeSampler")  # the only classes --resume instantiates
@@ -23,24 +24,24 @@ def _temperatures(temperature, temperatures, t_min, t_max, replicas):
                                       ("--min-temperature/--max-temperature/--replicas", any(v is not None for v in ladder)))
              if value]
     if len(given) > 1:
-        raise ValueError(f"give only one of {' or '.join(given)}.")
+        raise InvalidInputError(f"give only one of {' or '.join(given)}.")
     if temperature is not None:
         return [float(temperature)]
     if temperatures is not None:
         try:
             values = [float(t) for t in temperatures.split(",")]
         except ValueError:
-            raise ValueError(f"--temperatures {temperatures!r}: give comma-separated kelvin values, e.g. 300,350,400.") from None
+            raise InvalidInputError(f"--temperatures {temperatures!r}: give comma-separated kelvin values, e.g. 300,350,400.") from None
         if not all(t > 0 and math.isfinite(t) for t in values):
-            raise ValueError(f"--temperatures {temperatures!r}: every temperature must be a positive number of kelvin.")
+            raise InvalidInputError(f"--temperatures {temperatures!r}: every temperature must be a positive number of kelvin.")
         if len(set(values)) != len(values):
-            raise ValueError(f"--temperatures {temperatures!r} repeats a temperature; give distinct values.")
+            raise InvalidInputError(f"--temperatures {temperatures!r} repeats a temperature; give distinct values.")
         return values
     if any(v is not None for v in ladder):
         if None in ladder:
-            raise ValueError("a geometric ladder needs all of --min-temperature, --max-temperature and --replicas.")
+            raise InvalidInputError("a geometric ladder needs all of --min-temperature, --max-temperature and --replicas.")
         if not t_max > t_min:
-            raise ValueError(f"--max-temperature {t_max} must be above --min-temperature {t_min}.")
+            raise InvalidInputError(f"--max-temperature {t_max} must be above --min-temperature {t_min}.")
         return [t_min * (t_max / t_min) ** (i / (replicas - 1)) for i in range(replicas)]
     return None
 
@@ -105,9 +106,9 @@ def _check_resume(output, settings, given, molecular_system, flow_path):
         reporter.close()
     stored = json.loads(stored) if isinstance(stored, str) else None
     if not isinstance(stored, dict) or stored.get("sampler") not in _SAMPLERS:
-        raise ValueError(f"{output} was not written by `openmm-flowplugin sample`; resume it with openmmtools directly.")
+        raise InvalidInputError(f"{output} was not written by `openmm-flowplugin sample`; resume it with openmmtools directly.")
     if molecular_system is not None and molecular_system.fingerprint != stored.get("fingerprint"):
-        raise ValueError(f"--resume continues the run in {output}, made for {stored.get('system', 'another system')!r}, "
+        raise InvalidInputError(f"--resume continues the run in {output}, made for {stored.get('system', 'another system')!r}, "
                          f"not {molecular_system.name!r}; drop the system options or start a new run with another --output.")
     if flow_path is not None:
         given["flow_sha256"] = file_sha256(resolve_flow_path(flow_path))
@@ -117,7 +118,7 @@ def _check_resume(output, settings, given, molecular_system, flow_path):
         same = (value == stored[key] if not isinstance(value, list)
                 else len(value) == len(stored[key]) and all(math.isclose(a, b, rel_tol=1e-9) for a, b in zip(value, stored[key])))
         if not same:
-            raise ValueError(f"--resume continues the run in {output}, whose {settings[key]} is {stored[key]}, not {value}; "
+            raise InvalidInputError(f"--resume continues the run in {output}, whose {settings[key]} is {stored[key]}, not {value}; "
                              "drop that option or start a new run with another --output.")
     return stored
 
@@ -165,12 +166,12 @@ def sample(molecular_system_options, flow_path, iterations, md_steps, proposals,
     kelvins = _temperatures(temperature, temperatures, min_temperature, max_temperature, replicas)
     output = Path(output)
     if output.suffix != ".nc":
-        raise ValueError(f"--output {output} must end in .nc (openmmtools NetCDF storage).")
+        raise InvalidInputError(f"--output {output} must end in .nc (openmmtools NetCDF storage).")
     checkpoint_file = output.with_name(output.stem + "_checkpoint.nc")
     if resume and overwrite:
-        raise ValueError("--resume continues --output and --overwrite replaces it; give one.")
+        raise InvalidInputError("--resume continues --output and --overwrite replaces it; give one.")
     if iterations % checkpoint_interval:
-        raise ValueError(f"--iterations {iterations} is not a multiple of --checkpoint-interval {checkpoint_interval}: the run would "
+        raise InvalidInputError(f"--iterations {iterations} is not a multiple of --checkpoint-interval {checkpoint_interval}: the run would "
                          "end between stored positions and --resume would repeat iterations; change one of them.")
     settings = {"temperatures": "temperatures (K)", "md_steps": "--md-steps", "proposals": "--proposals", "timestep_fs": "--timestep (fs)",
                 "friction_per_ps": "--friction (1/ps)", "flow_sha256": "flow (sha256)"}
@@ -188,7 +189,7 @@ def sample(molecular_system_options, flow_path, iterations, md_steps, proposals,
         for path in (output, checkpoint_file):
             check_output_path(path, overwrite)
         if flow_path is None:
-            raise ValueError("--flow is required: a flow checkpoint (.pt) or a system name that ships one, e.g. alanine_dipeptide_vacuum.")
+            raise InvalidInputError("--flow is required: a flow checkpoint (.pt) or a system name that ships one, e.g. alanine_dipeptide_vacuum.")
         defaults = {"temperatures": [kelvin(molecular_system.temperature)],
                     "md_steps": 100, "proposals": 10, "timestep_fs": 1.0, "friction_per_ps": 1.0}
         run_settings = {key: defaults[key] if value is None else value for key, value in given.items()}
@@ -240,9 +241,9 @@ def _resumed_sampler(stored, output, iterations):
     done, interval = reporter.read_last_iteration(last_checkpoint=True), reporter.checkpoint_interval
     reporter.close()
     if done >= iterations:
-        raise ValueError(f"{output} already holds {done} iterations; pass --iterations above {done} to extend it.")
+        raise InvalidInputError(f"{output} already holds {done} iterations; pass --iterations above {done} to extend it.")
     if iterations % interval:
-        raise ValueError(f"--iterations {iterations} is not a multiple of the stored checkpoint interval {interval}; "
+        raise InvalidInputError(f"--iterations {iterations} is not a multiple of the stored checkpoint interval {interval}; "
                          f"pass e.g. --iterations {(iterations // interval + 1) * interval}.")
     sampler = getattr(multistate, stored["sampler"]).from_storage(multistate.MultiStateReporter(str(output), open_mode="a"))
     sampler.number_of_iterations = iterations  # a stored option: assigning it updates the file

@@ -6,6 +6,7 @@ import sys
 import click
 
 from ._common import POSITIVE_INT, _load_trajectories, _user_errors, load_system, system_options
+from ..errors import InvalidInputError
 
 
 @click.command()
@@ -42,28 +43,28 @@ def simulate(molecular_system_options, steps, interval, equilibration_steps, tem
     from ..simulation.trajectory_files import check_trajectory_format
 
     if not math.isfinite(timestep) or timestep <= 0:
-        raise ValueError(f"--timestep must be a finite number of femtoseconds > 0, got {timestep}.")
+        raise InvalidInputError(f"--timestep must be a finite number of femtoseconds > 0, got {timestep}.")
     if temperature is not None and (not math.isfinite(temperature) or temperature <= 0):
-        raise ValueError(f"--temperature must be a finite number of kelvin > 0, got {temperature}.")
+        raise InvalidInputError(f"--temperature must be a finite number of kelvin > 0, got {temperature}.")
     if steps < interval:
-        raise ValueError(f"--steps ({steps}) must be at least --interval ({interval}).")
+        raise InvalidInputError(f"--steps ({steps}) must be at least --interval ({interval}).")
     check_trajectory_format(output)
     if (checkpoint_interval is not None or resume) and checkpoint is None:
-        raise ValueError(f"{'--resume' if resume else '--checkpoint-interval'} needs --checkpoint FILE.")
+        raise InvalidInputError(f"{'--resume' if resume else '--checkpoint-interval'} needs --checkpoint FILE.")
     if checkpoint_interval is not None and checkpoint_interval % interval:
-        raise ValueError(f"--checkpoint-interval ({checkpoint_interval}) must be a multiple of --interval ({interval}).")
+        raise InvalidInputError(f"--checkpoint-interval ({checkpoint_interval}) must be a multiple of --interval ({interval}).")
     if resume and overwrite:
-        raise ValueError("--resume continues the run in the existing files, --overwrite starts it again: give one.")
+        raise InvalidInputError("--resume continues the run in the existing files, --overwrite starts it again: give one.")
     if resume and start is not None:
-        raise ValueError("--start chooses where a new run begins; --resume continues from the checkpoint: give one.")
+        raise InvalidInputError("--start chooses where a new run begins; --resume continues from the checkpoint: give one.")
 
     molecular_system = load_system(molecular_system_options)
     if (message := check_timestep(molecular_system, timestep)) is not None:
-        raise ValueError(message)
+        raise InvalidInputError(message)
     if start is not None:
         frames = _load_trajectories([start], molecular_system)
         if not -len(frames) <= start_frame < len(frames):
-            raise ValueError(f"--start-frame {start_frame} is outside {start}, which has {len(frames)} frames.")
+            raise InvalidInputError(f"--start-frame {start_frame} is outside {start}, which has {len(frames)} frames.")
         molecular_system.positions = unit.Quantity(frames[start_frame].astype("float64"), unit.nanometer)
     if progress is None:
         progress = sys.stderr.isatty() and log != "-"

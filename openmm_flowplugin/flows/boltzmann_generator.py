@@ -30,6 +30,7 @@ from zuko.flows.spline import CircularRQSTransform
 from zuko.transforms import ComposedTransform, CouplingTransform, DependentTransform, MonotonicRQSTransform
 
 from ..geometry.internal import InternalCoordinates, InternalCoordinateTransform
+from ..errors import InvalidInputError
 
 _SPLINE_BOUND = 5.0  # standardized bond/angle features; identity tails outside
 
@@ -43,7 +44,7 @@ class _Coupling(nn.Module):
         self.register_buffer("is_torsion", is_torsion.clone())
         kinds = is_torsion[transformed]
         if not (kinds.all() or (~kinds).all()):
-            raise ValueError("a coupling layer transforms either torsions only or non-torsions only.")
+            raise InvalidInputError("a coupling layer transforms either torsions only or non-torsions only.")
         self.circular = bool(kinds.all())
         self.bins = bins
         condition = ~transformed
@@ -176,7 +177,7 @@ class BoltzmannGenerator(nn.Module):
     def for_system(cls, molecular_system, reference_positions, **kwargs):
         """Build a flow for a :class:`~openmm_flowplugin.molecular_system.MolecularSystem` (metadata filled in)."""
         if molecular_system.n_constraints:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{molecular_system.name} has {molecular_system.n_constraints} constraints, but a flow moves every atom. "
                 "Build the System with constraints=None (e.g. systems.get(name) does)."
             )
@@ -247,7 +248,7 @@ class BoltzmannGenerator(nn.Module):
         if not torch.is_tensor(x):
             x = torch.as_tensor(x)
         if x.ndim != 3 or x.shape[1:] != (self.n_atoms, 3):
-            raise ValueError(f"positions must have shape (n, {self.n_atoms}, 3) in nm, got {tuple(x.shape)}.")
+            raise InvalidInputError(f"positions must have shape (n, {self.n_atoms}, 3) in nm, got {tuple(x.shape)}.")
         return x
 
     def _features(self, ic):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import InvalidInputError
 from ..outputs import atomic_output_path, check_output_path  # noqa: F401 (check_output_path: old import path)
 
 FORMAT = "openmm_flowplugin.flow/1"
@@ -27,7 +28,7 @@ _cache = weakref.WeakValueDictionary()  # (absolute path, sha256) -> flow: copie
 _cache_lock = threading.Lock()
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InvalidInputError):
     """A checkpoint file is missing, corrupt, or made for another system."""
 
 

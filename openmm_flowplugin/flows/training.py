@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from .._threads import package_threads
 from ..analysis.weights import effective_sample_size, importance_weights
+from ..errors import InvalidInputError
 
 
 class TrainingHistory(list):
@@ -45,14 +46,14 @@ def _as_positions(data):
         data = data.xyz
     positions = torch.as_tensor(np.asarray(data), dtype=torch.float64)
     if positions.ndim != 3 or positions.shape[-1] != 3 or len(positions) == 0:
-        raise ValueError(f"training data must be a non-empty array of shape (n_frames, n_atoms, 3) in nm, got {tuple(positions.shape)}.")
+        raise InvalidInputError(f"training data must be a non-empty array of shape (n_frames, n_atoms, 3) in nm, got {tuple(positions.shape)}.")
     return positions
 
 
 def _check_counts(**counts):
     for name, value in counts.items():
         if int(value) != value or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+            raise InvalidInputError(f"{name} must be an integer >= 1, got {value!r}.")
 
 
 def _optimize(flow, step_loss, n_steps, learning_rate, description, weight_decay=0.0, cosine=False, progress=True, callback=None):

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from .as_force import as_openmm_force
+from ..errors import InvalidInputError, InvalidTypeError
 
 #: Environment variable naming the folder that holds named models' state-dict files.
 ANI_DIR_ENV_VAR = "OPENMM_FLOWPLUGIN_ANI_DIR"
@@ -60,7 +61,7 @@ def _canonical_name(name):
     folded = {key.replace("-", "").lower(): key for key in ANI_MODELS}
     key = str(name).replace("-", "").replace("_", "").lower()
     if key not in folded:
-        raise ValueError(f"unknown ANI model {name!r}; known names: {sorted(ANI_MODELS)}, or pass a torchani model.")
+        raise InvalidInputError(f"unknown ANI model {name!r}; known names: {sorted(ANI_MODELS)}, or pass a torchani model.")
     return folded[key]
 
 
@@ -126,7 +127,7 @@ def load_ani_model(model="ANI-2x", state_dict=None, model_index=None):
         if path is not None and not path.is_file():
             raise FileNotFoundError(f"state_dict file {path} does not exist.")
     else:
-        raise TypeError(f"model must be a model name or a torchani model, got {type(model).__name__}.")
+        raise InvalidTypeError(f"model must be a model name or a torchani model, got {type(model).__name__}.")
     if path is not None:
         module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     if model_index is not None:
@@ -195,7 +196,7 @@ def _atomic_numbers(topology, atoms):
     elements = [atom.element for atom in topology.atoms()]
     missing = [i for i in atoms if elements[i] is None]
     if missing:
-        raise ValueError(f"atoms {missing} have no element in the topology; ANI needs atomic numbers.")
+        raise InvalidInputError(f"atoms {missing} have no element in the topology; ANI needs atomic numbers.")
     return [elements[i].atomic_number for i in atoms]
 
 
@@ -263,7 +264,7 @@ def create_mixed_system(system, topology, ml_atoms, model, lambda_name="lambda_m
 
     atoms = sorted({int(i) for i in ml_atoms})
     if not atoms or atoms[-1] >= system.getNumParticles() or atoms[0] < 0:
-        raise ValueError(f"ml_atoms must be a non-empty set of particle indices below {system.getNumParticles()}.")
+        raise InvalidInputError(f"ml_atoms must be a non-empty set of particle indices below {system.getNumParticles()}.")
     if isinstance(model, str):
         model = load_ani_model(model)
     return mix(system, atoms, ani_force(model, topology, atoms, backend=backend), lambda_name=lambda_name,

@@ -31,6 +31,7 @@ from openmm import unit
 
 from ._parameter_terms import derivative_terms
 from .python_force import python_force
+from ..errors import InvalidInputError, InvalidTypeError, UnknownNameError
 
 _RESERVED_NAMES = {"positions", "box_vectors", "self"}
 _BACKENDS = ("auto", "python", "torch")
@@ -41,7 +42,7 @@ def _check_parameters(global_parameters):
     parameters = {}
     for name, default in dict(global_parameters or {}).items():
         if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name) or name in _RESERVED_NAMES:
-            raise ValueError(
+            raise InvalidInputError(
                 f"global parameter name {name!r} cannot be passed as a keyword argument; use a Python "
                 f"identifier other than {sorted(_RESERVED_NAMES)}."
             )
@@ -53,17 +54,17 @@ def _check_particles(particles, system):
     if particles is None:
         return None
     if system is None:
-        raise ValueError(
+        raise InvalidInputError(
             "particles needs system= (the openmm.System the force will join, or its particle count): an index beyond "
             "the System would make OpenMM read memory outside it."
         )
     n_particles = system if isinstance(system, int) else system.getNumParticles()
     values = list(particles)
     if any(not isinstance(i, (int, np.integer)) or isinstance(i, bool) for i in values):
-        raise TypeError(f"particles must be integers, got {particles!r}.")
+        raise InvalidTypeError(f"particles must be integers, got {particles!r}.")
     indices = [int(i) for i in values]
     if len(indices) == 0 or len(set(indices)) != len(indices) or min(indices) < 0 or max(indices) >= n_particles:
-        raise ValueError(
+        raise InvalidInputError(
             f"particles must be a non-empty list of distinct indices in [0, {n_particles}) (the System's particles), got {particles!r}."
         )
     return indices
@@ -71,7 +72,7 @@ def _check_particles(particles, system):
 
 def _resolve_backend(backend):
     if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}.")
+        raise InvalidInputError(f"backend must be one of {_BACKENDS}, got {backend!r}.")
     if backend != "auto":
         return backend
     if torch.cuda.is_available():
@@ -155,7 +156,7 @@ def as_openmm_force(module, particles=None, periodic=False, global_parameters=No
     1.0
     """
     if not isinstance(module, torch.nn.Module):
-        raise TypeError(f"module must be a torch.nn.Module mapping positions to an energy, got {type(module).__name__}.")
+        raise InvalidTypeError(f"module must be a torch.nn.Module mapping positions to an energy, got {type(module).__name__}.")
     parameters = _check_parameters(global_parameters)
     particles = _check_particles(particles, system)
     backend = _resolve_backend(backend)
@@ -240,18 +241,18 @@ def parameter_derivative(context, name, undeclared="raise", step=1e-4):
     0.105
     """
     if undeclared not in _UNDECLARED:
-        raise ValueError(f"undeclared must be one of {_UNDECLARED}, got {undeclared!r}.")
+        raise InvalidInputError(f"undeclared must be one of {_UNDECLARED}, got {undeclared!r}.")
     step = float(step)
     if not np.isfinite(step) or step <= 0:
-        raise ValueError(f"step must be a positive finite number (units of {name!r}), got {step!r}.")
+        raise InvalidInputError(f"step must be a positive finite number (units of {name!r}), got {step!r}.")
     parameters = dict(context.getParameters())
     if name not in parameters:
-        raise KeyError(f"the Context has no global parameter {name!r}; it has {sorted(parameters)}.")
+        raise UnknownNameError(f"the Context has no global parameter {name!r}; it has {sorted(parameters)}.")
     terms, problems = derivative_terms(context.getSystem(), name)  # before any evaluation: it names broken forces
     if problems:
         if undeclared == "finite_difference":
             return _central_difference(context, name, parameters[name], step)
-        raise ValueError(
+        raise InvalidInputError(
             f"dU/d{name} would be incomplete: OpenMM reports 0 for the derivative of a global parameter that a force "
             f"does not declare. {'; '.join(problems)}. Or pass undeclared='finite_difference' for a central "
             "finite difference of the whole energy."
@@ -278,7 +279,7 @@ def _central_difference(context, name, value, step):
     finally:
         context.setParameter(name, value)
     if not np.all(np.isfinite(energies)):
-        raise ValueError(
+        raise InvalidInputError(
             f"the potential energy is not finite at {name} = {value} ± {step} ({energies} kJ/mol): choose a smaller "
             f"step, or declare the derivative (force.addEnergyParameterDerivative({name!r})) instead."
         )

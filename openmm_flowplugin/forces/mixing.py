@@ -14,6 +14,7 @@ import openmm
 import torch
 
 from .as_force import as_openmm_force
+from ..errors import InvalidInputError, InvalidTypeError
 
 _BONDED = {
     # force class: (number of terms, get parameters, set parameters, atoms per term)
@@ -113,14 +114,14 @@ def create_mixed_system(system, ml_atoms, ml_potential, lambda_name="lambda_ml",
     """
     atoms = sorted({int(i) for i in ml_atoms})
     if not atoms or atoms[-1] >= system.getNumParticles() or atoms[0] < 0:
-        raise ValueError(f"ml_atoms must be a non-empty set of particle indices below {system.getNumParticles()}.")
+        raise InvalidInputError(f"ml_atoms must be a non-empty set of particle indices below {system.getNumParticles()}.")
     if isinstance(ml_potential, torch.nn.Module):
         particles = None if atoms == list(range(system.getNumParticles())) else atoms
         ml_force = as_openmm_force(ml_potential, particles=particles, backend=backend, system=system)
     elif isinstance(ml_potential, openmm.Force):
         ml_force = copy.deepcopy(ml_potential)
     else:
-        raise TypeError(f"ml_potential must be a torch.nn.Module or an openmm.Force, got {type(ml_potential).__name__}.")
+        raise InvalidTypeError(f"ml_potential must be a torch.nn.Module or an openmm.Force, got {type(ml_potential).__name__}.")
     ml = set(atoms)
     periodic = system.usesPeriodicBoundaryConditions()
     mixed = copy.deepcopy(system)
@@ -142,7 +143,7 @@ def create_mixed_system(system, ml_atoms, ml_potential, lambda_name="lambda_ml",
         elif isinstance(force, _IGNORED):
             mixed.addForce(copy.deepcopy(force))
         else:
-            raise ValueError(
+            raise InvalidInputError(
                 f"create_mixed_system cannot split {type(force).__name__} between ML and MM atoms; supported: "
                 f"{[cls.__name__ for cls in _BONDED]} and NonbondedForce. Remove the force, or build the mixed system by hand."
             )

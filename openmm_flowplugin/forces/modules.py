@@ -7,6 +7,7 @@ import torch
 
 from ..units import kT as _kT
 from .as_force import as_openmm_force
+from ..errors import InvalidTypeError
 
 
 class HarmonicRestraint(torch.nn.Module):
@@ -102,5 +103,5 @@ def flow_potential(flow, temperature, particles=None, backend="python", system=N
     'PythonForce'
     """
     if not callable(getattr(flow, "log_prob", None)):
-        raise TypeError(f"flow must have a log_prob(x) method, got {type(flow).__name__}.")
+        raise InvalidTypeError(f"flow must have a log_prob(x) method, got {type(flow).__name__}.")
     return as_openmm_force(FlowEnergy(flow, _kT(temperature)), particles=particles, backend=backend, system=system)

@@ -23,6 +23,7 @@ import weakref
 import numpy as np
 import openmm
 import torch
+from ..errors import InvalidInputError, InvalidTypeError
 
 _FUNCTION_ATTRIBUTE = re.compile(r'function="([0-9a-fA-F]*)"')
 _NAME_PREFIX = "TorchComputation-"
@@ -47,7 +48,7 @@ def _deserialize_module(kind, payload, sha256):
     module = _MODULE_CACHE.get(sha256)
     if module is None:
         if hashlib.sha256(payload).hexdigest() != sha256:
-            raise ValueError("serialized torch module is corrupt: its sha256 does not match the stored hash.")
+            raise InvalidInputError("serialized torch module is corrupt: its sha256 does not match the stored hash.")
         if kind == "torchscript":
             module = torch.jit.load(io.BytesIO(payload), map_location="cpu")
         else:
@@ -124,7 +125,7 @@ class TorchComputation:
             positions = positions.detach().requires_grad_(True)
             energy = self.module(positions, **kwargs)
             if energy.numel() != 1:
-                raise ValueError(
+                raise InvalidInputError(
                     f"the module must return a scalar energy in kJ/mol, got shape {tuple(energy.shape)}; "
                     "sum per-atom or per-sample energies inside the module."
                 )
@@ -182,7 +183,7 @@ def _snapshot(module):
         try:
             return copy.deepcopy(module), None, problem
         except Exception as copy_error:  # noqa: BLE001
-            raise TypeError(
+            raise InvalidTypeError(
                 f"{problem} It cannot be deep-copied either ({type(copy_error).__name__}: {copy_error}), so the force "
                 "cannot hold a snapshot of it. Define its class at the top level of an importable module."
             ) from copy_error
@@ -192,7 +193,7 @@ def _snapshot(module):
         try:
             snapshot = _deserialize_module(kind, payload, sha256)
         except Exception as error:  # noqa: BLE001 - re-raised with the fix
-            raise ValueError(
+            raise InvalidInputError(
                 f"{type(module).__name__} pickles, but its bytes do not unpickle ({type(error).__name__}: {error}); "
                 "a System holding this force would crash OpenMM when deserialized. Fix the module's "
                 "__getstate__/__setstate__ (or __reduce__), or pass a TorchScript module."
@@ -211,7 +212,7 @@ def python_force(module, particles=None, periodic=False, global_parameters=None)
     if problem is not None:
         fix = "Define its class at the top level of an importable module, without lambdas or closures (or pass a TorchScript module)."
         if parameters:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{problem} {fix} It is needed here: with global parameters the PythonForce sits inside a "
                 "CustomCVForce, which copies it by serialization when a Context is created."
             )
@@ -264,7 +265,7 @@ def _computation_of(force, label):
             try:
                 computation = pickle.loads(payload)
             except Exception as error:  # noqa: BLE001 - re-raised with the force named
-                raise ValueError(
+                raise InvalidInputError(
                     f"{label}: its pickled callable cannot be unpickled in this process ({type(error).__name__}: "
                     f"{error}), so its dU/dλ cannot be computed. Make the classes it names importable."
                 ) from error
@@ -272,5 +273,5 @@ def _computation_of(force, label):
                 return None
             _CALLABLE_CACHE[key] = computation
     if computation.load_error is not None:
-        raise ValueError(f"{label}: {computation.load_error}")
+        raise InvalidInputError(f"{label}: {computation.load_error}")
     return computation

@@ -17,6 +17,8 @@ import warnings
 
 import torch
 
+from ..errors import InvalidTypeError
+
 INSTALL_HINT = (
     "backend='torch' needs openmmtorch (TorchForce): install the extra `pip install "
     "openmm_flowplugin[torch-force]` (or `conda install -c conda-forge openmm-torch`) with a CUDA build "
@@ -97,7 +99,7 @@ def script_adapter(module, particles=None, periodic=False, parameter_names=()):
                 warnings.simplefilter("ignore", DeprecationWarning)
                 module = torch.jit.script(module)
         except Exception as error:
-            raise TypeError(
+            raise InvalidTypeError(
                 f"backend='torch' needs a TorchScript-compatible module, but torch.jit.script({type(module).__name__}) "
                 f"failed: {error}\nAnnotate forward's arguments as torch.Tensor, or use backend='python'."
             ) from error

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..units import integer_array
+from ..errors import InvalidInputError, InvalidTypeError
 
 
 class InternalCoordinates(NamedTuple):
@@ -99,15 +100,15 @@ class InternalCoordinateTransform:
 
     def __init__(self, n_atoms, bonds):
         if isinstance(n_atoms, (bool, np.bool_)) or not isinstance(n_atoms, (int, np.integer)):
-            raise TypeError(f"n_atoms must be an integer, got {n_atoms!r}.")
+            raise InvalidTypeError(f"n_atoms must be an integer, got {n_atoms!r}.")
         self.n_atoms = int(n_atoms)
         if self.n_atoms < 3:
-            raise ValueError(f"internal coordinates need at least 3 atoms, got {self.n_atoms}.")
+            raise InvalidInputError(f"internal coordinates need at least 3 atoms, got {self.n_atoms}.")
         pairs = integer_array(bonds if hasattr(bonds, "dtype") else list(bonds), "bonds")  # floats refused, not truncated
         if pairs.size == 0:
             pairs = pairs.reshape(0, 2)
         if pairs.ndim != 2 or pairs.shape[1] != 2:
-            raise ValueError(f"bonds must be pairs of atom indices, shape (n_bonds, 2), got shape {pairs.shape}.")
+            raise InvalidInputError(f"bonds must be pairs of atom indices, shape (n_bonds, 2), got shape {pairs.shape}.")
         self.bond_graph = [tuple(sorted(map(int, b))) for b in pairs]
         self.roots, self.zmatrix = _build_zmatrix(self.n_atoms, self.bond_graph)
 
@@ -198,7 +199,7 @@ def _build_zmatrix(n_atoms, bonds):
     neighbours = [[] for _ in range(n_atoms)]
     for a, b in bonds:
         if a == b or not (0 <= a < n_atoms and 0 <= b < n_atoms):
-            raise ValueError(f"bond ({a}, {b}) is not between two distinct atoms of {n_atoms}.")
+            raise InvalidInputError(f"bond ({a}, {b}) is not between two distinct atoms of {n_atoms}.")
         neighbours[a].append(b)
         neighbours[b].append(a)
     for n in neighbours:
@@ -216,11 +217,11 @@ def _build_zmatrix(n_atoms, bonds):
         return depth
 
     if len(bfs_depths(0)) != n_atoms:
-        raise ValueError("the bond graph is not connected: internal coordinates need one molecule (add the missing bonds).")
+        raise InvalidInputError("the bond graph is not connected: internal coordinates need one molecule (add the missing bonds).")
     # Root: a graph centre with at least two neighbours (shortest dependency chains, most stable NeRF).
     candidates = [a for a in range(n_atoms) if len(neighbours[a]) >= 2]
     if not candidates:
-        raise ValueError("no atom has two bonded neighbours: cannot define a frame.")
+        raise InvalidInputError("no atom has two bonded neighbours: cannot define a frame.")
     a0 = min(candidates, key=lambda a: (max(bfs_depths(a).values()), -len(neighbours[a]), a))
     a1, a2 = sorted(neighbours[a0], key=lambda a: -len(neighbours[a]))[:2]
 

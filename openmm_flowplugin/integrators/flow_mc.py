@@ -23,6 +23,7 @@ from ..proposals.protocol import (
     single_log_prob,
 )
 from ..units import friction_per_ps, kelvin, kT, timestep_ps
+from ..errors import InvalidInputError, InvalidTypeError
 
 
 def _jump_program(integrator, n_proposals):
@@ -206,7 +207,7 @@ class FlowMCIntegrator(openmm.CompoundIntegrator):
             return
         remaining = int(steps)
         if remaining != steps:
-            raise TypeError(f"steps must be an integer, got {steps!r}.")
+            raise InvalidTypeError(f"steps must be an integer, got {steps!r}.")
         get, put = self._jump.getGlobalVariableByName, self._jump.setGlobalVariableByName
         if until is None:  # a fresh Python object, e.g. on a loaded checkpoint: resume the stored phase
             until = int(get("fmc_until_jump"))
@@ -311,11 +312,11 @@ class FlowMCIntegrator(openmm.CompoundIntegrator):
     # --- internals ------------------------------------------------------------------------------------
     def _check_system(self, n_particles, n_constraints):
         if n_particles != self.n_atoms:
-            raise ValueError(
+            raise InvalidInputError(
                 f"The proposal moves {self.n_atoms} atoms but the System has {n_particles} particles: "
                 "it was made for another molecule. Use a proposal trained for this system.")
         if n_constraints and not self._respects_constraints:
-            raise ValueError(
+            raise InvalidInputError(
                 f"The System has {n_constraints} constraint(s), but a flow jump moves every atom and would break "
                 "them. Build the System with constraints=None (and a ~1 fs timestep), or use a proposal that "
                 "declares respects_constraints = True.")

@@ -5,6 +5,7 @@ __all__ = ["FlowMCReporter"]
 import math
 
 from openmm import unit
+from ..errors import InvalidInputError, InvalidTypeError
 
 
 class FlowMCReporter:
@@ -52,7 +53,7 @@ class FlowMCReporter:
 
     def __init__(self, file, reportInterval, integrator=None, separator=",", append=False):
         if int(reportInterval) != reportInterval or reportInterval < 1:
-            raise ValueError(f"reportInterval must be an integer >= 1 (steps), got {reportInterval!r}.")
+            raise InvalidInputError(f"reportInterval must be an integer >= 1 (steps), got {reportInterval!r}.")
         self._reportInterval = int(reportInterval)
         self._own_file = isinstance(file, str)
         self._out = open(file, "a" if append else "w") if self._own_file else file
@@ -73,7 +74,7 @@ class FlowMCReporter:
     def report(self, simulation, state):
         integrator = self._integrator if self._integrator is not None else simulation.integrator
         if not hasattr(integrator, "statistics"):
-            raise TypeError(
+            raise InvalidTypeError(
                 f"FlowMCReporter needs a FlowMCIntegrator, but the simulation's integrator is "
                 f"{type(integrator).__name__}; pass integrator=... or use FlowMCIntegrator.")
         if not self._has_initialized:

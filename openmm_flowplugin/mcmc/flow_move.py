@@ -23,6 +23,7 @@ from ..proposals.protocol import (
 )
 from ..proposals.storage import proposal_from_state, proposal_state, share_proposal
 from ..proposals.streams import ACCEPT, VELOCITIES, checked_root_seed, numpy_generator
+from ..errors import InvalidInputError
 
 
 class BrokenStateError(RuntimeError):
@@ -143,16 +144,16 @@ class FlowMCMove(mcmc.MCMCMove):
         if atom_indices is not None:
             indices = np.asarray(atom_indices)
             if indices.size == 0 or indices.ndim != 1 or not (np.issubdtype(indices.dtype, np.integer) and indices.dtype != bool):
-                raise ValueError(
+                raise InvalidInputError(
                     f"atom_indices must be a non-empty 1D sequence of integer atom indices, got {atom_indices!r} "
                     "(floats are not truncated: pass ints)."
                 )
             atom_indices = [int(i) for i in indices]
             if len(set(atom_indices)) != len(atom_indices) or min(atom_indices) < 0:
-                raise ValueError(f"atom_indices must be distinct non-negative atom indices, got {atom_indices}.")
+                raise InvalidInputError(f"atom_indices must be distinct non-negative atom indices, got {atom_indices}.")
             n_atoms = proposal_n_atoms(proposal)
             if n_atoms != len(atom_indices):
-                raise ValueError(
+                raise InvalidInputError(
                     f"the proposal moves {n_atoms} atoms but atom_indices lists {len(atom_indices)}; "
                     f"pass the {n_atoms} indices of the atoms the proposal was made for, in its atom order."
                 )
@@ -162,7 +163,7 @@ class FlowMCMove(mcmc.MCMCMove):
         self.redraw_velocities = bool(redraw_velocities)
         self.sample_batch_size = checked_batch_size(sample_batch_size)
         if topology is not None and atom_indices is not None:
-            raise ValueError("topology checks the proposal against the whole system; pass it only with atom_indices=None.")
+            raise InvalidInputError("topology checks the proposal against the whole system; pass it only with atom_indices=None.")
         self._topology = topology
         self.seed = checked_root_seed(seed)
         self.stream = ()
@@ -308,7 +309,7 @@ class FlowMCMove(mcmc.MCMCMove):
         if self.atom_indices is None:
             n_atoms = proposal_n_atoms(self.proposal)
             if n_atoms != n_particles:
-                raise ValueError(
+                raise InvalidInputError(
                     f"the proposal moves {n_atoms} atoms but the system has {n_particles}; "
                     "pass atom_indices listing the atoms it moves, or a proposal made for this system."
                 )
@@ -319,7 +320,7 @@ class FlowMCMove(mcmc.MCMCMove):
                 self._topology = None  # checked once
         else:
             if max(self.atom_indices, default=-1) >= n_particles:
-                raise ValueError(f"atom_indices go up to {max(self.atom_indices)} but the system has {n_particles} atoms.")
+                raise InvalidInputError(f"atom_indices go up to {max(self.atom_indices)} but the system has {n_particles} atoms.")
             atoms = moved = np.asarray(self.atom_indices)
         pairs = (system.getConstraintParameters(k)[:2] for k in range(system.getNumConstraints()))
         check_constraints(self.proposal, pairs, None if moved is None else set(self.atom_indices))

@@ -8,6 +8,7 @@ import torch
 from .._threads import package_threads
 from .protocol import checked_batch_size, proposal_n_atoms, proposal_version, sample_with_generator
 from .streams import DRAWS, checked_root_seed, torch_generator
+from ..errors import InvalidInputError
 
 
 class ProposalBuffer:
@@ -110,7 +111,7 @@ class ProposalBuffer:
         log_q = np.asarray(torch.as_tensor(log_q).detach().cpu(), dtype=np.float64)
         log_q = log_q.reshape(-1) if log_q.size == n else log_q
         if x.shape != (n, self.n_atoms, 3) or log_q.shape != (n,):
-            raise ValueError(
+            raise InvalidInputError(
                 f"proposal.sample({n}) returned x of shape {x.shape} and log_q of shape {log_q.shape}; "
                 f"expected {(n, self.n_atoms, 3)} (nm) and ({n},)."
             )

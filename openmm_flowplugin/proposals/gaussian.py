@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from .streams import checked_root_seed, torch_generator
+from ..errors import InvalidInputError
 
 
 class GaussianProposal:
@@ -38,10 +39,10 @@ class GaussianProposal:
     def __init__(self, mean, std, seed=None):
         self.mean = torch.as_tensor(np.asarray(mean, dtype=np.float64))
         if self.mean.ndim != 2 or self.mean.shape[1] != 3:
-            raise ValueError(f"mean must have shape (n_atoms, 3), got {tuple(self.mean.shape)}.")
+            raise InvalidInputError(f"mean must have shape (n_atoms, 3), got {tuple(self.mean.shape)}.")
         self.std = torch.as_tensor(np.broadcast_to(np.asarray(std, dtype=np.float64), self.mean.shape).copy())
         if not torch.all(self.std > 0):
-            raise ValueError("std must be positive.")
+            raise InvalidInputError("std must be positive.")
         self.seed = checked_root_seed(seed)
         self.n_calls = 0
 

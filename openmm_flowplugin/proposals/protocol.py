@@ -40,6 +40,7 @@ import warnings
 
 import numpy as np
 import torch
+from ..errors import InvalidInputError, InvalidTypeError
 
 
 def metropolis_hastings_log_ratio(u_current, u_proposed, log_q_current, log_q_proposed):
@@ -76,7 +77,7 @@ def proposal_n_atoms(proposal):
     if n_atoms is None:
         x, _ = proposal.sample(1)
         if x.ndim != 3 or x.shape[-1] != 3:
-            raise ValueError(f"proposal.sample(1) must return positions of shape (1, n_atoms, 3), got {tuple(x.shape)}.")
+            raise InvalidInputError(f"proposal.sample(1) must return positions of shape (1, n_atoms, 3), got {tuple(x.shape)}.")
         n_atoms = x.shape[1]
     return int(n_atoms)
 
@@ -117,7 +118,7 @@ def proposal_version(proposal):
         elif torch.is_tensor(value):
             tensors.append(value)
     if not tensors:
-        raise TypeError(
+        raise InvalidTypeError(
             f"cannot tell when the proposal {type(proposal).__name__} changes: it holds no torch tensors or modules and "
             "has no `version` attribute. Give it a `version` attribute (or property) that changes whenever its "
             "parameters change (a constant if they never do)."
@@ -159,7 +160,7 @@ _ACCEPTS_GENERATOR = {}
 def checked_batch_size(batch_size):
     """``batch_size`` as an int, or ValueError naming ``sample_batch_size`` if it is not an integer >= 1."""
     if int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"sample_batch_size must be an integer >= 1, got {batch_size!r}.")
+        raise InvalidInputError(f"sample_batch_size must be an integer >= 1, got {batch_size!r}.")
     return int(batch_size)
 
 
@@ -177,7 +178,7 @@ def check_proposal_fingerprint(proposal, system, topology):
     if topology is None or fingerprint is None:
         return
     if not fingerprint_matches(fingerprint, system, topology, getattr(proposal, "bonds", None)):
-        raise ValueError(
+        raise InvalidInputError(
             f"proposal.fingerprint {fingerprint[:15]}... does not match the system (atoms, masses and bond graph): "
             "the proposal was made for another molecule (or another atom order). Load the proposal trained for this system."
         )
@@ -187,13 +188,13 @@ def check_proposal_methods(proposal):
     """Raise TypeError unless ``proposal`` has callable ``sample`` and ``log_prob``."""
     for method in ("sample", "log_prob"):
         if not callable(getattr(proposal, method, None)):
-            raise TypeError(f"proposal {type(proposal).__name__} has no {method}() method; see openmm_flowplugin.proposals for the protocol.")
+            raise InvalidTypeError(f"proposal {type(proposal).__name__} has no {method}() method; see openmm_flowplugin.proposals for the protocol.")
 
 
 def checked_count(name, value):
     """``value`` as an int, or ValueError naming ``name`` unless it is an integer >= 1 (bools refused)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer, float)) or int(value) != value or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+        raise InvalidInputError(f"{name} must be an integer >= 1, got {value!r}.")
     return int(value)
 
 
@@ -234,7 +235,7 @@ def check_constraints(proposal, constrained_pairs, moved=None):
         return
     for k, (i, j) in enumerate(constrained_pairs):
         if moved is None or i in moved or j in moved:
-            raise ValueError(
+            raise InvalidInputError(
                 f"constraint {k} between atoms {i} and {j} involves atoms the proposal moves; learned proposals "
                 "do not satisfy constraints. Build the System with constraints=None (and a ~1 fs timestep), or use "
                 "a proposal that declares respects_constraints = True."

@@ -44,6 +44,7 @@ import weakref
 
 from ..flows.checkpoints import file_sha256
 from .protocol import proposal_version
+from ..errors import InvalidInputError, InvalidTypeError
 
 #: Plain-data proposal classes a stored state may name: "module:qualname" -> class (resolved lazily).
 _PROPOSAL_CLASSES = {
@@ -59,7 +60,7 @@ _cache_lock = threading.Lock()
 _PLAIN_TYPES = (str, int, float, bool, type(None))
 
 
-class ProposalStateError(ValueError):
+class ProposalStateError(InvalidInputError):
     """A proposal cannot be stored as plain data, or its checkpoint cannot be found again."""
 
 
@@ -93,7 +94,7 @@ def register_checkpoint_loader(name, loader):
     A proposal declares its loader with the attribute ``checkpoint_loader = name``.
     """
     if not callable(loader):
-        raise TypeError(f"loader must be callable(path), got {type(loader).__name__}.")
+        raise InvalidTypeError(f"loader must be callable(path), got {type(loader).__name__}.")
     _LOADERS[str(name)] = loader
     return loader
 

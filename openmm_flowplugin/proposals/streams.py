@@ -26,6 +26,7 @@ __all__ = ["DRAWS", "ACCEPT", "VELOCITIES", "new_root_seed", "checked_root_seed"
 
 import numpy as np
 import torch
+from ..errors import InvalidInputError
 
 DRAWS, ACCEPT, VELOCITIES = 0, 1, 2
 
@@ -40,7 +41,7 @@ def checked_root_seed(seed):
     if seed is None:
         return new_root_seed()
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer (or None for a fresh one), got {seed!r}.")
+        raise InvalidInputError(f"seed must be a non-negative integer (or None for a fresh one), got {seed!r}.")
     return int(seed)
 
 

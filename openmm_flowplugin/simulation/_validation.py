@@ -8,6 +8,7 @@ import numbers
 from openmm import app, unit
 
 from ..units import in_unit
+from ..errors import InvalidInputError
 
 #: Largest sensible timestep (fs) when bonds to hydrogen are not constrained: they vibrate with a
 #: period of about 10 fs, and Verlet-type integrators are unstable above period / pi (~3.5 fs).
@@ -27,7 +28,7 @@ def count(name, value, minimum=1):
     ValueError: n_steps must be an integer >= 1, got 0.5.
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != int(value) or int(value) < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+        raise InvalidInputError(f"{name} must be an integer >= {minimum}, got {value!r}.")
     return int(value)
 
 
@@ -35,7 +36,7 @@ def positive_time(name, value, target_unit, zero_ok=False):
     """A finite float in ``target_unit``, > 0 (or >= 0 when ``zero_ok``); one-line ValueError otherwise."""
     number = float(in_unit(value, target_unit, name))
     if not math.isfinite(number) or number < 0 or (number == 0 and not zero_ok):
-        raise ValueError(f"{name} must be a finite number {'>=' if zero_ok else '>'} 0 ({target_unit}), got {value}.")
+        raise InvalidInputError(f"{name} must be a finite number {'>=' if zero_ok else '>'} 0 ({target_unit}), got {value}.")
     return number
 
 

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from ..outputs import atomic_output_path
+from ..errors import InvalidInputError
 
 #: Stored in every run record; a record with another value is refused.
 RECORD_FORMAT = "openmm_flowplugin.simulate/1"
@@ -60,9 +61,9 @@ def read_record(checkpoint):
     try:
         record = json.loads(target.read_text())
     except (OSError, ValueError) as error:
-        raise ValueError(f"cannot resume: run record {target} is unreadable ({error}).") from None
+        raise InvalidInputError(f"cannot resume: run record {target} is unreadable ({error}).") from None
     if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
-        raise ValueError(f"cannot resume: {target} is not a run record of openmm-flowplugin simulate ({RECORD_FORMAT}).")
+        raise InvalidInputError(f"cannot resume: {target} is not a run record of openmm-flowplugin simulate ({RECORD_FORMAT}).")
     for key in ("output", "log"):
         if record.get(key) is not None:
             record[key] = str((target.resolve().parent / record[key]).resolve())
@@ -84,20 +85,20 @@ def check_resumable(record, checkpoint, molecular_system, output, settings):
     """
     name = record.get("system") or "another system"
     if record.get("n_atoms") != molecular_system.n_atoms:
-        raise ValueError(f"cannot resume: checkpoint {checkpoint} belongs to {name} with {record.get('n_atoms')} atoms, "
+        raise InvalidInputError(f"cannot resume: checkpoint {checkpoint} belongs to {name} with {record.get('n_atoms')} atoms, "
                          f"but {molecular_system.name} has {molecular_system.n_atoms}.")
     if record.get("fingerprint") not in (None, molecular_system.fingerprint):
-        raise ValueError(f"cannot resume: checkpoint {checkpoint} belongs to {name}, whose atoms (elements, masses) "
+        raise InvalidInputError(f"cannot resume: checkpoint {checkpoint} belongs to {name}, whose atoms (elements, masses) "
                          f"differ from {molecular_system.name}'s.")
     if record.get("output") is None or Path(record["output"]) != Path(output).resolve():
-        raise ValueError(f"cannot resume: checkpoint {checkpoint} belongs to the run writing {record.get('output')}, "
+        raise InvalidInputError(f"cannot resume: checkpoint {checkpoint} belongs to the run writing {record.get('output')}, "
                          f"not {output}; pass that output.")
     for key, value in settings.items():
         stored = record.get(key)
         if stored is None or (stored != value if isinstance(value, int) else not math.isclose(stored, value, rel_tol=1e-9)):
             option = {"report_interval": "--interval", "timestep_ps": "--timestep", "temperature_K": "--temperature",
                       "friction_per_ps": "friction"}.get(key, key)
-            raise ValueError(f"cannot resume: checkpoint {checkpoint} was written with {key}={stored}, "
+            raise InvalidInputError(f"cannot resume: checkpoint {checkpoint} was written with {key}={stored}, "
                              f"this call has {value}; resume with the same {option}.")
 
 
@@ -109,7 +110,7 @@ def truncate_log(log, step):
         return
     names = [name.strip('"') for name in lines[0][1:].strip().split(",")]
     if "Step" not in names:
-        raise ValueError(f"cannot cut log {log} back to step {step}: its header has no \"Step\" column.")
+        raise InvalidInputError(f"cannot cut log {log} back to step {step}: its header has no \"Step\" column.")
     column = names.index("Step")
     kept = [lines[0]]
     for line in lines[1:]:

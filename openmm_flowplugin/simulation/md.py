@@ -19,6 +19,7 @@ from .checkpointing import check_resumable, read_record, record_path, save_check
 from .reporters import (FrameCollector, NaNGuard, ProgressBar, SimulationUnstableError, close_reporter, log_reporter,
                         trajectory_reporter)
 from .trajectory_files import check_trajectory_format, count_frames, load_frames, truncate_frames
+from ..errors import InvalidInputError
 
 #: Default steps between checkpoints (rounded to a multiple of the report interval).
 DEFAULT_CHECKPOINT_STEPS = 10_000
@@ -110,7 +111,7 @@ def simulate(
     n_steps, report_interval = count("n_steps", n_steps), count("report_interval", report_interval)
     equilibration_steps = count("equilibration_steps", equilibration_steps, minimum=0)
     if n_steps < report_interval:
-        raise ValueError(f"n_steps ({n_steps}) must be at least report_interval ({report_interval}).")
+        raise InvalidInputError(f"n_steps ({n_steps}) must be at least report_interval ({report_interval}).")
     timestep_ps = positive_time("timestep", timestep, unit.picosecond)
     friction_per_ps = positive_time("friction", friction, unit.picosecond**-1, zero_ok=True)
     temperature_k = kelvin(molecular_system.temperature if temperature is None else temperature)
@@ -120,22 +121,22 @@ def simulate(
         check_trajectory_format(output)
     if checkpoint is None:
         if checkpoint_interval is not None or resume:
-            raise ValueError(f"{'resume' if resume else 'checkpoint_interval'} needs checkpoint= (--checkpoint FILE).")
+            raise InvalidInputError(f"{'resume' if resume else 'checkpoint_interval'} needs checkpoint= (--checkpoint FILE).")
     else:
         if output is None:
-            raise ValueError("checkpoint= needs output= (--output): resume appends to the trajectory file.")
+            raise InvalidInputError("checkpoint= needs output= (--output): resume appends to the trajectory file.")
         if checkpoint_interval is None:
             checkpoint_interval = report_interval * max(1, round(DEFAULT_CHECKPOINT_STEPS / report_interval))
         checkpoint_interval = count("checkpoint_interval", checkpoint_interval)
         if checkpoint_interval % report_interval:
-            raise ValueError(f"checkpoint_interval ({checkpoint_interval}) must be a multiple of report_interval "
+            raise InvalidInputError(f"checkpoint_interval ({checkpoint_interval}) must be a multiple of report_interval "
                              f"({report_interval}), so that each checkpoint falls on a frame.")
     log = sys.stdout if isinstance(log, str) and log == "-" else log
     log_path = None if log is None or hasattr(log, "write") else Path(log)
     paths = [Path(p) for p in (output, log_path, checkpoint) if p is not None]
     paths += [record_path(checkpoint)] if checkpoint is not None else []
     if len({p.resolve() for p in paths}) < len(paths):
-        raise ValueError(f"output, log and checkpoint must be different files, got {', '.join(map(str, paths))}.")
+        raise InvalidInputError(f"output, log and checkpoint must be different files, got {', '.join(map(str, paths))}.")
     settings = {"report_interval": report_interval, "timestep_ps": timestep_ps, "temperature_K": temperature_k,
                 "friction_per_ps": friction_per_ps}
     record = None
@@ -145,7 +146,7 @@ def simulate(
         if not Path(output).is_file():
             raise FileNotFoundError(f"cannot resume: trajectory {output} not found.")
         if platform is not None and record.get("platform") not in (None, str(platform)):
-            raise ValueError(f"cannot resume: checkpoint {checkpoint} was written on platform {record['platform']}, "
+            raise InvalidInputError(f"cannot resume: checkpoint {checkpoint} was written on platform {record['platform']}, "
                              f"not {platform}; checkpoints load only on the platform that wrote them.")
         platform = platform or record.get("platform")
     else:
@@ -231,14 +232,14 @@ def _load_checkpoint(simulation, checkpoint, output, log_path, n_steps, report_i
     try:
         simulation.loadCheckpoint(str(checkpoint))
     except openmm.OpenMMException as error:
-        raise ValueError(f"cannot resume: checkpoint {checkpoint} does not load here ({str(error).strip()}); "
+        raise InvalidInputError(f"cannot resume: checkpoint {checkpoint} does not load here ({str(error).strip()}); "
                          "checkpoints need the same System, platform and OpenMM version.") from None
     start = simulation.currentStep
     if start > n_steps:
-        raise ValueError(f"cannot resume: checkpoint {checkpoint} is at step {start}, past n_steps {n_steps} (--steps).")
+        raise InvalidInputError(f"cannot resume: checkpoint {checkpoint} is at step {start}, past n_steps {n_steps} (--steps).")
     expected, found = start // report_interval, count_frames(output)
     if found < expected:
-        raise ValueError(f"cannot resume: {output} has {found} frames, but checkpoint {checkpoint} is at step {start}, "
+        raise InvalidInputError(f"cannot resume: {output} has {found} frames, but checkpoint {checkpoint} is at step {start}, "
                          f"which implies {expected} (one per {report_interval} steps).")
     truncate_frames(output, expected)
     if log_path is not None and log_path.is_file():

@@ -19,10 +19,11 @@ import math
 import numpy as np
 from openmm import app, unit
 
+from ..errors import InvalidInputError
 from .trajectory_files import check_trajectory_format
 
 
-class SimulationUnstableError(ValueError):
+class SimulationUnstableError(InvalidInputError):
     """The simulation produced NaN or infinite positions or energies (a :class:`ValueError`, one line on the command line).
 
     Attributes

@@ -14,6 +14,7 @@ import os
 import struct
 import sys
 from pathlib import Path
+from ..errors import InvalidInputError
 
 #: Extensions a run can write, and the reporter that writes each.
 TRAJECTORY_FORMATS = {
@@ -37,7 +38,7 @@ def check_trajectory_format(path):
     """
     suffix = Path(path).suffix.lower()
     if suffix not in TRAJECTORY_FORMATS:
-        raise ValueError(f"cannot write a trajectory to {path}: supported extensions are {', '.join(TRAJECTORY_FORMATS)}.")
+        raise InvalidInputError(f"cannot write a trajectory to {path}: supported extensions are {', '.join(TRAJECTORY_FORMATS)}.")
     return suffix
 
 
@@ -49,7 +50,7 @@ def _dcd_layout(handle):
     handle.seek(0)
     first = handle.read(92)
     if len(first) < 92 or first[4:8] != b"CORD" or struct.unpack("<i", first[:4])[0] != 84:
-        raise ValueError("not a DCD file written by OpenMM (bad header)")
+        raise InvalidInputError("not a DCD file written by OpenMM (bad header)")
     has_cell = struct.unpack("<i", first[48:52])[0] != 0
     (title_bytes,) = struct.unpack("<i", handle.read(4))
     handle.seek(104 + title_bytes)
@@ -125,7 +126,7 @@ def count_frames(path):
         return _h5_count(path)
     except (OSError, ValueError, RuntimeError, struct.error) as error:
         lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
-        raise ValueError(f"cannot read trajectory {path}: {lines[-1]}") from None  # HDF5 errors are a long trace
+        raise InvalidInputError(f"cannot read trajectory {path}: {lines[-1]}") from None  # HDF5 errors are a long trace
 
 
 def truncate_frames(path, n_frames):

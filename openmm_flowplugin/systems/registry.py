@@ -17,6 +17,7 @@ __all__ = ["list", "get", "register", "describe", "data_path"]
 
 import importlib
 from importlib import resources
+from ..errors import UnknownNameError
 
 _SYSTEMS_PACKAGE = "openmm_flowplugin._systems"
 
@@ -65,7 +66,7 @@ def describe():
 
 def _builder(name):
     if name not in _REGISTRY:
-        raise KeyError(f"Unknown system {name!r}. Registered systems: {', '.join(list())}.")
+        raise UnknownNameError(f"Unknown system {name!r}. Registered systems: {', '.join(list())}.")
     builder = _REGISTRY[name][0]
     if isinstance(builder, str):
         module_name, function_name = builder.split(":")
