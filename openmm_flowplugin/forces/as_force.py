@@ -196,8 +196,8 @@ def parameter_derivative(context, name, undeclared="raise", step=1e-4):
         ``(U(p + step) - U(p - step)) / (2 step)`` of the Context's potential energy (``p`` is
         restored afterwards; two energy evaluations). Its error is about ``step**2/6 |d³U/dp³|``
         plus rounding, ``eps |U| / step``: with the default step and the Reference platform
-        (double precision, ``eps ~ 1e-16``) ~1e-12 |U|, but in single precision (the CPU
-        platform; CUDA and OpenCL unless ``Precision`` is ``double``; ``eps ~ 1e-7``) ~1e-3 |U|:
+        (double precision, ``eps ~ 1e-16``) ``~1e-12 |U|``, but in single precision (the CPU
+        platform; CUDA and OpenCL unless ``Precision`` is ``double``; ``eps ~ 1e-7``) ``~1e-3 |U|``:
         use a Reference Context, or a larger step where ``U(p)`` is smooth. ``p ± step`` must be
         valid values of the parameter.
     step : float

@@ -191,7 +191,7 @@ class InternalCoordinateTransform:
 
     @staticmethod
     def log_det_jacobian(bonds, angles):
-        """log |dx / (dt dR d ic)|: ``2 sum log b + sum log sin(theta)``, shape (B,)."""
+        """``log |dx / (dt dR d ic)|``: ``2 sum log b + sum log sin(theta)``, shape (B,)."""
         return 2.0 * torch.log(bonds).sum(-1) + torch.log(torch.sin(angles)).sum(-1)
 
 

@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 from openmm import unit
-from openmmtools import mcmc
 
 from .._openmm_fast import context_potential_energy
+from .._quiet import quiet_banners
 from ..proposals.buffer import ProposalBuffer
 from ..proposals.protocol import (
     align_to_current,
@@ -24,6 +24,9 @@ from ..proposals.protocol import (
 from ..proposals.storage import proposal_from_state, proposal_state, share_proposal
 from ..proposals.streams import ACCEPT, VELOCITIES, checked_root_seed, numpy_generator
 from ..errors import InvalidInputError
+
+with quiet_banners():  # openmmtools' import loads pymbar, which logs a banner
+    from openmmtools import mcmc
 
 
 class BrokenStateError(RuntimeError):

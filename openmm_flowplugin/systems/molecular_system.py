@@ -84,7 +84,10 @@ class MolecularSystem:
 
     def thermodynamic_state(self, temperature=None, pressure=None):
         """An openmmtools ``ThermodynamicState`` for this system (default: :attr:`temperature`)."""
-        from openmmtools import states
+        from .._quiet import quiet_banners
+
+        with quiet_banners():
+            from openmmtools import states
 
         temperature = self.temperature if temperature is None else temperature
         if not unit.is_quantity(temperature):
@@ -93,7 +96,10 @@ class MolecularSystem:
 
     def sampler_state(self, positions=None):
         """An openmmtools ``SamplerState`` at ``positions`` (default: the starting positions)."""
-        from openmmtools import states
+        from .._quiet import quiet_banners
+
+        with quiet_banners():
+            from openmmtools import states
 
         positions = self.positions if positions is None else positions
         if not unit.is_quantity(positions):
