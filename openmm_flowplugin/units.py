@@ -70,7 +70,7 @@ def kelvin(temperature):
     >>> kelvin(float("inf"))
     Traceback (most recent call last):
     ...
-    ValueError: temperature must be a positive number of kelvin, got inf.
+    openmm_flowplugin.errors.InvalidInputError: temperature must be a positive number of kelvin, got inf.
     """
     if isinstance(_raw_value(temperature), (bool, np.bool_)):
         raise InvalidInputError(f"temperature must be a positive number of kelvin, got {temperature!r}.")
@@ -165,7 +165,7 @@ def to_numpy_positions(positions, n_atoms=None, name="positions"):
     >>> to_numpy_positions(np.zeros((2, 3), dtype=np.int64))
     Traceback (most recent call last):
     ...
-    TypeError: positions have dtype int64: pass real floating-point coordinates in nm (float64; float32 is converted), e.g. np.asarray(positions, dtype=np.float64).
+    openmm_flowplugin.errors.InvalidTypeError: positions have dtype int64: pass real floating-point coordinates in nm (float64; float32 is converted), e.g. np.asarray(positions, dtype=np.float64).
     """
     _check_real(_raw_value(positions), name, floating_only=True)
     array = _float64_array(in_unit(positions, unit.nanometer, name))
@@ -189,7 +189,7 @@ def check_position_dtype(positions, name="positions"):
     >>> check_position_dtype(torch.zeros(2, 3, dtype=torch.complex64))
     Traceback (most recent call last):
     ...
-    TypeError: positions have dtype complex64: pass real floating-point coordinates in nm (float64; float32 is converted), e.g. np.asarray(positions, dtype=np.float64).
+    openmm_flowplugin.errors.InvalidTypeError: positions have dtype complex64: pass real floating-point coordinates in nm (float64; float32 is converted), e.g. np.asarray(positions, dtype=np.float64).
     """
     if type(positions) is np.ndarray and positions.dtype.type in (np.float64, np.float32):
         return  # the common case, on hot paths (one alignment per proposal)
@@ -216,7 +216,7 @@ def to_atom_indices(indices, n_atoms=None, name="atom_indices"):
     >>> to_atom_indices([0.9, 1.9], n_atoms=22)
     Traceback (most recent call last):
     ...
-    TypeError: atom_indices must be integers (Python int or an integer dtype), got dtype float64: e.g. [0, 1, 2], not [0.0, 1.0, 2.0].
+    openmm_flowplugin.errors.InvalidTypeError: atom_indices must be integers (Python int or an integer dtype), got dtype float64: e.g. [0, 1, 2], not [0.0, 1.0, 2.0].
     """
     array = integer_array(indices, name)
     if array.ndim != 1:

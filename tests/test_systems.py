@@ -51,7 +51,7 @@ def test_molecular_system_helpers():
     sampler_state = ala2.sampler_state()
     assert state.temperature == 300 * unit.kelvin
     assert sampler_state.n_particles == 22
-    assert len(ala2.fingerprint) == 64
+    assert ala2.fingerprint.startswith("v2:") and len(ala2.fingerprint) == 3 + 64
     assert ala2.fingerprint != systems.get("harmonic_oscillator").fingerprint
 
 

@@ -25,7 +25,7 @@ def count(name, value, minimum=1):
     >>> count("n_steps", 0.5)
     Traceback (most recent call last):
     ...
-    ValueError: n_steps must be an integer >= 1, got 0.5.
+    openmm_flowplugin.errors.InvalidInputError: n_steps must be an integer >= 1, got 0.5.
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != int(value) or int(value) < minimum:
         raise InvalidInputError(f"{name} must be an integer >= {minimum}, got {value!r}.")

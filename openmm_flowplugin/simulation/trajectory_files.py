@@ -34,7 +34,7 @@ def check_trajectory_format(path):
     >>> check_trajectory_format("run.pdb")
     Traceback (most recent call last):
     ...
-    ValueError: cannot write a trajectory to run.pdb: supported extensions are .dcd, .xtc, .h5.
+    openmm_flowplugin.errors.InvalidInputError: cannot write a trajectory to run.pdb: supported extensions are .dcd, .xtc, .h5.
     """
     suffix = Path(path).suffix.lower()
     if suffix not in TRAJECTORY_FORMATS:
