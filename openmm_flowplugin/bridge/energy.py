@@ -118,7 +118,7 @@ class OpenMMEnergy:
         self.system = system
         self.n_system_atoms = system.getNumParticles()
         self.kT = _kT(temperature)
-        self.platform = select_platform(system, platform)
+        self.platform = select_platform(system, platform, purpose="energy")
         self.platform_properties = dict(platform_properties or {})
         if atom_indices is not None:
             atom_indices = to_atom_indices(atom_indices, self.n_system_atoms)

@@ -153,7 +153,7 @@ classes it names.
 @click.option("--checkpoint-interval", default=1, show_default=True, type=POSITIVE_INT,
               help="Iterations between stored positions (--iterations must be a multiple).")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Root seed of the flow move: proposals, acceptance, velocities (stored; a resume continues its streams).")
-@click.option("--platform", default=None, help="OpenMM platform (default: Reference up to 200 atoms).")
+@click.option("--platform", default=None, help="OpenMM platform (default: automatic, the faster of Reference and CPU timed on the system; see docs/performance.md).")
 @click.option("--resume", is_flag=True, help="Continue the run stored in --output (only storage you trust).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output and its _checkpoint file.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [default: when stderr is a terminal].")

@@ -157,7 +157,7 @@ def simulate(
     if seed is not None:
         integrator.setRandomNumberSeed(int(seed))
     simulation = app.Simulation(molecular_system.topology, molecular_system.system, integrator,
-                                select_platform(molecular_system.system, platform))
+                                select_platform(molecular_system.system, platform, purpose="md", positions=molecular_system.positions))
     timestep_fs = timestep_ps * 1000
     if resume:
         start = _load_checkpoint(simulation, checkpoint, output, log_path, n_steps, report_interval)
