@@ -139,7 +139,7 @@ def load_ani_model(model="ANI-2x", state_dict=None, model_index=None):
 def small_ani_model(symbols=("H", "C", "N", "O"), seed=0):
     """A small ANI-architecture model with random, seeded weights (for tests, examples, benchmarks).
 
-    ANI-2x-like AEVs (``torchani.arch.simple_ani`` defaults) and one atomic network per element,
+    ANI-architecture AEVs (``torchani.arch.simple_ani`` with 8 radial and 4 x 2 angular terms, smaller than ANI-2x's) and one atomic network per element,
     zero self energies, no extra potentials. Its energies are meaningless but smooth.
 
     Examples
@@ -154,7 +154,8 @@ def small_ani_model(symbols=("H", "C", "N", "O"), seed=0):
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        model = simple_ani(tuple(symbols), lot="wb97x-631gd", self_energies="zero", repulsion=False)
+        model = simple_ani(tuple(symbols), lot="wb97x-631gd", self_energies="zero", repulsion=False,
+                           radial_shifts=8, angular_shifts=4, sections=2)  # a small AEV: quick to pickle and run
     finally:
         torch.random.set_rng_state(generator_state)
     model.requires_grad_(False)
