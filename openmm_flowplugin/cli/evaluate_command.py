@@ -15,8 +15,9 @@ from ..errors import InvalidInputError
 @click.option("--energy-plot", type=click.Path(dir_okay=False), default=None, help="Energy histogram PNG.")
 @click.option("--data", "-d", multiple=True, type=click.Path(dir_okay=False), help="MD trajectory to compare with.")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace existing plot files.")
 @_user_errors
-def evaluate(checkpoint, molecular_system_options, samples, plot, energy_plot, data, seed):
+def evaluate(checkpoint, molecular_system_options, samples, plot, energy_plot, data, seed, overwrite):
     """Evaluate a flow CHECKPOINT (path or system name): ESS, energies, Ramachandran plot.
 
     The system defaults to the registered one named in the checkpoint; a flow trained on your own
@@ -25,11 +26,16 @@ def evaluate(checkpoint, molecular_system_options, samples, plot, energy_plot, d
     import torch
 
     torch.manual_seed(seed)
+    from ..outputs import check_output_path
+
+    for path in (plot, energy_plot):  # refuse before the work, not after it
+        if path:
+            check_output_path(path, overwrite)
     result, molecular_system = _evaluate(checkpoint, molecular_system_options, samples)
     for line in result.summary():
         click.echo(line)
     md_positions = _load_trajectories(data, molecular_system) if data else None
-    _plots(result, molecular_system, plot, energy_plot, md_positions)
+    _plots(result, molecular_system, plot, energy_plot, md_positions, overwrite=overwrite)
 
 
 def _evaluate(checkpoint, molecular_system_options, samples):
@@ -49,7 +55,7 @@ def _evaluate(checkpoint, molecular_system_options, samples):
     return evaluate_flow(flow, molecular_system, n_samples=samples), molecular_system
 
 
-def _plots(result, molecular_system, plot, energy_plot, md_positions=None):
+def _plots(result, molecular_system, plot, energy_plot, md_positions=None, overwrite=False):
     from ..analysis.evaluation import backbone_dihedrals
     from ..analysis.plotting import plot_energy_histogram, plot_ramachandran
 
@@ -60,7 +66,7 @@ def _plots(result, molecular_system, plot, energy_plot, md_positions=None):
         if md_positions is not None:
             phi, psi = backbone_dihedrals(md_positions, molecular_system.mdtraj_topology)
             panels.append(("MD", phi, psi, None))
-        plot_ramachandran(panels, plot, title=f"{molecular_system.name}, ESS {result.ess_fraction * 100:.1f} %")
+        plot_ramachandran(panels, plot, title=f"{molecular_system.name}, ESS {result.ess_fraction * 100:.1f} %", overwrite=overwrite)
         click.echo(f"wrote {plot}")
     if energy_plot:
         series = [("flow", result.reduced_energies, None), ("flow, reweighted", result.reduced_energies, result.normalized_weights)]
@@ -69,5 +75,5 @@ def _plots(result, molecular_system, plot, energy_plot, md_positions=None):
 
             energy = OpenMMEnergy(molecular_system.system, molecular_system.temperature)
             series.append(("MD", energy.energy_and_forces(md_positions)[0], None))
-        plot_energy_histogram(series, energy_plot)
+        plot_energy_histogram(series, energy_plot, overwrite=overwrite)
         click.echo(f"wrote {energy_plot}")
