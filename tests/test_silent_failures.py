@@ -240,3 +240,20 @@ def test_move_atom_indices_must_be_integers(indices):
 def test_flow_log_prob_of_an_empty_batch_is_empty(ala):
     log_q = _tiny_flow(ala).log_prob(torch.zeros(0, 22, 3, dtype=torch.float64))
     assert log_q.shape == (0,) and log_q.dtype == torch.float64
+
+
+# ---------------------------------------------------------------------------- item 9: reverse KL counts what it leaves out
+def test_reverse_kl_counts_left_out_and_softened_samples(ala):
+    from openmm_flowplugin import OpenMMEnergy, train_reverse_kl
+
+    flow = _tiny_flow(ala)
+    energy = OpenMMEnergy(ala.system, ala.temperature, platform="Reference")
+    history = train_reverse_kl(flow, energy, n_steps=2, batch_size=16, energy_cut=-1e9, progress=False)
+    assert history.n_softened_samples == 32  # every finite sample is above a cut this low
+
+    class NoFiniteEnergy:
+        def __call__(self, x):
+            return torch.full((len(x),), float("inf"), dtype=torch.float64)
+
+    history = train_reverse_kl(flow, NoFiniteEnergy(), n_steps=3, batch_size=8, progress=False)
+    assert (history.n_skipped_steps, history.n_nonfinite_samples, len(history)) == (3, 24, 0)

@@ -53,8 +53,14 @@ def train(molecular_system_options, data, output, ml_steps, kl_steps, batch_size
         history = ", ".join(f"{step}: {ess * 100:.1f}%" for step, ess in selector.history)
         click.echo(f"maximum likelihood, ESS by step ({history}); keeping the best: {selector.restore_best(flow) * 100:.1f} %")
     if kl_steps:
-        train_reverse_kl(flow, energy, n_steps=kl_steps, batch_size=batch_size, learning_rate=kl_learning_rate,
-                         data=positions, seed=seed, callback=selector)
+        kl_history = train_reverse_kl(flow, energy, n_steps=kl_steps, batch_size=batch_size, learning_rate=kl_learning_rate,
+                                      data=positions, seed=seed, callback=selector)
+        click.echo(
+            f"reverse KL: {kl_history.n_nonfinite_samples} samples left out (non-finite energy or log q), "
+            f"{kl_history.n_softened_samples} softened above the energy cut, {kl_history.n_skipped_steps} steps skipped"
+            + (" (the objective was biased by these; the flow stays an exact proposal)" if kl_history.n_nonfinite_samples
+               or kl_history.n_softened_samples else "")
+        )
         if selector is not None:
             history = ", ".join(f"{step}: {ess * 100:.1f}%" for step, ess in selector.history)
             click.echo(f"with reverse KL, ESS by step ({history}); keeping the best: {selector.restore_best(flow) * 100:.1f} %")
