@@ -202,7 +202,7 @@ def test_statistics_setter_and_reset():
     sim.step(10)
     assert sim.integrator.acceptance_rate == sim.integrator.n_accepted / sim.integrator.n_proposed
     sim.integrator.reset_statistics()
-    assert sim.integrator.statistics == {"n_proposed": 0, "n_accepted": 0}
+    assert sim.integrator.statistics == {"n_proposed": 0, "n_accepted": 0, "n_invalid": 0}
 
 
 def test_rigid_invariant_proposals_are_aligned_onto_the_current_configuration():

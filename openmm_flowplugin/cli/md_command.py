@@ -31,7 +31,7 @@ continues to --steps in total, cutting the trajectory and logs back to the check
 @click.option("--timestep", default=1.0, show_default=True, type=_POSITIVE, help="Femtoseconds.")
 @click.option("--friction", default=1.0, show_default=True, type=click.FloatRange(min=0), help="Collision rate, 1/ps.")
 @click.option("--temperature", default=None, type=_POSITIVE, help="Kelvin (default: the system's).")
-@click.option("--seed", type=click.IntRange(min=0), default=None, help="Seeds the initial velocities and the integrator's noise.")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Seeds the initial velocities, the integrator's noise and the flow proposals.")
 @click.option("--platform", default=None, help="OpenMM platform (default: automatic, the faster of Reference and CPU timed on the system; see docs/performance.md).")
 @click.option("--trajectory", "-o", default=None, type=click.Path(dir_okay=False), help="Trajectory to write: .dcd, .xtc or .h5.")
 @click.option("--log", default="-", show_default=True, type=click.Path(dir_okay=False, allow_dash=True),
@@ -78,7 +78,7 @@ def md(molecular_system_options, flow_path, steps, interval, jump_interval, prop
     flow = load_flow(flow_path, system=molecular_system)
     integrator = FlowMCIntegrator(temperature * unit.kelvin, friction / unit.picosecond, timestep * unit.femtosecond, flow,
                                   jump_interval=jump_interval, n_proposals=proposals, system=molecular_system.system,
-                                  topology=molecular_system.topology)
+                                  topology=molecular_system.topology, seed=seed)
     if seed is not None:
         integrator.setRandomNumberSeed(seed)
     simulation = app.Simulation(molecular_system.topology, molecular_system.system, integrator,

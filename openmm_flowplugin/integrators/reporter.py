@@ -30,7 +30,8 @@ class FlowMCReporter:
         (:meth:`describeNextReport` records them), i.e. from the checkpoint.
 
     Columns: ``Step``, ``Time (ps)``, ``Jumps proposed``, ``Jumps accepted``, ``Acceptance rate``
-    (cumulative, ``nan`` before any proposal), ``Acceptance rate since last report``.
+    (cumulative, ``nan`` before any proposal), ``Acceptance rate since last report``, ``Jumps invalid``
+    (proposals rejected because positions, ``log q`` or the energy were NaN or infinite; cumulative).
 
     Examples
     --------
@@ -48,7 +49,7 @@ class FlowMCReporter:
     >>> simulation.reporters.append(FlowMCReporter(out, 10))
     >>> simulation.step(20)
     >>> print(out.getvalue().splitlines()[0])
-    #"Step","Time (ps)","Jumps proposed","Jumps accepted","Acceptance rate","Acceptance rate since last report"
+    #"Step","Time (ps)","Jumps proposed","Jumps accepted","Acceptance rate","Acceptance rate since last report","Jumps invalid"
     """
 
     def __init__(self, file, reportInterval, integrator=None, separator=",", append=False):
@@ -79,7 +80,7 @@ class FlowMCReporter:
                 f"{type(integrator).__name__}; pass integrator=... or use FlowMCIntegrator.")
         if not self._has_initialized:
             headers = ["Step", "Time (ps)", "Jumps proposed", "Jumps accepted", "Acceptance rate",
-                       "Acceptance rate since last report"]
+                       "Acceptance rate since last report", "Jumps invalid"]
             print("#" + self._separator.join(f'"{h}"' for h in headers), file=self._out)
             self._has_initialized = True
         stats = integrator.statistics
@@ -91,7 +92,8 @@ class FlowMCReporter:
         window_rate = (accepted - self._last[1]) / window if window > 0 else math.nan
         self._last = (proposed, accepted)
         time_ps = state.getTime().value_in_unit(unit.picosecond)
-        values = [simulation.currentStep, f"{time_ps:.10g}", proposed, accepted, f"{rate:.6g}", f"{window_rate:.6g}"]
+        values = [simulation.currentStep, f"{time_ps:.10g}", proposed, accepted, f"{rate:.6g}", f"{window_rate:.6g}",
+                  stats.get("n_invalid", 0)]
         print(self._separator.join(str(v) for v in values), file=self._out)
         if hasattr(self._out, "flush"):
             self._out.flush()
