@@ -389,3 +389,16 @@ def test_cli_file_errors_are_one_line(tmp_path):
                                             "--interval", "10", "-o", out]), "nope.prmtop not found")
     _assert_user_error(runner.invoke(main, ["evaluate", "alanine_dipeptide_vacuum", "--inpcrd", str(CRD), "-n", "10"]),
                        "inpcrd (--inpcrd) needs prmtop (--prmtop)")
+
+
+def test_cli_flow_trained_on_files_needs_the_files_again(tmp_path):
+    runner = CliRunner()
+    files = ["--prmtop", str(PRMTOP), "--inpcrd", str(CRD)]
+    data, checkpoint = tmp_path / "md.h5", tmp_path / "flow.pt"
+    assert runner.invoke(main, ["simulate", *files, "--steps", "200", "--interval", "10", "--seed", "1", "-o", str(data)]).exit_code == 0
+    result = runner.invoke(main, ["train", *files, "-d", str(data), "-o", str(checkpoint), "--ml-steps", "2", "--blocks", "1",
+                                  "--hidden", "8", "--batch-size", "8", "--ess-samples", "20"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["evaluate", str(checkpoint), *files, "-n", "20"])
+    assert result.exit_code == 0, result.output
+    _assert_user_error(runner.invoke(main, ["evaluate", str(checkpoint), "-n", "20"]), "'alanine-dipeptide', which is not a registered system")
