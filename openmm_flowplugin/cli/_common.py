@@ -24,6 +24,9 @@ def _user_errors(command):
         except USER_ERRORS as error:
             message = " ".join(str(error).split()) or type(error).__name__  # one line, whatever the message
             click.echo(f"error: {message}", err=True)
+            mpi = sys.modules.get("mpi4py.MPI")  # under mpirun the other ranks would wait forever for this one
+            if mpi is not None and mpi.COMM_WORLD.Get_size() > 1:
+                mpi.COMM_WORLD.Abort(2)
             sys.exit(2)
 
     return wrapper

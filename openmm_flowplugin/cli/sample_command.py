@@ -57,6 +57,13 @@ def _state0_energy(sampler):
     return float(sampler._energy_thermodynamic_states[replica, 0])
 
 
+def _mpi_comm():
+    """openmmtools' MPI communicator under ``mpirun`` (None in a single process); only rank 0 holds the storage open."""
+    import mpiplus
+
+    return mpiplus.get_mpicomm()
+
+
 def _stored_state0_energies(reporter, n_iterations):
     """Reduced potentials in state 0 at stored iterations 1..n_iterations."""
     if n_iterations < 1:
@@ -245,7 +252,8 @@ def _resumed_sampler(stored, output, iterations):
     if iterations % interval:
         raise InvalidInputError(f"--iterations {iterations} is not a multiple of the stored checkpoint interval {interval}; "
                          f"pass e.g. --iterations {(iterations // interval + 1) * interval}.")
-    sampler = getattr(multistate, stored["sampler"]).from_storage(multistate.MultiStateReporter(str(output), open_mode="a"))
+    # from_storage opens the file for appending on rank 0 only (under MPI every rank opening it to write fails)
+    sampler = getattr(multistate, stored["sampler"]).from_storage(multistate.MultiStateReporter(str(output)))
     sampler.number_of_iterations = iterations  # a stored option: assigning it updates the file
     return sampler
 
@@ -265,7 +273,8 @@ def _run(sampler, iterations, progress):
 
     from .._threads import package_threads
 
-    energies = _stored_state0_energies(sampler._reporter, sampler.iteration)
+    comm = _mpi_comm()
+    energies = _stored_state0_energies(sampler._reporter, sampler.iteration) if comm is None or comm.rank == 0 else []
     every = max(1, iterations // 100)
     with tqdm(total=iterations, initial=sampler.iteration, unit="it", file=sys.stderr,
               disable=None if progress is None else not progress) as bar, package_threads():

@@ -1,0 +1,200 @@
+"""Replica exchange with FlowMCMove across MPI ranks (``mpirun -n 2``), through openmmtools' own MPI support.
+
+Needs the ``mpi`` extra (mpi4py and an MPI with ``mpirun``, e.g. the ``mpich`` wheel); skipped otherwise.
+Each run is a subprocess, ``[mpirun -n 2] python tests/mpi_scripts/replica_exchange.py ...``, with one
+OpenMM and one torch thread per rank. The harmonic runs have no MD, so a run is a deterministic function
+of its seeds: the trajectory stored by 2 ranks must be the single-process one, bit for bit.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).parent / "mpi_scripts" / "replica_exchange.py"
+BIN = Path(sys.executable).parent
+KELVINS = np.array([300.0, 400.0, 533.0])  # tests/mpi_scripts/replica_exchange.py: HARMONIC_TEMPERATURES
+SPRING = 1000.0  # kJ/mol/nm^2, the harmonic_oscillator system's default
+ITERATIONS, KILLED_AFTER, PROPOSALS = 160, 80, 5
+
+
+def _mpirun():
+    for candidate in (BIN / "mpirun", BIN / "mpiexec", shutil.which("mpirun"), shutil.which("mpiexec")):
+        if candidate is not None and Path(candidate).is_file():
+            return str(candidate)
+    return None
+
+
+def _skip_reason():
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        return "needs mpi4py: pip install 'openmm_flowplugin[mpi]' (mpi4py with the mpich wheel)"
+    if _mpirun() is None:
+        return "needs mpirun/mpiexec on PATH or next to the Python executable (pip install mpich)"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
+
+
+def _run(args, ranks, cwd, timeout=120, check=True):
+    """Run the script (or, with ``args[0] == "cli"``, the CLI) on ``ranks`` ranks; return the completed process."""
+    command = [str(BIN / "openmm-flowplugin"), *args[1:]] if args[0] == "cli" else [sys.executable, str(SCRIPT), *args]
+    if ranks > 1:
+        command = [_mpirun(), "-n", str(ranks), *command]
+    env = dict(os.environ, OPENMM_CPU_THREADS="1", OPENMM_FLOWPLUGIN_TORCH_THREADS="1", OMP_NUM_THREADS="1",
+               PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # mpirun and its ranks: one process group
+        output, _ = process.communicate()
+        pytest.fail(f"{' '.join(command)} ran over {timeout} s:\n{output[-3000:]}")
+    if check and process.returncode != 0:
+        pytest.fail(f"{' '.join(command)} exited with {process.returncode}:\n{output[-3000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, output)
+
+
+def _trajectory(storage):
+    """Stored positions (n_iterations + 1, n_states, 3) nm, by thermodynamic state, and the last iteration."""
+    from openmmtools.multistate import MultiStateReporter
+
+    reporter = MultiStateReporter(str(storage), open_mode="r")
+    try:
+        last = reporter.read_last_iteration()
+        frames = []
+        for iteration in range(last + 1):
+            sampler_states = reporter.read_sampler_states(iteration)
+            frame = np.zeros((len(KELVINS), 3))
+            for replica, state in enumerate(reporter.read_replica_thermodynamic_states(iteration)):
+                frame[state] = sampler_states[replica].positions._value[0]
+            frames.append(frame)
+        statistics = [m.statistics for m in reporter.read_mcmc_moves()]
+    finally:
+        reporter.close()
+    return np.array(frames), last, statistics
+
+
+def _draws(record, tags):
+    rows = []
+    for path in sorted(Path(record).glob("draws_*.json")):
+        tag, rank = path.stem.split("_")[1], int(path.stem.rsplit("rank", 1)[1])
+        if tag in tags:
+            rows += [(tuple(stream), index, tuple(x), rank) for stream, index, x in json.loads(path.read_text())]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def harmonic(tmp_path_factory):
+    """One uninterrupted single-process run; a 2-rank run killed mid-way, resumed on 2 ranks and (a copy) on 1."""
+    work = tmp_path_factory.mktemp("mpi")
+    common = ["--proposals", str(PROPOSALS), "--record", "record"]
+    _run(["--storage", "one.nc", "--iterations", str(ITERATIONS), "--tag", "one", "--summary", "one.json", *common], 1, work)
+    killed = _run(["--storage", "two.nc", "--iterations", str(ITERATIONS), "--die-after", str(KILLED_AFTER), "--tag", "killed",
+                   *common], 2, work, check=False)
+    for suffix in (".nc", "_checkpoint.nc"):
+        shutil.copy(work / f"two{suffix}", work / f"copy{suffix}")
+    _run(["--storage", "two.nc", "--iterations", str(ITERATIONS), "--resume", "--tag", "two", "--summary", "two.json", *common], 2, work)
+    _run(["--storage", "copy.nc", "--iterations", str(ITERATIONS), "--resume", "--tag", "copy", "--summary", "copy.json", *common], 1, work)
+    return work, killed
+
+
+def test_killed_run_resumes_on_two_ranks_and_on_one(harmonic):
+    work, killed = harmonic
+    assert killed.returncode != 0  # rank 0 was SIGKILLed in the middle of iteration KILLED_AFTER + 1
+    two, copy = (json.loads((work / f"{name}.json").read_text()) for name in ("two", "copy"))
+    assert (two["ranks"], copy["ranks"]) == (2, 1)
+    assert two["start_iteration"] == copy["start_iteration"] == KILLED_AFTER  # continues the stored iteration count
+    assert two["iterations"] == copy["iterations"] == ITERATIONS
+    x_one, x_two, x_copy = (_trajectory(work / f"{name}.nc")[0] for name in ("one", "two", "copy"))
+    assert x_two.shape == x_one.shape == (ITERATIONS + 1, len(KELVINS), 3)
+    # Up to the crash the 2-rank storage is the single-process run, bit for bit; after it, resuming on 2 ranks
+    # or on 1 gives the same continuation (the streams are a function of the stored counters, not of the rank).
+    assert np.array_equal(x_two[: KILLED_AFTER + 1], x_one[: KILLED_AFTER + 1])
+    assert np.array_equal(x_two, x_copy)
+    assert not np.array_equal(x_two[1:], x_two[:-1])  # control: the chain moves, so equality above is not vacuous
+
+
+@pytest.mark.xfail(strict=True, reason="openmmtools' from_storage deep-copies the stored moves, and FlowMCMove.__deepcopy__ gives "
+                   "the copy a new stream starting at draw 0: a resumed run continues with fresh streams (exact, never a "
+                   "replay) instead of the uninterrupted run's")
+def test_resumed_run_continues_the_uninterrupted_streams(harmonic):
+    work, _ = harmonic
+    assert np.array_equal(_trajectory(work / "two.nc")[0], _trajectory(work / "one.nc")[0])
+
+
+def test_per_state_averages_are_exact(harmonic):
+    """<|r - r0|^2> = 3 kT / K in each state, within 5 standard errors (statistical inefficiency from pymbar)."""
+    from pymbar import timeseries
+
+    work, _ = harmonic
+    positions, _, _ = _trajectory(work / "two.nc")
+    r2 = (positions[1:] ** 2).sum(-1)  # (iterations, states); the wells sit at the origin
+    kT = 0.00831446261815324 * KELVINS
+    exact = 3 * kT / SPRING
+    errors = np.array([r2[:, k].std(ddof=1) * np.sqrt(timeseries.statistical_inefficiency(r2[:, k]) / len(r2))
+                       for k in range(len(KELVINS))])
+    z = (r2.mean(0) - exact) / errors
+    assert np.all(np.abs(z) < 5), (r2.mean(0), exact, errors)
+    # Control: the same check fails against another state's exact value (states mixed up by the ranks).
+    assert abs((r2[:, 0].mean() - exact[2]) / errors[0]) > 5
+
+
+def test_no_proposal_is_used_twice_across_ranks(harmonic):
+    work, _ = harmonic
+    rows = _draws(work / "record", {"killed", "two"})  # every proposal the 2-rank run's completed iterations used
+    keys = [(stream, index) for stream, index, _, _ in rows]
+    assert len(rows) > 0 and len(set(keys)) == len(keys)  # no draw of a stream used twice, by either rank
+    assert len({x for _, _, x, _ in rows}) == len(rows)  # and no proposed position repeats at all
+    for stream in {s for s, _, _, _ in rows}:
+        indices = sorted(index for s, index, _, _ in rows if s == stream)
+        assert indices == list(range(len(indices)))  # each stream used in order, no gap: counters synchronised
+    before_crash = {(s, i, x) for s, i, x, _ in _draws(work / "record", {"killed"})}
+    assert {r for _, _, _, r in _draws(work / "record", {"killed"})} == {0, 1}  # both ranks drew
+    for stream in {s for s, _, _ in before_crash}:  # each state's move ran on both ranks, continuing one stream
+        assert {r for s, _, _, r in _draws(work / "record", {"killed"}) if s == stream} == {0, 1}
+    single = {(s, i, x) for s, i, x, _ in _draws(work / "record", {"one"})}
+    assert before_crash <= single  # the draws the single-process run used for the same iterations
+
+
+def test_acceptance_statistics_add_up(harmonic):
+    work, _ = harmonic
+    for name in ("one", "two", "copy"):
+        summary = json.loads((work / f"{name}.json").read_text())
+        _, last, stored = _trajectory(work / f"{name}.nc")
+        assert last == ITERATIONS
+        assert stored == summary["statistics"]  # what rank 0 stored is what every rank ended with
+        for statistics in stored:
+            assert statistics["n_proposed"] == ITERATIONS * PROPOSALS
+            assert 0 < statistics["n_accepted"] < statistics["n_proposed"]
+    two, copy = (json.loads((work / f"{name}.json").read_text())["statistics"] for name in ("two", "copy"))
+    assert two == copy
+
+
+def test_alanine_dipeptide_with_the_shipped_flow_on_two_ranks(tmp_path):
+    _run(["--system", "alanine", "--storage", "ala.nc", "--iterations", "3", "--states", "2", "--md-steps", "10",
+          "--summary", "ala.json"], 2, tmp_path, timeout=180)
+    summary = json.loads((tmp_path / "ala.json").read_text())
+    assert summary["ranks"] == 2
+    assert [s["n_proposed"] for s in summary["statistics"]] == [15, 15]
+    assert sum(s["n_accepted"] for s in summary["statistics"]) > 0  # the shipped flow is accepted ~50 % at 300 K
+    assert all(s["n_invalid"] == 0 for s in summary["statistics"])
+
+
+def test_sample_command_on_two_ranks_then_resumed_on_one(tmp_path):
+    options = ["--flow", "alanine_dipeptide_vacuum", "--platform", "Reference", "-o", "run.nc", "--no-progress"]
+    fresh = _run(["cli", "sample", "alanine_dipeptide_vacuum", "--temperatures", "300,400", "--iterations", "2", "--md-steps", "10",
+                  "--proposals", "5", "--seed", "3", *options], 2, tmp_path, timeout=180)
+    assert "2 iterations stored in run.nc" in fresh.stdout
+    resumed = _run(["cli", "sample", "--resume", "--iterations", "4", "-o", "run.nc", "--no-progress", "--platform", "Reference"],
+                   1, tmp_path, timeout=180)
+    assert "n_proposed=20" in resumed.stdout and "4 iterations stored in run.nc" in resumed.stdout
