@@ -41,6 +41,8 @@ import os
 
 import torch
 
+from .errors import InvalidInputError
+
 #: Environment variable: torch intra-op threads for the package's work (0: leave torch's setting).
 THREADS_ENV_VAR = "OPENMM_FLOWPLUGIN_TORCH_THREADS"
 
@@ -63,13 +65,13 @@ def set_package_threads(n):
     >>> set_package_threads(-1)
     Traceback (most recent call last):
     ...
-    ValueError: set_package_threads: the thread count must be an integer >= 0 (0: leave torch's setting alone), got -1.
+    openmm_flowplugin.errors.InvalidInputError: set_package_threads: the thread count must be an integer >= 0 (0: leave torch's setting alone), got -1.
     """
     global _override
     if n is not None:
         whole = isinstance(n, numbers.Integral) or (isinstance(n, float) and n.is_integer())
         if isinstance(n, bool) or not whole or n < 0:
-            raise ValueError(
+            raise InvalidInputError(
                 f"set_package_threads: the thread count must be an integer >= 0 (0: leave torch's setting alone), got {n!r}."
             )
         n = int(n)
@@ -94,7 +96,7 @@ def package_thread_count():
     except ValueError:
         n = -1
     if n < 0:
-        raise ValueError(
+        raise InvalidInputError(
             f"{THREADS_ENV_VAR}={value!r} is not a thread count; set it to an integer >= 0 (0: leave torch's setting alone) or unset it."
         )
     return n

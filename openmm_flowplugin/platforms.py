@@ -42,6 +42,8 @@ import time
 import weakref
 from dataclasses import dataclass, field
 
+from .errors import InvalidInputError
+
 import numpy as np
 import openmm
 
@@ -158,7 +160,7 @@ def platform_choice(system=None, platform=None, purpose="md", positions=None):
     True
     """
     if purpose not in PURPOSES:
-        raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}.")
+        raise InvalidInputError(f"purpose must be one of {PURPOSES}, got {purpose!r}.")
     if isinstance(platform, openmm.Platform):
         return PlatformChoice(platform.getName(), purpose, "given as an openmm.Platform")
     available = _available_platforms()
@@ -200,7 +202,7 @@ def clear_platform_cache():
 def _checked(name, available, source):
     if name not in available:
         how = "Pass another platform" if source == "argument" else f"Set {PLATFORM_ENV_VAR} to another platform or unset it"
-        raise ValueError(f"OpenMM platform {name!r} is not available here (available: {sorted(available)}). {how}.")
+        raise InvalidInputError(f"OpenMM platform {name!r} is not available here (available: {sorted(available)}). {how}.")
     return name
 
 

@@ -56,3 +56,15 @@ def test_bad_input_is_refused_in_one_message(runner, files, args, patterns):
     args = [a.format(**files) for a in args]
     _one_line(runner.invoke(main, args), *patterns)
     assert not any(p.name.startswith(("x.", "f.", "r.")) for p in files["tmp"].iterdir())  # nothing was written
+
+
+@pytest.mark.parametrize("args, patterns", [
+    (["md", "alanine_dipeptide_vacuum", "--flow", "alanine_dipeptide_vacuum", "--steps", "10", "--timestep", "nan"], ["--timestep", "finite"]),
+    (["md", "alanine_dipeptide_vacuum", "--flow", "alanine_dipeptide_vacuum", "--steps", "10", "--friction", "inf"], ["--friction", "finite"]),
+    (["sample", "alanine_dipeptide_vacuum", "--flow", "alanine_dipeptide_vacuum", "--temperature", "nan", "-o", "{tmp}/r.nc"], ["--temperature", "finite"]),
+    (["md", "alanine_dipeptide_vacuum", "--flow", "alanine_dipeptide_vacuum", "--steps", "10", "--platform", "Foo"], ["platform 'Foo'"]),
+    (["train", "alanine_dipeptide_vacuum", "-d", "{garbage}", "--hidden", "a,b", "-o", "{tmp}/f.pt"], ["--hidden"]),
+])
+def test_non_finite_values_unknown_platforms_and_bad_widths_are_one_line(runner, files, args, patterns):
+    args = [a.format(**files) for a in args]
+    _one_line(runner.invoke(main, args), *patterns)

@@ -1,6 +1,7 @@
 """What every command shares: the user-error wrapper, the system options, counts, trajectories."""
 
 import functools
+import math
 import sys
 from pathlib import Path
 
@@ -14,6 +15,22 @@ USER_ERRORS = (UserInputError, OSError)
 
 #: Counts that must be integers >= 1 (steps, batch sizes, samples...).
 POSITIVE_INT = click.IntRange(min=1)
+
+
+class _FiniteFloat(click.FloatRange):
+    """A FloatRange that also refuses nan and inf (which pass any bound)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
+#: Temperatures, time steps: finite and > 0.
+FINITE_POSITIVE = _FiniteFloat(min=0, min_open=True)
+#: Friction: finite and >= 0.
+FINITE_NON_NEGATIVE = _FiniteFloat(min=0)
 
 
 def _user_errors(command):

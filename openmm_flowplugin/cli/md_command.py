@@ -6,10 +6,9 @@ from pathlib import Path
 
 import click
 
-from ._common import POSITIVE_INT, _user_errors, load_system, system_options
+from ._common import FINITE_NON_NEGATIVE, FINITE_POSITIVE, POSITIVE_INT, _user_errors, load_system, system_options
 from ..errors import InvalidInputError
 
-_POSITIVE = click.FloatRange(min=0, min_open=True)
 
 _HELP = """Run MD of SYSTEM with FlowMCIntegrator: Langevin dynamics and, every --jump-interval steps, --proposals
 exact Metropolis-Hastings jumps to configurations drawn from the flow (--flow).
@@ -28,9 +27,9 @@ continues to --steps in total, cutting the trajectory and logs back to the check
 @click.option("--interval", default=1000, show_default=True, type=POSITIVE_INT, help="Steps between log rows and frames.")
 @click.option("--jump-interval", default=100, show_default=True, type=POSITIVE_INT, help="MD steps between jump attempts.")
 @click.option("--proposals", default=1, show_default=True, type=POSITIVE_INT, help="Flow proposals per jump attempt.")
-@click.option("--timestep", default=1.0, show_default=True, type=_POSITIVE, help="Femtoseconds.")
-@click.option("--friction", default=1.0, show_default=True, type=click.FloatRange(min=0), help="Collision rate, 1/ps.")
-@click.option("--temperature", default=None, type=_POSITIVE, help="Kelvin (default: the system's).")
+@click.option("--timestep", default=1.0, show_default=True, type=FINITE_POSITIVE, help="Femtoseconds.")
+@click.option("--friction", default=1.0, show_default=True, type=FINITE_NON_NEGATIVE, help="Collision rate, 1/ps.")
+@click.option("--temperature", default=None, type=FINITE_POSITIVE, help="Kelvin (default: the system's).")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Seeds the initial velocities, the integrator's noise and the flow proposals.")
 @click.option("--platform", default=None, help="OpenMM platform (default: automatic, the faster of Reference and CPU timed on the system; see docs/performance.md).")
 @click.option("--trajectory", "-o", default=None, type=click.Path(dir_okay=False), help="Trajectory to write: .dcd, .xtc or .h5.")

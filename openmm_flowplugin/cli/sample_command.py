@@ -9,12 +9,11 @@ from pathlib import Path
 
 import click
 
-from ._common import POSITIVE_INT, _user_errors, load_system, system_options
+from ._common import FINITE_POSITIVE, POSITIVE_INT, _user_errors, load_system, system_options
 from ..errors import InvalidInputError
 
 _TAG = "openmm_flowplugin_sample"  # metadata key: the run's settings, as JSON
 _SAMPLERS = ("MultiStateSampler", "ReplicaExchangeSampler")  # the only classes --resume instantiates
-_POSITIVE = click.FloatRange(min=0, min_open=True)
 
 
 def _temperatures(temperature, temperatures, t_min, t_max, replicas):
@@ -149,12 +148,12 @@ classes it names.
 @click.option("--iterations", required=True, type=POSITIVE_INT, help="Total sampler iterations.")
 @click.option("--md-steps", default=None, type=click.IntRange(min=0), help="Langevin steps per iteration (default 100; 0: flow moves only).")
 @click.option("--proposals", default=None, type=POSITIVE_INT, help="Flow proposals per iteration and state (default 10).")
-@click.option("--timestep", default=None, type=_POSITIVE, help="Langevin time step in fs (default 1).")
-@click.option("--friction", default=None, type=_POSITIVE, help="Langevin collision rate in 1/ps (default 1).")
-@click.option("--temperature", default=None, type=_POSITIVE, help="Kelvin (default: the system's).")
+@click.option("--timestep", default=None, type=FINITE_POSITIVE, help="Langevin time step in fs (default 1).")
+@click.option("--friction", default=None, type=FINITE_POSITIVE, help="Langevin collision rate in 1/ps (default 1).")
+@click.option("--temperature", default=None, type=FINITE_POSITIVE, help="Kelvin (default: the system's).")
 @click.option("--temperatures", default=None, help="Replica exchange over these kelvin values, e.g. 300,350,400.")
-@click.option("--min-temperature", default=None, type=_POSITIVE, help="Lowest temperature of a geometric ladder (K).")
-@click.option("--max-temperature", default=None, type=_POSITIVE, help="Highest temperature of a geometric ladder (K).")
+@click.option("--min-temperature", default=None, type=FINITE_POSITIVE, help="Lowest temperature of a geometric ladder (K).")
+@click.option("--max-temperature", default=None, type=FINITE_POSITIVE, help="Highest temperature of a geometric ladder (K).")
 @click.option("--replicas", default=None, type=click.IntRange(min=2), help="Temperatures in the geometric ladder.")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="NetCDF storage to write (.nc).")
 @click.option("--checkpoint-interval", default=1, show_default=True, type=POSITIVE_INT,

@@ -4,6 +4,7 @@ import sys
 
 import click
 
+from ..errors import InvalidInputError
 from ._common import POSITIVE_INT, _load_trajectories, _user_errors, load_system, system_options
 
 
@@ -37,11 +38,16 @@ def train(molecular_system_options, data, output, ml_steps, kl_steps, batch_size
     from ..flows.boltzmann_generator import BoltzmannGenerator
     from ..flows.training import ESSSelector, train_maximum_likelihood, train_reverse_kl
 
+    try:
+        hidden_widths = tuple(int(h) for h in hidden.split(","))
+    except ValueError:
+        raise InvalidInputError(f"--hidden must be comma-separated integer widths, e.g. 128,128; got {hidden!r}.") from None
+    if not hidden_widths or min(hidden_widths) < 1:
+        raise InvalidInputError(f"--hidden widths must be integers >= 1, e.g. 128,128; got {hidden!r}.")
     check_output_path(output, overwrite)  # refuse an existing file before training
     torch.manual_seed(seed)
     molecular_system = load_system(molecular_system_options)
     positions = torch.as_tensor(_load_trajectories(data, molecular_system), dtype=torch.float64)
-    hidden_widths = tuple(int(h) for h in hidden.split(","))
     command = " ".join(["openmm-flowplugin"] + sys.argv[1:])
     flow = BoltzmannGenerator.for_system(molecular_system, positions, n_blocks=blocks, hidden=hidden_widths, bins=bins,
                                          metadata={"training_command": command, "n_training_frames": len(positions)})
