@@ -257,3 +257,18 @@ def test_reverse_kl_counts_left_out_and_softened_samples(ala):
 
     history = train_reverse_kl(flow, NoFiniteEnergy(), n_steps=3, batch_size=8, progress=False)
     assert (history.n_skipped_steps, history.n_nonfinite_samples, len(history)) == (3, 24, 0)
+
+
+def test_a_flow_with_no_finite_weight_is_reported_not_usable_instead_of_crashing(ala):
+    """0.1 raised numpy's zero-size-array error when every sample failed."""
+    from openmm_flowplugin import evaluate_flow
+
+    class Broken(torch.nn.Module):
+        n_atoms = 22
+
+        def sample(self, n, generator=None):
+            return torch.full((n, 22, 3), float("nan"), dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
+
+    result = evaluate_flow(Broken(), ala, n_samples=20)
+    assert result.ess_fraction == 0.0 and not result.usable and not result.normalized_weights.any()
+    assert any("not usable" in line for line in result.summary())

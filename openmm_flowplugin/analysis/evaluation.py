@@ -9,7 +9,7 @@ import torch
 
 from .._threads import package_threads
 from ..bridge.energy import OpenMMEnergy
-from .weights import effective_sample_size, importance_weights, weighted_fraction
+from .weights import effective_sample_size, importance_weights, normalized_weights, weighted_fraction
 
 #: Below this Kish ESS fraction reweighted estimates rest on a handful of samples: reported as unusable.
 USABLE_ESS_FRACTION = 0.05
@@ -57,8 +57,8 @@ class FlowEvaluation:
 
     @property
     def normalized_weights(self):
-        w = np.exp(self.log_weights - np.max(self.log_weights[np.isfinite(self.log_weights)]))
-        return w / w.sum()
+        """Importance weights normalized to sum 1 (all zeros if no sample has a finite weight)."""
+        return normalized_weights(self.log_weights)
 
     @property
     def n_effective(self):

@@ -1,6 +1,6 @@
 """Importance weights of flow samples against a Boltzmann distribution, and their effective sample size."""
 
-__all__ = ["importance_weights", "effective_sample_size", "weighted_fraction"]
+__all__ = ["importance_weights", "effective_sample_size", "weighted_fraction", "normalized_weights"]
 
 import math
 
@@ -54,8 +54,26 @@ def effective_sample_size(log_weights):
     return float(w.sum() ** 2 / (w**2).sum() / len(w))
 
 
+def normalized_weights(log_weights):
+    """Weights ``w / sum(w)`` from log weights (float64); all zeros when no weight is finite (a failed sample).
+
+    Examples
+    --------
+    >>> normalized_weights([0.0, float("-inf"), 0.0]).tolist()
+    [0.5, 0.0, 0.5]
+    >>> normalized_weights([float("-inf")] * 2).tolist()
+    [0.0, 0.0]
+    """
+    log_weights = np.asarray(log_weights, dtype=np.float64)
+    finite = np.isfinite(log_weights)
+    if not finite.any():
+        return np.zeros_like(log_weights)
+    w = np.where(finite, np.exp(log_weights - np.max(log_weights[finite])), 0.0)
+    return w / w.sum()
+
+
 def weighted_fraction(indicator, log_weights):
-    """Self-normalized importance estimate of P(indicator) with its delta-method standard error.
+    """Self-normalized importance estimate of P(indicator) with its delta-method standard error (NaN without a finite weight).
 
     Examples
     --------
@@ -63,9 +81,9 @@ def weighted_fraction(indicator, log_weights):
     >>> p
     0.5
     """
-    log_weights = np.asarray(log_weights, dtype=np.float64)
-    w = np.exp(log_weights - np.max(log_weights[np.isfinite(log_weights)]))
-    w = w / w.sum()
+    w = normalized_weights(log_weights)
+    if not w.any():
+        return math.nan, math.nan
     f = np.asarray(indicator, dtype=np.float64)
     p = float(np.sum(w * f))
     se = float(np.sqrt(np.sum(w**2 * (f - p) ** 2)))
