@@ -178,3 +178,18 @@ def test_counts_and_temperatures_are_checked_by_click(tmp_path, monkeypatch, arg
     result = CliRunner().invoke(main, arguments)
     assert result.exit_code == 2 and pattern in result.output and "Traceback" not in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_md_resume_with_another_interval_or_output_is_refused_and_cuts_nothing(tmp_path):
+    """Resuming with a larger --interval used to cut the trajectory to step // interval frames and exit 0."""
+    runner = CliRunner()
+    trajectory, checkpoint = tmp_path / "md.dcd", tmp_path / "md.chk"
+    outputs = ["-o", str(trajectory), "--checkpoint", str(checkpoint), "--checkpoint-interval", "100"]
+    assert runner.invoke(main, MD + ["--steps", "100"] + outputs).exit_code == 0
+    frames = count_frames(trajectory)
+    interval = MD.index("--interval") + 1
+    wider = MD[:interval] + [str(2 * int(MD[interval]))] + MD[interval + 1:]
+    _one_line_error(runner.invoke(main, wider + ["--steps", "200", "--resume"] + outputs), "--interval")
+    moved = ["-o", str(tmp_path / "other.dcd")] + outputs[2:]
+    _one_line_error(runner.invoke(main, MD + ["--steps", "200", "--resume"] + moved), "--trajectory")
+    assert count_frames(trajectory) == frames

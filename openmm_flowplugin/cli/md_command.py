@@ -67,8 +67,11 @@ def md(molecular_system_options, flow_path, steps, interval, jump_interval, prop
     if resume and not Path(checkpoint).is_file():
         raise FileNotFoundError(f"cannot resume: checkpoint {checkpoint} not found (run without --resume to start a run).")
     if not resume:
-        for path in outputs:
+        for path in outputs + ([_record_path(checkpoint)] if checkpoint is not None else []):
             check_output_path(path, overwrite)
+    run = dict(interval=interval, timestep_fs=timestep, trajectory=trajectory, log=log, jump_log=jump_log)
+    if resume:
+        platform = _check_record(checkpoint, run, platform)
     molecular_system = load_system(molecular_system_options)
     problem = check_timestep(molecular_system, timestep)
     if problem:
@@ -87,6 +90,8 @@ def md(molecular_system_options, flow_path, steps, interval, jump_interval, prop
         if simulation.currentStep >= steps:
             raise InvalidInputError(f"checkpoint {checkpoint} is at step {simulation.currentStep}; pass --steps above it to continue.")
     else:
+        if checkpoint is not None:
+            _write_record(checkpoint, dict(run, platform=simulation.context.getPlatform().getName()), overwrite)
         simulation.context.setPositions(molecular_system.positions)
         simulation.minimizeEnergy()
         simulation.context.setVelocitiesToTemperature(temperature * unit.kelvin, *(() if seed is None else (seed,)))
@@ -98,6 +103,49 @@ def md(molecular_system_options, flow_path, steps, interval, jump_interval, prop
     written = ", ".join(str(p) for p in outputs) or "no files"
     click.echo(f"{simulation.currentStep} steps; flow jumps accepted {integrator.n_accepted} of {integrator.n_proposed} "
                f"({integrator.acceptance_rate:.3f}); wrote {written}")
+
+
+_RECORD_FORMAT = "openmm_flowplugin.md/1"
+
+
+def _record_path(checkpoint):
+    return Path(f"{checkpoint}.md.json")
+
+
+def _write_record(checkpoint, run, overwrite):
+    """What a resume must repeat (interval, time step, outputs, platform), as plain JSON beside the checkpoint."""
+    import json
+
+    from ..outputs import atomic_output_path
+
+    record = {key: (str(Path(value).resolve()) if key in ("trajectory", "log", "jump_log") and value else value)
+              for key, value in run.items()}
+    with atomic_output_path(_record_path(checkpoint), overwrite) as tmp:
+        tmp.write_text(json.dumps(dict(record, format=_RECORD_FORMAT), indent=1, sort_keys=True) + "\n")
+
+
+def _check_record(checkpoint, run, platform):
+    """Refuse a resume whose interval, time step or outputs differ from the run's; return the platform to use."""
+    import json
+
+    path = _record_path(checkpoint)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise InvalidInputError(f"cannot resume: {path}, the run record written beside {checkpoint}, is missing or unreadable.") from None
+    if not isinstance(record, dict) or record.get("format") != _RECORD_FORMAT:
+        raise InvalidInputError(f"cannot resume: {path} is not a run record of openmm-flowplugin md.")
+    for key, option in (("interval", "--interval"), ("timestep_fs", "--timestep"), ("trajectory", "--trajectory"),
+                        ("log", "--log"), ("jump_log", "--jump-log")):
+        value = run[key]
+        if key in ("trajectory", "log", "jump_log") and value:
+            value = str(Path(value).resolve())
+        if record.get(key) != value:
+            raise InvalidInputError(f"cannot resume: the run of {checkpoint} used {option} {record.get(key)}, this call has "
+                                    f"{value}; resume with the same {option}.")
+    if platform is not None and platform != record.get("platform"):
+        raise InvalidInputError(f"cannot resume: the run of {checkpoint} ran on {record.get('platform')}; its checkpoint loads only there.")
+    return record.get("platform")
 
 
 def _load_checkpoint(simulation, path, temperature, friction):
