@@ -272,3 +272,31 @@ def test_a_flow_with_no_finite_weight_is_reported_not_usable_instead_of_crashing
     result = evaluate_flow(Broken(), ala, n_samples=20)
     assert result.ess_fraction == 0.0 and not result.usable and not result.normalized_weights.any()
     assert any("not usable" in line for line in result.summary())
+
+
+def test_restoring_a_move_never_reuses_a_cached_flow_trained_since_loading(ala, tmp_path):
+    """The process caches shared a flow changed in place as if it held the file's weights."""
+    save_flow(_tiny_flow(ala), tmp_path / "flow.pt")
+    flow = load_flow(tmp_path / "flow.pt")
+    stored = serialize(FlowMCMove(flow, seed=0))
+    with torch.no_grad():
+        next(flow.parameters()).add_(0.1)
+    restored = deserialize(dict(stored))
+    assert restored.proposal is not flow
+    assert torch.equal(next(restored.proposal.parameters()), next(load_flow(tmp_path / "flow.pt", cache=False).parameters()))
+    assert load_flow(tmp_path / "flow.pt") is not flow
+    serialize(restored)  # the restored move holds the file's weights: storing it is fine
+
+
+def test_redrawn_velocities_respect_constraints_on_atoms_the_move_leaves_alone():
+    ho = systems.get("harmonic_oscillator", n_particles=3)
+    ho.system.addConstraint(1, 2, 0.1)
+    positions = ho.positions_nm.copy()
+    positions[2] = positions[1] + [0.1, 0.0, 0.0]
+    move = FlowMCMove(GaussianProposal(positions[:1], ho.reference.std[:1], seed=1), atom_indices=[0], n_proposals=20, seed=2)
+    sampler_state = ho.sampler_state(positions)
+    move.apply(ho.thermodynamic_state(), sampler_state, reference_cache())
+    assert move.n_accepted > 0
+    v = np.asarray(sampler_state.velocities._value)
+    x = np.asarray(sampler_state.positions._value)
+    assert abs(np.dot(v[2] - v[1], x[2] - x[1])) < 1e-5  # no velocity along the constrained bond

@@ -57,6 +57,14 @@ def save_flow(flow, path, overwrite=False):
     return flow.checkpoint_sha256
 
 
+def _changed_since_loaded(proposal):
+    """Whether ``proposal``'s parameters changed since it was loaded from or saved to its checkpoint."""
+    from ..proposals.protocol import proposal_version
+
+    recorded = getattr(proposal, "_checkpoint_version", None)
+    return recorded is not None and proposal_version(proposal) != recorded
+
+
 def _record_version(flow):
     """Remember the weights' version the file holds: storing a move refuses the path once they change."""
     from ..proposals.storage import record_checkpoint_version
@@ -110,6 +118,8 @@ def load_flow(name_or_path, system=None, cache=True):
     key = (str(path.resolve()), sha256)
     with _cache_lock:
         flow = _cache.get(key) if cache else None
+        if flow is not None and _changed_since_loaded(flow):
+            flow = None  # trained in place since: no longer the file's weights, so load the file again
         if flow is None:
             config, state_dict, metadata = _read_payload(path)
             placeholder = torch.zeros(1, config["n_atoms"], 3, dtype=torch.float64)

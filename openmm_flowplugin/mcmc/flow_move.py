@@ -252,6 +252,8 @@ class FlowMCMove(mcmc.MCMCMove):
             if self.redraw_velocities:
                 velocities = numpy_generator(self.seed, *self.stream, VELOCITIES, self.n_drawn)
                 context.setVelocities(self._maxwell_boltzmann(context.getSystem(), thermodynamic_state.kT, velocities))
+                if context.getSystem().getNumConstraints():  # atoms the move leaves alone may carry constraints:
+                    context.applyVelocityConstraints(1e-6)  # the projection of a Maxwell-Boltzmann draw is the constrained one
             sampler_state.update_from_context(context, ignore_velocities=not self.redraw_velocities)
         self.n_proposed += self.n_proposals
         self.n_drawn += self.n_proposals

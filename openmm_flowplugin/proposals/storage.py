@@ -42,7 +42,7 @@ import os
 import threading
 import weakref
 
-from ..flows.checkpoints import file_sha256
+from ..flows.checkpoints import _changed_since_loaded, file_sha256
 from .protocol import proposal_version
 from ..errors import InvalidInputError, InvalidTypeError
 
@@ -181,7 +181,8 @@ def _load_checkpoint(state):
         )
     loader = _allowed_loader(state["loader"]) if "loader" in state else _default_loader
     proposal = loader(path)
-    record_checkpoint_version(proposal)
+    if getattr(proposal, "_checkpoint_version", None) is None:  # load_flow records it; a user's loader may not
+        record_checkpoint_version(proposal)
     return proposal
 
 
@@ -220,6 +221,8 @@ def proposal_from_state(state):
     build = _load_checkpoint if key[0] == "checkpoint" else _build_plain
     with _cache_lock:
         proposal = _cache.get(key)
+        if proposal is not None and key[0] == "checkpoint" and _changed_since_loaded(proposal):
+            proposal = None  # trained in place since it was shared: the file's weights are what the state names
         if proposal is None:
             proposal = build(state)
             try:
