@@ -2,7 +2,9 @@
 barostats, invalid-proposal counts, seeded proposal streams stored in the Context."""
 
 import copy
+import functools
 import io
+import math
 import warnings
 
 import numpy as np
@@ -133,7 +135,8 @@ def test_kinetic_energy_is_reported_as_langevin_middle_reports_it():
     simulation.step(20)
     at_rest = simulation.context.getState(energy=True).getKineticEnergy()
     integrator.setCurrentIntegrator(0)
-    assert simulation.context.getState(energy=True).getKineticEnergy() == at_rest
+    native = simulation.context.getState(energy=True).getKineticEnergy()
+    assert native / at_rest == pytest.approx(1.0, abs=1e-13)  # the same formula; the two kernels round differently
     integrator.setCurrentIntegrator(1)
 
 
@@ -174,6 +177,32 @@ def test_jumps_use_the_temperature_openmmtools_sets():
     deviations, rates = temperature_scan()
     assert all(abs(z) < N_SIGMA for z in deviations), deviations
     assert rates[0] > 0.999 and rates[0] - 0.08 > rates[1] > rates[2] + 0.06, rates
+
+
+def test_exact_mode_jumps_and_md_use_the_temperature_openmmtools_sets():
+    """mode="exact": openmmtools finds the GHMC sub-integrator's temperature through getIntegrator(0)."""
+    deviations, rates = temperature_scan(functools.partial(FlowMCIntegrator, mode="exact"))
+    assert all(abs(z) < N_SIGMA for z in deviations), deviations
+    assert rates[0] > 0.999 and rates[0] - 0.08 > rates[1] > rates[2] + 0.06, rates
+
+
+def test_exact_mode_md_counts_add_both_programs():
+    ho = systems.get("harmonic_oscillator")
+    integrator = FlowMCIntegrator(300, 1.0, 0.004, GaussianProposal(ho.reference.mean, ho.reference.std), jump_interval=5,
+                                  seed=1, mode="exact")
+    simulation = simulation_for(ho, integrator)
+    simulation.step(50)
+    assert integrator.md_n_proposed == 50  # steps of the GHMC sub-integrator + those of the jump program
+    in_md_program = integrator.getIntegrator(0).getGlobalVariableByName("fmc_md_n_proposed")
+    assert 0 < in_md_program < 50
+    assert 0.5 < integrator.md_acceptance_rate <= 1.0 and integrator.md_n_accepted <= 50
+    state = states.ThermodynamicState(ho.system, 450 * unit.kelvin)
+    state.apply_to_context(simulation.context)
+    assert integrator.getTemperature().value_in_unit(unit.kelvin) == pytest.approx(450)
+    integrator.reset_statistics()
+    assert integrator.md_n_proposed == 0 and math.isnan(integrator.md_acceptance_rate)
+    langevin = FlowMCIntegrator(300, 1.0, 0.004, GaussianProposal(ho.reference.mean, ho.reference.std))
+    assert langevin.md_n_proposed == 0 and math.isnan(langevin.md_acceptance_rate)
 
 
 def test_temperature_check_detects_jumps_at_the_constructor_temperature():
@@ -320,3 +349,27 @@ def test_proposal_weights_are_shared_not_copied():
     proposal = Weighted(ho.positions_nm, 0.05, seed=0)
     integrator = FlowMCIntegrator(300, 1.0, 0.002, proposal)
     assert copy.deepcopy(integrator).proposal.weight is proposal.weight
+
+
+def test_a_jump_costs_one_extra_force_evaluation():
+    """Evaluations counted by a zero PythonForce: plain MD does one per step; a jump adds only the energy at
+    x' (forces at x are kept for a rejection, and those at an accepted x' come with its energy)."""
+    ala = systems.get("alanine_dipeptide_vacuum")
+    calls = [0]
+
+    def counting_force(state):
+        calls[0] += 1
+        return 0.0, np.zeros((ala.n_atoms, 3))
+
+    system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(ala.system))
+    system.addForce(openmm.PythonForce(counting_force))
+    proposal = GaussianProposal(ala.positions_nm, 0.002, seed=0)
+    integrator = FlowMCIntegrator(300, 1.0, 0.0005, proposal, jump_interval=10, seed=1)
+    context = openmm.Context(system, integrator, REFERENCE)
+    context.setPositions(ala.positions)
+    integrator.step(20)
+    calls[0], before = 0, integrator.n_proposed
+    integrator.step(1000)
+    jumps = integrator.n_proposed - before
+    assert jumps == 100 and 0 < integrator.n_accepted < integrator.n_proposed  # both branches taken
+    assert calls[0] == 1000 + jumps

@@ -55,28 +55,43 @@ def rqs_forward(x, phi, bins, bound, slope=DEFAULT_SLOPE):
     return torch.where(inside, y, x), (inside * torch.log(jacobian)).sum(-1)
 
 
+_GATHER_OFFSETS = {}  # bins -> offsets of (x_k, x_k+1, y_k, y_k+1) in a padded knot row pair
+
+
 def rqs_forward_numpy(x, phi, bins, bound, slope=DEFAULT_SLOPE):
-    """:func:`rqs_forward` on NumPy arrays (no gradients), in ``phi``'s dtype. Call under ``np.errstate(all="ignore")``."""
-    log_slope = math.log(slope)
-    widths_heights = phi[..., : 2 * bins].reshape(phi.shape[:-1] + (2, bins))
-    widths_heights = widths_heights / (1 + np.abs(2 * widths_heights / log_slope))  # |.| < |log slope| / 2: exp is safe
-    cumulative = np.cumsum(np.exp(widths_heights), axis=-1)
-    table = np.empty(phi.shape[:-1] + (3, bins + 1), dtype=phi.dtype)  # x knots, y knots, derivatives
-    table[..., :2, 0] = -bound
-    table[..., :2, 1:] = bound * (2 * (cumulative / cumulative[..., -1:]) - 1)
-    derivatives = phi[..., 2 * bins :]
-    table[..., 2, 1:-1] = np.exp(derivatives / (1 + np.abs(derivatives / log_slope)))
-    table[..., 2, ::bins] = 1
-    k = np.add.reduce(table[..., 0, :] < x[..., None], axis=-1) - 1
-    inside = (k >= 0) & (k < bins)
-    start = np.arange(0, table.size, bins + 1).reshape(table.shape[:-1]) + (k % bins)[..., None]  # flat index of bin k
-    flat = table.reshape(-1)
-    low, high = flat[start], flat[start + 1]
-    x0, y0, d0, x1, y1, d1 = low[..., 0], low[..., 1], low[..., 2], high[..., 0], high[..., 1], high[..., 2]
-    s = (y1 - y0) / (x1 - x0)
-    t = inside * (x - x0) / (x1 - x0)
+    """:func:`rqs_forward` on NumPy arrays (no gradients), in ``phi``'s dtype. Call under ``np.errstate(all="ignore")``.
+
+    Written for a few configurations, where the cost is the number of NumPy calls, not their size: knots
+    go straight into padded rows (``out=``), and one gather fetches each bin's four knot coordinates.
+    """
+    shape = x.shape
+    rows = x.size
+    x = x.reshape(rows)
+    c = -2.0 / math.log(slope)  # soft bound u / (1 + |2 u / log slope|): |.| < |log slope| / 2, exp is safe
+    u = phi[..., : 2 * bins].reshape(rows, 2, bins)
+    u = np.exp(u / (1 + c * np.abs(u)))
+    cumulative = np.cumsum(u, axis=-1)
+    knots = np.empty((rows, 2, bins + 1), dtype=phi.dtype)  # x knots, y knots, from -bound to bound
+    knots[:, :, 0] = -bound
+    np.multiply(cumulative, (2 * bound) / cumulative[:, :, -1:], out=knots[:, :, 1:])
+    knots[:, :, 1:] -= bound
+    d = phi[..., 2 * bins :].reshape(rows, bins - 1)
+    derivatives = np.ones((rows, bins + 1), dtype=phi.dtype)
+    derivatives[:, 1:-1] = np.exp(d / (1 + np.abs(d) * (c / 2)))  # d / (1 + |d / log slope|)
+    k = np.add.reduce(knots[:, 0, 1:-1] < x[:, None], axis=-1)  # bin of x if inside
+    inside = np.abs(x) <= bound
+    offsets = _GATHER_OFFSETS.get(bins)
+    if offsets is None:
+        offsets = _GATHER_OFFSETS.setdefault(bins, np.array([0, 1, bins + 1, bins + 2]))
+    row = np.arange(rows)
+    x0, x1, y0, y1 = knots.reshape(-1)[(row * (2 * bins + 2) + k)[:, None] + offsets].T
+    d0, d1 = derivatives.reshape(-1)[(row * (bins + 1) + k)[:, None] + offsets[:2]].T
+    width, height = x1 - x0, y1 - y0
+    s = height / width
+    t = inside * (x - x0) / width
     tt = t * (1 - t)
     denominator = s + (d0 + d1 - 2 * s) * tt
-    y = y0 + (y1 - y0) * (s * t**2 + d0 * tt) / denominator
-    jacobian = s**2 * (2 * s * tt + d0 * (1 - t) ** 2 + d1 * t**2) / denominator**2
-    return np.where(inside, y, x), np.add.reduce(inside * np.log(jacobian), axis=-1)
+    y = y0 + height * (s * t * t + d0 * tt) / denominator
+    jacobian = s * s * (2 * s * tt + d0 * (1 - t) ** 2 + d1 * t * t) / (denominator * denominator)
+    log_jacobian = np.log(jacobian, where=inside, out=np.zeros_like(jacobian))
+    return np.where(inside, y, x).reshape(shape), np.add.reduce(log_jacobian.reshape(shape), axis=-1)

@@ -25,7 +25,6 @@ __all__ = ["BoltzmannGenerator"]
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import zuko
@@ -34,15 +33,19 @@ from zuko.flows.spline import CircularRQSTransform
 from zuko.transforms import ComposedTransform, CouplingTransform, DependentTransform, MonotonicRQSTransform
 
 from ..geometry.internal import InternalCoordinates, InternalCoordinateTransform
-from ._splines import rqs_forward, rqs_forward_numpy
+from ._numpy_log_prob import numpy_log_prob
+from ._splines import rqs_forward
 from ..errors import InvalidInputError
 
 _SPLINE_BOUND = 5.0  # standardized bond/angle features; identity tails outside
+_LINEAR_TYPES = (nn.Linear, zuko.nn.Linear)  # zuko's Linear is not an nn.Linear
 _NUMPY_MAX_BATCH = 16  # no-grad log_prob of at most this many configurations runs its splines in NumPy (faster)
 
 
 class _Coupling(nn.Module):
     """One coupling layer: ``features[transformed] = spline(features[transformed] | features[~transformed])``."""
+
+    spline_bound = _SPLINE_BOUND  # non-circular splines: identity outside [-bound, bound]
 
     def __init__(self, transformed, is_torsion, hidden, bins):
         super().__init__()
@@ -94,35 +97,16 @@ class _Coupling(nn.Module):
             y_b, ladj = rqs_forward(x_b, phi, self.bins, _SPLINE_BOUND)
         return x.index_copy(-1, idx_b, y_b), ladj
 
-    def call_and_ladj_numpy(self, x):
-        """:meth:`call_and_ladj` without gradients on a NumPy array (n, n_features) in the weights' dtype.
-
-        Several times faster for a few configurations (a NumPy op on a few floats costs less than a
-        torch op); the conditioner still runs in torch. Call under ``np.errstate(all="ignore")``.
-        """
-        cond_torsion, cond_rest, idx_b = self._indices(None)
-        angles = x[:, cond_torsion]
-        h = torch.from_numpy(np.concatenate((np.cos(angles), np.sin(angles), x[:, cond_rest]), axis=-1))
-        phi = self._conditioner(h, unflatten=False).numpy().reshape(len(x), self.n_out, 3 * self.bins - 1)
-        x_b = x[:, idx_b]
-        if self.circular:
-            y_b, ladj = rqs_forward_numpy(np.remainder(x_b, 2 * math.pi) - math.pi, phi, self.bins, math.pi)
-        else:
-            y_b, ladj = rqs_forward_numpy(x_b, phi, self.bins, _SPLINE_BOUND)
-        y = x.copy()
-        y[:, idx_b] = y_b
-        return y, ladj
-
-    def _conditioner(self, h, unflatten=True):
+    def _conditioner(self, h):
         """Spline parameters (..., n_out, 3 bins - 1) from the embedded condition: ``self.net``, layer by layer."""
         for module in self.net:  # functional calls skip nn.Module.__call__'s overhead; same weights, same ops
-            if type(module) is nn.Linear:
+            if type(module) in _LINEAR_TYPES and module.weight.ndim == 2:
                 h = F.linear(h, module.weight, module.bias)
             elif type(module) is nn.SiLU:
                 h = F.silu(h)
             else:
                 h = module(h)
-        return h.unflatten(-1, (self.n_out, 3 * self.bins - 1)) if unflatten else h
+        return h.unflatten(-1, (self.n_out, 3 * self.bins - 1))
 
     def _indices(self, device):
         """(condition torsions, other condition features, transformed features) as index tensors on
@@ -295,21 +279,16 @@ class BoltzmannGenerator(nn.Module):
         x = self._check_positions(x)
         if len(x) == 0:
             return torch.zeros(0, dtype=torch.float64, device=x.device)
+        if len(x) <= _NUMPY_MAX_BATCH and x.device.type == "cpu" and not self._needs_grad(x):
+            log_q = numpy_log_prob(self, x.detach().numpy())
+            if log_q is not None:
+                return torch.from_numpy(log_q)
         ic, _, _ = self.coordinates.to_internal(x.to(torch.float64))
         features, log_det_features = self._features(ic)
-        features = features.float()
-        if len(x) <= _NUMPY_MAX_BATCH and features.device.type == "cpu" and not self._needs_grad(features):
-            z, ladj = features.numpy(), 0.0
-            with np.errstate(all="ignore"):  # NaN/inf features give NaN, as the torch path does, without warnings
-                for layer in self.layers:
-                    z, layer_ladj = layer.call_and_ladj_numpy(z)
-                    ladj = ladj + layer_ladj
-            z, ladj = torch.from_numpy(z), torch.from_numpy(np.asarray(ladj))
-        else:
-            z, ladj = features, torch.zeros((), device=features.device)
-            for layer in self.layers:
-                z, layer_ladj = layer.call_and_ladj(z)
-                ladj = ladj + layer_ladj
+        z, ladj = features.float(), torch.zeros((), device=features.device)
+        for layer in self.layers:
+            z, layer_ladj = layer.call_and_ladj(z)
+            ladj = ladj + layer_ladj
         return self._base_log_prob(z) + ladj.double() + log_det_features
 
     def _log_prob_zuko(self, x):

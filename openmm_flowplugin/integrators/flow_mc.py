@@ -66,7 +66,11 @@ def _jump_program(integrator, n_proposals, exact=False):
     integrator.beginIfBlock("fmc_stale = 0")
     add_global("fmc_u_cur", "energy/fmc_kT")
     if not exact:
-        add_dof("fmc_v_b", "v + 0.5*dt*f/m")  # LangevinMiddle's full-step velocity at the current x
+        # f at the current x, kept: after a rejection the Langevin step needs it again, and restoring x
+        # drops OpenMM's cached forces (one force evaluation saved per rejected jump)
+        add_dof("fmc_f", "f")
+        add_global("fmc_have_f", "1")
+        add_dof("fmc_v_b", "v + 0.5*dt*fmc_f/m")  # LangevinMiddle's full-step velocity at the current x
     add_global("fmc_log_q_cur", "0")
     add_global("fmc_any_accepted", "0")
     for j in range(n_proposals):
@@ -88,6 +92,8 @@ def _jump_program(integrator, n_proposals, exact=False):
         add_global("fmc_any_accepted", "max(fmc_any_accepted, fmc_accepted)")
         integrator.endBlock()
     integrator.beginIfBlock("fmc_any_accepted > 0.5")
+    if not exact:
+        add_dof("fmc_f", "f")  # at the accepted x'
     add_dof("v", VELOCITY_AFTER_JUMP["exact" if exact else "langevin"])
     integrator.addConstrainVelocities()
     integrator.endBlock()
@@ -100,8 +106,17 @@ def _jump_program(integrator, n_proposals, exact=False):
         # LangevinMiddle (V, R, O, R, V-by-constraint) exactly as OpenMM's own LangevinMiddleIntegrator
         add_global("fmc_a", "exp(-fmc_friction*dt)")
         add_global("fmc_b", "sqrt(1 - exp(-2*fmc_friction*dt))")
+        add_dof("fmc_x1", "x")
         integrator.addUpdateContextState()
-        add_dof("v", "v + dt*f/m")
+        integrator.addComputeSum("fmc_moved", "(x - fmc_x1)^2")  # e.g. a barostat move: the kept forces are stale
+        integrator.beginIfBlock("fmc_moved != 0")
+        add_global("fmc_have_f", "0")
+        integrator.endBlock()
+        integrator.beginIfBlock("fmc_have_f < 0.5")  # no jump in this step: forces at x as LangevinMiddle takes them
+        add_dof("fmc_f", "f")
+        integrator.endBlock()
+        add_global("fmc_have_f", "0")
+        add_dof("v", "v + dt*fmc_f/m")
         integrator.addConstrainVelocities()
         add_dof("x", "x + 0.5*dt*v")
         add_dof("v", "fmc_a*v + fmc_b*sqrt(fmc_kT/m)*gaussian")
@@ -158,10 +173,10 @@ class FlowMCIntegrator(openmm.CompoundIntegrator):
         Metropolized on the total energy, velocities reversed on rejection, partial refresh with
         ``exp(-friction*dt)``), so the whole chain samples ``exp(-U(x)/kT)`` exactly at any time step.
         Cost measured on alanine dipeptide in vacuum (Reference, 1 fs, jumps every 100 steps): 0.39x the
-        steps per second of ``"langevin"`` (two kinetic-energy sums, an energy with every force
-        evaluation, one more force evaluation after each rejected step). Keep the MD acceptance
-        (``integrator._md.acceptance_rate``) above ~90 % by the time step. Set its temperature with
-        :meth:`setTemperature`: ``getIntegrator(0)`` is a plain ``CustomIntegrator`` with ``fmc_kT``.
+        steps per second of ``"langevin"`` (two force/energy evaluations per step instead of one, two
+        kinetic-energy sums). Keep the MD acceptance (:attr:`md_acceptance_rate`) above ~90 % by the
+        time step. Its temperature follows :meth:`setTemperature` and openmmtools' states (it is an
+        openmmtools ``ThermostatedIntegrator``).
 
     Attributes
     ----------
@@ -174,6 +189,10 @@ class FlowMCIntegrator(openmm.CompoundIntegrator):
         Position in the proposal stream: the draws used so far (stored in the Context, never reset).
     acceptance_rate : float
         ``n_accepted / n_proposed``, NaN before any proposal.
+    md_n_proposed, md_n_accepted, md_acceptance_rate : int, int, float
+        ``mode="exact"``: Metropolized MD steps proposed and accepted, and their ratio (all MD steps,
+        also the one after each jump). ``mode="langevin"``: 0, 0 and NaN (Langevin steps are not
+        Metropolized).
     statistics : dict
         ``n_proposed``, ``n_accepted``, ``n_invalid``; settable, reset by :meth:`reset_statistics`.
     seed : int
@@ -286,13 +305,13 @@ class FlowMCIntegrator(openmm.CompoundIntegrator):
                             ("fmc_stale", 0.0), ("fmc_until_jump", float(self.jump_interval - 1)), ("fmc_n_proposed", 0.0),
                             ("fmc_n_accepted", 0.0), ("fmc_u_cur", 0.0), ("fmc_u_new", 0.0), ("fmc_log_q_cur", 0.0),
                             ("fmc_accepted", 0.0), ("fmc_any_accepted", 0.0), ("fmc_armed", 0.0), ("fmc_n_invalid", 0.0),
-                            ("fmc_n_drawn", 0.0)):
+                            ("fmc_n_drawn", 0.0), ("fmc_have_f", 0.0), ("fmc_moved", 0.0)):
             self._jump.addGlobalVariable(name, value)
         for j in range(self.n_proposals):
             self._jump.addGlobalVariable(f"fmc_log_q{j}", 0.0)
             self._jump.addGlobalVariable(f"fmc_ok{j}", 0.0)
             self._jump.addPerDofVariable(f"fmc_x_prop{j}", 0.0)
-        for name in ("fmc_x_snap", "fmc_x_old", "fmc_x1", "fmc_v_b"):
+        for name in ("fmc_x_snap", "fmc_x_old", "fmc_x1", "fmc_v_b", "fmc_f"):
             self._jump.addPerDofVariable(name, 0.0)
         if mode == "exact":
             add_ghmc_variables(self._jump, temperature, friction)
@@ -396,6 +415,27 @@ class FlowMCIntegrator(openmm.CompoundIntegrator):
         return self.n_accepted / n_proposed if n_proposed else float("nan")
 
     @property
+    def md_n_proposed(self):
+        """MD steps Metropolized so far (``mode="exact"``; 0 in ``mode="langevin"``)."""
+        return self._md_count("fmc_md_n_proposed")
+
+    @property
+    def md_n_accepted(self):
+        """Metropolized MD steps accepted (``mode="exact"``; 0 in ``mode="langevin"``)."""
+        return self._md_count("fmc_md_n_accepted")
+
+    @property
+    def md_acceptance_rate(self):
+        """``md_n_accepted / md_n_proposed``; NaN before any step and in ``mode="langevin"``."""
+        n_proposed = self.md_n_proposed
+        return self.md_n_accepted / n_proposed if n_proposed else float("nan")
+
+    def _md_count(self, name):
+        if self.mode != "exact":
+            return 0
+        return int(self._md.getGlobalVariableByName(name) + self._jump.getGlobalVariableByName(name))
+
+    @property
     def statistics(self):
         """``{"n_proposed": int, "n_accepted": int, "n_invalid": int}``; settable (e.g. to restore counts)."""
         return {"n_proposed": self.n_proposed, "n_accepted": self.n_accepted, "n_invalid": self.n_invalid}
@@ -406,8 +446,12 @@ class FlowMCIntegrator(openmm.CompoundIntegrator):
             self._jump.setGlobalVariableByName("fmc_" + name, float(value.get(name, 0)))
 
     def reset_statistics(self):
-        """Set ``n_proposed``, ``n_accepted`` and ``n_invalid`` to zero (the stream position :attr:`n_drawn` stays)."""
+        """Set ``n_proposed``, ``n_accepted``, ``n_invalid`` and the MD counts to zero (:attr:`n_drawn` stays)."""
         self.statistics = {"n_proposed": 0, "n_accepted": 0, "n_invalid": 0}
+        if self.mode == "exact":
+            for program in (self._md, self._jump):
+                for name in ("fmc_md_n_proposed", "fmc_md_n_accepted"):
+                    program.setGlobalVariableByName(name, 0.0)
 
     # --- copies -----------------------------------------------------------------------------------------
     def __deepcopy__(self, memo):

@@ -15,16 +15,20 @@ import math
 
 import openmm
 
+from .._quiet import quiet_banners
 from ..units import friction_per_ps, kelvin, kT, timestep_ps
 
-#: Global variables of the GHMC step (name, initial value); ``fmc_kT`` and ``fmc_friction`` are set by the caller.
-_GLOBALS = ("fmc_kT", "fmc_friction", "fmc_md_a", "fmc_md_e_old", "fmc_md_e_new", "fmc_md_accept",
+with quiet_banners():  # openmmtools' import loads pymbar, which logs a banner
+    from openmmtools.integrators import ThermostatedIntegrator
+
+#: Global variables of the GHMC step; the thermal energy (``kT_name``) and ``fmc_friction`` are set by the caller.
+_GLOBALS = ("fmc_friction", "fmc_md_a", "fmc_md_e_old", "fmc_md_e_new", "fmc_md_accept",
             "fmc_md_n_proposed", "fmc_md_n_accepted")
 #: Per-DOF variables of the GHMC step.
 _PER_DOF = ("fmc_md_x_old", "fmc_md_v_old", "fmc_x1")
 
 
-def add_ghmc_variables(integrator, temperature, friction):
+def add_ghmc_variables(integrator, temperature, friction, kT_name="fmc_kT"):
     """Declare the variables :func:`add_ghmc_step` uses, skipping names ``integrator`` already has.
 
     Parameters
@@ -34,12 +38,14 @@ def add_ghmc_variables(integrator, temperature, friction):
         K.
     friction : float
         1/ps; the velocity refresh keeps ``a = exp(-friction*dt)`` of the old velocity.
+    kT_name : str
+        The global variable holding kT (kJ/mol).
     """
     have = {integrator.getGlobalVariableName(i) for i in range(integrator.getNumGlobalVariables())}
-    for name in _GLOBALS:
+    for name in (kT_name,) + _GLOBALS:
         if name not in have:
             integrator.addGlobalVariable(name, 0.0)
-    integrator.setGlobalVariableByName("fmc_kT", kT(temperature))
+    integrator.setGlobalVariableByName(kT_name, kT(temperature))
     integrator.setGlobalVariableByName("fmc_friction", float(friction))
     have = {integrator.getPerDofVariableName(i) for i in range(integrator.getNumPerDofVariables())}
     for name in _PER_DOF:
@@ -47,7 +53,7 @@ def add_ghmc_variables(integrator, temperature, friction):
             integrator.addPerDofVariable(name, 0.0)
 
 
-def add_ghmc_step(integrator):
+def add_ghmc_step(integrator, kT_name="fmc_kT"):
     """Append one GHMC step (O, then velocity Verlet with Metropolis test and flip on rejection).
 
     The step is: ``v <- a v + sqrt(1 - a^2) sqrt(kT/m) xi`` with ``a = exp(-friction dt)``; ``E = K(v) + U(x)``;
@@ -66,7 +72,7 @@ def add_ghmc_step(integrator):
     add_global, add_dof = integrator.addComputeGlobal, integrator.addComputePerDof
     integrator.addUpdateContextState()
     add_global("fmc_md_a", "exp(-fmc_friction*dt)")
-    add_dof("v", "fmc_md_a*v + sqrt(1 - fmc_md_a*fmc_md_a)*sqrt(fmc_kT/m)*gaussian")
+    add_dof("v", f"fmc_md_a*v + sqrt(1 - fmc_md_a*fmc_md_a)*sqrt({kT_name}/m)*gaussian")
     integrator.addConstrainVelocities()
     add_global("fmc_md_e_old", "energy")
     integrator.addComputeSum("fmc_md_e_new", "0.5*m*v*v")  # kinetic part first, reused as scratch
@@ -84,20 +90,25 @@ def add_ghmc_step(integrator):
     integrator.addComputeSum("fmc_md_accept", "0.5*m*v*v")
     add_global("fmc_md_e_new", "fmc_md_e_new + fmc_md_accept")
     # accept iff log(uniform) < -(E' - E)/kT; NaN or +inf energies give 0
-    add_global("fmc_md_accept", "step(-(fmc_md_e_new - fmc_md_e_old)/fmc_kT - log(uniform))")
-    add_dof("x", "select(fmc_md_accept, x, fmc_md_x_old)")
-    add_dof("v", "select(fmc_md_accept, v, -fmc_md_v_old)")
+    add_global("fmc_md_accept", f"step(-(fmc_md_e_new - fmc_md_e_old)/{kT_name} - log(uniform))")
+    integrator.beginIfBlock("fmc_md_accept < 0.5")  # an if, not select(): writing x (even unchanged) drops the cached forces
+    add_dof("x", "fmc_md_x_old")
+    add_dof("v", "-fmc_md_v_old")
+    integrator.endBlock()
     add_global("fmc_md_n_proposed", "fmc_md_n_proposed + 1")
     add_global("fmc_md_n_accepted", "fmc_md_n_accepted + fmc_md_accept")
 
 
-class GHMCProgram(openmm.CustomIntegrator):
+class GHMCProgram(ThermostatedIntegrator):
     """Generalized hybrid Monte Carlo: velocity Verlet steps, each Metropolized, with partial velocity refresh.
 
     Exact for ``exp(-U(x)/kT)`` at any time step (the time step changes only the acceptance rate and
     the correlation time), unlike ``LangevinMiddleIntegrator``, whose configurational error is
     O(dt^2). It mirrors ``LangevinMiddleIntegrator``'s temperature and friction methods, so it can
-    replace it as the MD part of a ``CompoundIntegrator``; all variables are named ``fmc_...``.
+    replace it as the MD part of a ``CompoundIntegrator``. It is an openmmtools ``ThermostatedIntegrator``
+    (the thermal energy is the global ``kT``): openmmtools' states find and set its temperature, also
+    through ``CompoundIntegrator.getIntegrator(i)`` or after XML serialization. Other variables are
+    named ``fmc_...``.
 
     Parameters
     ----------
@@ -118,8 +129,9 @@ class GHMCProgram(openmm.CustomIntegrator):
 
     Notes
     -----
-    Cost: one force and energy evaluation per step, as for Langevin, plus one more at the restored
-    positions after each rejection, and two global reductions (kinetic energies). A rejection reverses
+    Cost: two force/energy evaluations per step (measured by counting them), one more than Langevin:
+    OpenMM does not keep the energy from one step to the next, so the energy at the start of a step is
+    computed again, as in openmmtools' ``GHMCIntegrator``; plus two global reductions (kinetic energies). A rejection reverses
     the velocities, so a low acceptance rate slows diffusion: keep it above ~90 % by the time step.
 
     Examples
@@ -136,10 +148,10 @@ class GHMCProgram(openmm.CustomIntegrator):
     """
 
     def __init__(self, temperature, friction, timestep):
-        super().__init__(timestep_ps(timestep))
         temperature, friction = kelvin(temperature), friction_per_ps(friction)
-        add_ghmc_variables(self, temperature, friction)
-        add_ghmc_step(self)
+        super().__init__(temperature * openmm.unit.kelvin, timestep_ps(timestep))
+        add_ghmc_variables(self, temperature, friction, kT_name="kT")
+        add_ghmc_step(self, kT_name="kT")
         self.setKineticEnergyExpression("0.5*m*v*v")
 
     @property
@@ -160,11 +172,11 @@ class GHMCProgram(openmm.CustomIntegrator):
 
     def getTemperature(self):
         """Temperature as a Quantity in K."""
-        return self.getGlobalVariableByName("fmc_kT") / kT(1.0) * openmm.unit.kelvin
+        return self.getGlobalVariableByName("kT") / kT(1.0) * openmm.unit.kelvin
 
     def setTemperature(self, temperature):
         """Set the temperature (K if a bare number)."""
-        self.setGlobalVariableByName("fmc_kT", kT(kelvin(temperature)))
+        self.setGlobalVariableByName("kT", kT(kelvin(temperature)))
 
     def getFriction(self):
         """Friction as a Quantity in 1/ps."""
