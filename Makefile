@@ -3,13 +3,14 @@
 #   make test   set up .venv if missing, install with test extras, run the fast test suite
 #   make docs   also install the docs extra, build the HTML documentation into docs/_build/html (warnings are errors)
 #
-# CPU machines get torch==2.13.0 (CPU build). On a GPU machine: make demo TORCH=torch EXTRAS=test,ani,cuda12
+# CPU machines get torch==2.13.0 (CPU build). On a GPU machine: make demo TORCH=torch EXTRAS=test,ani,solvation,cuda12
+# The solvation extra (AmberTools + RDKit, ~120 MB of wheels, ~470 MB installed) builds small molecules in water.
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
-EXTRAS ?= test,ani
+EXTRAS ?= test,ani,solvation
 PYTEST_ARGS ?= -m "not slow" -q
 
 .PHONY: demo test test-slow docs install clean

@@ -57,6 +57,8 @@ _EXPORTS = {
     "flow_potential": ".forces.modules",
     "parameter_derivative": ".forces.as_force",
     "create_mixed_system": ".forces.mixing",
+    "solvation_system": ".freeenergy.presets",
+    "solvation_free_energy": ".freeenergy.solvation",
     # speed
     "set_package_threads": "._threads",
 }

@@ -13,7 +13,7 @@ Examples
 n_steps must be an integer >= 1, got 0.
 """
 
-__all__ = ["UserInputError", "InvalidInputError", "InvalidTypeError", "UnknownNameError"]
+__all__ = ["UserInputError", "InvalidInputError", "InvalidTypeError", "UnknownNameError", "ParametrizationError"]
 
 
 class UserInputError(Exception):
@@ -33,3 +33,10 @@ class UnknownNameError(UserInputError, KeyError):
 
     def __str__(self):  # KeyError quotes its message; print it as a sentence
         return str(self.args[0]) if self.args else ""
+
+
+class ParametrizationError(UserInputError, RuntimeError):
+    """A force-field tool (antechamber, parmchk2, tleap, cpptraj) could not parametrize the molecule given.
+
+    The message names the tool, its last error lines and the log file kept for inspection.
+    """

@@ -1,4 +1,4 @@
-"""Command-line interface: ``openmm-flowplugin systems | simulate | train | evaluate | sample | md | demo``.
+"""Command-line interface: ``openmm-flowplugin systems | simulate | train | evaluate | sample | md | solvation | demo``.
 
 One module per command. User errors (unknown system, missing or wrong file, shape mismatch, an
 existing output, an option value out of range) print one line and exit with status 2, without a
@@ -14,6 +14,7 @@ from .evaluate_command import evaluate
 from .md_command import md
 from .sample_command import sample
 from .simulate_command import simulate
+from .solvation_command import solvation
 from .systems_command import systems_command
 from .train_command import train
 
@@ -45,7 +46,7 @@ def main():
     """Learned samplers for OpenMM: Boltzmann generators on ready-made systems."""
 
 
-for _command in (systems_command, simulate, train, evaluate, sample, md, demo):
+for _command in (systems_command, simulate, train, evaluate, sample, md, solvation, demo):
     main.add_command(_command)
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,63 @@
+"""``openmm-flowplugin solvation``: the solvation free energy of a molecule or an LJ preset, by alchemical MBAR."""
+
+import click
+
+from ..errors import InvalidInputError
+from ._common import FINITE_POSITIVE, POSITIVE_INT, _user_errors
+
+_HELP = """Solvation free energy of a molecule (--smiles, --mol2 [--frcmod], --prmtop/--inpcrd) or a --preset
+(lj, lj-paper, methane, water) by the alchemical route: openmmtools replica exchange over the λ states of
+each leg (solvent; vacuum for molecules), MBAR with pymbar. Molecules are parametrized with GAFF2 and
+AM1-BCC through AmberTools (pip install 'openmm_flowplugin[solvation]') and solvated in TIP3P.
+
+Everything goes to OUTPUT: each leg's openmmtools storage (solvent.nc, vacuum.nc), results.json,
+results.md and overlap.png. Run the same command again to resume an interrupted run or extend it
+(--iterations is the total); storage of another molecule or other settings is refused.
+
+Neural thermodynamic integration (--method neural-ti) is not available yet: only --method mbar runs.
+"""
+
+
+@click.command(help=_HELP)
+@click.option("--preset", type=click.Choice(["lj", "lj-paper", "methane", "water"]), default=None, help="A ready-made system.")
+@click.option("--smiles", default=None, help="Solute as SMILES (RDKit conformer, AM1-BCC charges).")
+@click.option("--mol2", type=click.Path(dir_okay=False, exists=True), default=None, help="Solute as mol2 (charges from the file).")
+@click.option("--frcmod", type=click.Path(dir_okay=False, exists=True), default=None, help="Extra parameters for --mol2.")
+@click.option("--prmtop", type=click.Path(dir_okay=False, exists=True), default=None, help="Solvated AMBER topology (with --inpcrd).")
+@click.option("--inpcrd", type=click.Path(dir_okay=False, exists=True), default=None, help="Solvated AMBER coordinates.")
+@click.option("--method", type=click.Choice(["mbar"]), default="mbar", show_default=True, help="Estimator (neural TI: not yet).")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Output folder (resumed if it holds this run).")
+@click.option("--iterations", default=500, show_default=True, type=POSITIVE_INT, help="Replica-exchange iterations per leg (total).")
+@click.option("--md-steps", default=500, show_default=True, type=POSITIVE_INT, help="Langevin steps per iteration and state.")
+@click.option("--timestep", default=None, type=FINITE_POSITIVE, help="fs (default: the system's, 2 fs with HBond constraints).")
+@click.option("--padding", default=None, type=FINITE_POSITIVE, help="Water padding around the solute, nm (default 1.2).")
+@click.option("--temperature", default=None, type=FINITE_POSITIVE, help="K (molecules: default 298.15).")
+@click.option("--checkpoint-interval", default=10, show_default=True, type=POSITIVE_INT, help="Iterations between stored positions.")
+@click.option("--equilibration", default=20, show_default=True, type=click.IntRange(min=0),
+              help="Iterations without exchanges or storage before production (new runs).")
+@click.option("--platform", default=None, help="OpenMM platform (default: chosen by timing; CUDA on a GPU machine).")
+@click.option("--progress/--no-progress", default=None, help="Progress bars with ETA on stderr [default: when stderr is a terminal].")
+@_user_errors
+def solvation(preset, smiles, mol2, frcmod, prmtop, inpcrd, method, output, iterations, md_steps, timestep, padding, temperature,
+              checkpoint_interval, equilibration, platform, progress):
+    from ..freeenergy import solvation_free_energy, solvation_system
+
+    molecule = {key: value for key, value in (("smiles", smiles), ("mol2", mol2), ("frcmod", frcmod), ("prmtop", prmtop),
+                                               ("inpcrd", inpcrd)) if value is not None}
+    if (preset is None) == (not molecule):
+        raise InvalidInputError("give either --preset or a molecule (--smiles, --mol2 or --prmtop/--inpcrd), not both or neither.")
+    options = dict(molecule)
+    if padding is not None:
+        if preset in ("lj", "lj-paper"):
+            raise InvalidInputError("--padding applies to molecules in water, not to the Lennard-Jones presets.")
+        options["padding"] = padding
+    if temperature is not None:
+        if preset in ("lj", "lj-paper"):
+            raise InvalidInputError("the Lennard-Jones presets are defined by their reduced temperature; drop --temperature.")
+        options["temperature"] = temperature
+    system = solvation_system(preset, **options)
+    result = solvation_free_energy(system, output, n_iterations=iterations, md_steps=md_steps, timestep=timestep,
+                                   checkpoint_interval=checkpoint_interval, equilibration_iterations=equilibration,
+                                   platform=platform, progress=progress)
+    click.echo(result.to_markdown())
+    click.echo(f"results in {output}/results.json, results.md and overlap.png")

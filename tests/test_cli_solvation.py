@@ -1,0 +1,48 @@
+"""`openmm-flowplugin solvation`: one-line errors for contradictory input, and a small run that resumes."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from openmm_flowplugin.cli import main
+
+
+def run(*args):
+    return CliRunner().invoke(main, ["solvation", *args], standalone_mode=True)
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "either --preset or a molecule"),
+    (["--preset", "lj", "--smiles", "C"], "either --preset or a molecule"),
+    (["--preset", "lj", "--padding", "1.0"], "--padding applies to molecules"),
+    (["--preset", "lj", "--temperature", "300"], "reduced temperature"),
+    (["--preset", "nope"], "Invalid value for '--preset'"),
+    (["--preset", "lj", "--method", "neural-ti"], "Invalid value for '--method'"),
+])
+def test_contradictory_input_is_one_line(tmp_path, args, message):
+    result = run(*args, "-o", str(tmp_path / "out"))
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_lj_preset_runs_writes_results_and_refuses_other_settings(tmp_path, monkeypatch):
+    from openmm_flowplugin._systems.lj_fluids import lj_fluid
+    from openmm_flowplugin.freeenergy import presets
+
+    real_builder = presets._builder
+    small = lambda **options: lj_fluid(n_particles=36, density=0.5, cutoff=2.0, **options)  # noqa: E731 - the preset, small
+    monkeypatch.setattr(presets, "_builder", lambda path: small if path == presets.PRESETS["lj"][0] else real_builder(path))
+    out = tmp_path / "lj"
+    common = ["--preset", "lj", "-o", str(out), "--equilibration", "2", "--platform", "Reference", "--no-progress"]
+    args = [*common, "--md-steps", "10"]
+    first = run(*args, "--iterations", "10")
+    assert first.exit_code == 0, first.output
+    assert "ΔG_solv" in first.output and (out / "results.json").is_file() and (out / "solvent.nc").is_file()
+    stored = json.loads((out / "results.json").read_text())
+    assert stored["legs"]["solvent"]["n_iterations"] == 10 and stored["settings"]["timestep_ps"] > 0
+    extended = run(*args, "--iterations", "20")  # resumes: 10 more iterations
+    assert extended.exit_code == 0, extended.output
+    assert json.loads((out / "results.json").read_text())["legs"]["solvent"]["n_iterations"] == 20
+    other = run(*common, "--md-steps", "11", "--iterations", "30")
+    assert other.exit_code == 2 and "holds another run" in other.output

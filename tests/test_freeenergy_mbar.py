@@ -1,0 +1,145 @@
+"""The alchemical MBAR route: schedules, a Lennard-Jones excess chemical potential against Widom insertion,
+storage that resumes in another process and refuses another system's run.
+
+Widom test-particle insertion is an independent exact estimator: plain OpenMM MD of the solvent (the solute's
+epsilon set to 0 in the NonbondedForce, no openmmtools) and NumPy pair energies of random insertions.
+"""
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import openmm
+import pytest
+from openmm import unit
+
+from openmm_flowplugin._systems.lj_fluids import lj_fluid
+from openmm_flowplugin.errors import InvalidInputError
+from openmm_flowplugin.freeenergy.alchemical import LambdaSchedule, alchemical_leg, default_schedule
+from openmm_flowplugin.freeenergy.mbar_route import analyze_leg, run_leg
+from openmm_flowplugin.freeenergy.solvation import solvation_free_energy
+
+N_SIGMA = 4.0
+FLUID = dict(n_particles=36, density=0.5, reduced_temperature=1.5, cutoff=2.0)
+SCHEDULE = LambdaSchedule(electrostatics=[1, 0, 0, 0, 0, 0], sterics=[1, 0.8, 0.6, 0.4, 0.2, 0])
+
+
+def test_schedules_refuse_what_openmmtools_cannot_do():
+    assert default_schedule().stage_boundary == 4 and default_schedule(charged=False).stage_boundary == 1
+    for electrostatics, sterics in (([1, 0.5, 0], [1, 0.5, 0]),  # sterics move while charged
+                                    ([1, 0], [1, 0.5]),  # does not reach 0
+                                    ([1, 0, 0, 0], [1, 0.5, 0.7, 0]),  # increases
+                                    ([1, 0, 0], [1, 0, 0])):  # repeats a state
+        with pytest.raises(InvalidInputError):
+            LambdaSchedule(electrostatics, sterics)
+
+
+def widom_mu(fluid, n_frames=400, steps_per_frame=100, insertions=400, seed=3):
+    """mu_ex / kT by Widom insertion, with its standard error from 20 blocks of frames."""
+    system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(fluid.solvent.system))
+    nonbonded = next(f for f in system.getForces() if isinstance(f, openmm.NonbondedForce))
+    charge, sigma, epsilon = nonbonded.getParticleParameters(0)
+    nonbonded.setParticleParameters(0, charge, sigma, 0.0)  # the solute does not interact: N - 1 particles remain
+    sig = sigma.value_in_unit(unit.nanometer)
+    eps = nonbonded.getParticleParameters(1)[2].value_in_unit(unit.kilojoule_per_mole)
+    cutoff = nonbonded.getCutoffDistance().value_in_unit(unit.nanometer)
+    kT = fluid.solvent.kT
+    integrator = openmm.LangevinMiddleIntegrator(fluid.temperature, 5.0, 0.01)
+    integrator.setRandomNumberSeed(seed)
+    context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions(fluid.solvent.positions)
+    context.setVelocitiesToTemperature(fluid.temperature, seed)
+    integrator.step(2000)
+    box = context.getState().getPeriodicBoxVectors(asNumpy=True)._value[0, 0]
+    rng = np.random.default_rng(seed)
+    boltzmann = np.empty(n_frames)
+    for frame in range(n_frames):
+        integrator.step(steps_per_frame)
+        x = context.getState(positions=True).getPositions(asNumpy=True)._value[1:]
+        trial = rng.uniform(0, box, (insertions, 3))
+        d = trial[:, None, :] - x[None, :, :]
+        r2 = ((d - box * np.round(d / box)) ** 2).sum(-1)
+        s6 = (sig**2 / r2) ** 3
+        energy = np.where(r2 < cutoff**2, 4 * eps * (s6 * s6 - s6), 0.0).sum(1)
+        boltzmann[frame] = np.exp(-energy / kT).mean()
+    blocks = boltzmann.reshape(20, -1).mean(1)
+    mean, se = blocks.mean(), blocks.std(ddof=1) / math.sqrt(len(blocks))
+    return -math.log(mean), se / mean
+
+
+@pytest.fixture(scope="module")
+def lj_run(tmp_path_factory):
+    fluid = lj_fluid(**FLUID)
+    leg = alchemical_leg(fluid.solvent, fluid.solute_atoms, schedule=SCHEDULE)
+    storage = tmp_path_factory.mktemp("mbar") / "solvent.nc"
+    run_leg(leg, storage, 120, md_steps=50, timestep=20.0, checkpoint_interval=10, platform="Reference", progress=False)
+    return fluid, leg, storage, analyze_leg(storage)
+
+
+def test_mbar_excess_chemical_potential_agrees_with_widom_insertion(lj_run):
+    fluid, _, _, estimate = lj_run
+    mu_widom, se_widom = widom_mu(fluid)
+    mu_mbar = -estimate.delta_f  # inserting the particle is the reverse of decoupling it
+    z = (mu_mbar - mu_widom) / math.hypot(estimate.error, se_widom)
+    assert abs(z) < N_SIGMA, (mu_mbar, estimate.error, mu_widom, se_widom)
+    assert estimate.min_neighbour_overlap > 0.03 and estimate.n_uncorrelated > 100
+    # Control: the sign convention matters (decoupling vs inserting) and is resolved by the comparison
+    assert abs((estimate.delta_f - mu_widom) / math.hypot(estimate.error, se_widom)) > N_SIGMA
+    assert len(estimate.forward) == len(estimate.reverse) == 5 and estimate.forward[-1][1] == pytest.approx(estimate.delta_f)
+
+
+_RESUME_SCRIPT = """
+import sys
+from openmm_flowplugin._systems.lj_fluids import lj_fluid
+from openmm_flowplugin.freeenergy.alchemical import LambdaSchedule, alchemical_leg
+from openmm_flowplugin.freeenergy.mbar_route import run_leg
+fluid = lj_fluid(n_particles=36, density=0.5, reduced_temperature=1.5, cutoff=2.0)
+schedule = LambdaSchedule(electrostatics=[1, 0, 0, 0, 0, 0], sterics=[1, 0.8, 0.6, 0.4, 0.2, 0])
+leg = alchemical_leg(fluid.solvent, fluid.solute_atoms, schedule=schedule)
+run_leg(leg, sys.argv[1], 20, md_steps=20, timestep=10.0, checkpoint_interval=10, platform="Reference", progress=False)
+"""
+
+
+def test_a_leg_resumes_in_another_process_and_refuses_other_runs(tmp_path):
+    storage = tmp_path / "solvent.nc"
+    subprocess.run([sys.executable, "-c", _RESUME_SCRIPT, str(storage)], check=True, capture_output=True)
+    fluid = lj_fluid(**FLUID)
+    leg = alchemical_leg(fluid.solvent, fluid.solute_atoms, schedule=SCHEDULE)
+    assert run_leg(leg, storage, 20, md_steps=20, timestep=10.0, platform="Reference", progress=False) == 20  # nothing to do
+    assert run_leg(leg, storage, 40, md_steps=20, timestep=10.0, platform="Reference", progress=False) == 40  # resumed
+    assert analyze_leg(storage).n_iterations == 40
+    with pytest.raises(InvalidInputError, match="md_steps"):
+        run_leg(leg, storage, 60, md_steps=50, timestep=10.0, platform="Reference", progress=False)
+    denser = lj_fluid(**dict(FLUID, density=0.6, n_particles=40))
+    other = alchemical_leg(denser.solvent, denser.solute_atoms, schedule=SCHEDULE)
+    with pytest.raises(InvalidInputError, match="another run"):
+        run_leg(other, storage, 60, md_steps=20, timestep=10.0, platform="Reference", progress=False)
+    assert analyze_leg(storage).n_iterations == 40  # nothing lost
+
+
+def test_solvation_workflow_writes_results_and_resumes(tmp_path):
+    fluid = lj_fluid(**FLUID)
+    result = solvation_free_energy(fluid, tmp_path, n_iterations=20, md_steps=20, timestep=10.0, schedule=SCHEDULE,
+                                   platform="Reference", progress=False)
+    assert set(result.legs) == {"solvent"} and result.delta_g == pytest.approx(-result.legs["solvent"].delta_f)
+    assert result.delta_g_reduced == pytest.approx(result.delta_g * 1.5)  # T* = 1.5: kT = 1.5 epsilon
+    for name in ("results.json", "results.md", "overlap.png", "solvent.nc"):
+        assert (tmp_path / name).is_file()
+    assert "ΔG_solv" in (tmp_path / "results.md").read_text()
+    again = solvation_free_energy(fluid, tmp_path, n_iterations=20, md_steps=20, timestep=10.0, schedule=SCHEDULE,
+                                  platform="Reference", progress=False)
+    assert again.delta_g == result.delta_g  # read back from storage, nothing re-run
+
+
+@pytest.mark.slow
+def test_methane_hydration_end_to_end(tmp_path):
+    """Both legs of methane in TIP3P (AmberTools), a few iterations: the cycle is assembled and reported."""
+    pytest.importorskip("rdkit", reason="needs the solvation extra (RDKit, AmberTools)")
+    from openmm_flowplugin.freeenergy import solvation_system
+
+    methane = solvation_system("methane")
+    result = solvation_free_energy(methane, tmp_path, n_iterations=20, md_steps=20, equilibration_iterations=2, progress=False)
+    assert set(result.legs) == {"solvent", "vacuum"} and math.isfinite(result.delta_g) and result.error > 0
+    assert result.delta_g == pytest.approx(result.legs["vacuum"].delta_f - result.legs["solvent"].delta_f)
+    assert result.settings["schedule"]["electrostatics"][0] == 1.0  # methane carries AM1-BCC charges: two stages
