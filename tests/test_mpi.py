@@ -124,10 +124,8 @@ def test_killed_run_resumes_on_two_ranks_and_on_one(harmonic):
     assert not np.array_equal(x_two[1:], x_two[:-1])  # control: the chain moves, so equality above is not vacuous
 
 
-@pytest.mark.xfail(strict=True, reason="openmmtools' from_storage deep-copies the stored moves, and FlowMCMove.__deepcopy__ gives "
-                   "the copy a new stream starting at draw 0: a resumed run continues with fresh streams (exact, never a "
-                   "replay) instead of the uninterrupted run's")
 def test_resumed_run_continues_the_uninterrupted_streams(harmonic):
+    """openmmtools' from_storage deep-copies the stored moves: the first copy of a restored move continues its stream."""
     work, _ = harmonic
     assert np.array_equal(_trajectory(work / "two.nc")[0], _trajectory(work / "one.nc")[0])
 

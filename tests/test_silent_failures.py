@@ -123,6 +123,27 @@ def test_moves_copied_and_restored_in_other_processes_never_collide(tmp_path):
     assert not np.isin(resumed_draws, draws_here[:4 * 3]).any()  # neither copy 0's draws nor copy 1's first four
 
 
+def test_the_first_copy_of_a_restored_move_continues_its_stream_and_the_original_branches_off():
+    """openmmtools' from_storage deep-copies each stored move before use: that copy must continue the stored stream
+    (the resumed run draws what the uninterrupted one would), and no two objects may ever share a draw."""
+    ho = systems.get("harmonic_oscillator")
+    move = FlowMCMove(GaussianProposal(ho.positions_nm, ho.reference.std, seed=1), n_proposals=3, seed=5, sample_batch_size=4)
+    running = copy.deepcopy(copy.deepcopy(move))  # stream (0, 0), as a per-state copy of a copy
+    running.apply(ho.thermodynamic_state(), ho.sampler_state(), reference_cache())
+    restored = deserialize(serialize(running))  # what openmmtools reads back
+    continuing = copy.deepcopy(restored)
+    assert (continuing.stream, continuing.n_drawn) == (running.stream, 3)
+    assert restored.stream == running.stream + (running._n_copies,) and restored.n_drawn == 0  # an unused child stream
+    later = copy.deepcopy(continuing)  # the continuing move's next child skips the one the original took
+    assert later.stream == running.stream + (running._n_copies + 1,)
+    again = copy.deepcopy(restored)  # only the first copy continues; further copies branch off as usual
+    assert again.stream == restored.stream + (0,)
+    streams = [m.stream for m in (continuing, restored, later, again)]
+    assert len(set(streams)) == len(streams)
+    fresh = copy.deepcopy(move)  # control: a move that was not restored gives its copies new streams
+    assert fresh.stream != move.stream and fresh.n_drawn == 0
+
+
 # ---------------------------------------------------------------------------- item 4: versions of any proposal
 class Wrapper:
     """A plain (non-Module) proposal wrapping a torch module: 0.1 never noticed in-place training."""

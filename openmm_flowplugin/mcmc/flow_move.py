@@ -172,6 +172,7 @@ class FlowMCMove(mcmc.MCMCMove):
         self.stream = ()
         self.n_drawn = 0
         self._n_copies = 0
+        self._restored = False
         self._buffers = {}  # (id(proposal), stream, batch size) -> ProposalBuffer, shared by deep copies
         self._reset_transients()
         self.reset_statistics()
@@ -217,6 +218,7 @@ class FlowMCMove(mcmc.MCMCMove):
         context_cache : openmmtools.cache.ContextCache, optional
             Default: openmmtools' global context cache.
         """
+        self._restored = False  # used as it is: later copies branch off as usual
         context, _ = self._get_context_cache(context_cache).get_context(thermodynamic_state)
         atoms = self._moved_atoms(context.getSystem())
         sampler_state.apply_to_context(context, ignore_velocities=True)
@@ -345,8 +347,17 @@ class FlowMCMove(mcmc.MCMCMove):
         copy.proposal = self.proposal
         copy._topology = self._topology
         copy._buffers = self._buffers
-        copy.stream, copy.n_drawn, copy._n_copies = self.stream + (self._n_copies,), 0, 0
-        self._n_copies += 1
+        if self._restored:
+            # A move just read from storage, deep-copied by openmmtools' from_storage before use: the copy continues
+            # the stored stream (a resumed run draws what the uninterrupted run would have), and this object moves
+            # to its next unused child stream, so no draw is ever used by two objects.
+            copy.stream, copy.n_drawn, copy._n_copies = self.stream, self.n_drawn, self._n_copies + 1
+            self.stream, self.n_drawn, self._n_copies = self.stream + (self._n_copies,), 0, 0
+            self._restored = copy._restored = False
+        else:
+            copy.stream, copy.n_drawn, copy._n_copies = self.stream + (self._n_copies,), 0, 0
+            copy._restored = False
+            self._n_copies += 1
         memo[id(self)] = copy
         return copy
 
@@ -377,6 +388,7 @@ class FlowMCMove(mcmc.MCMCMove):
         else:  # stored by 0.1, which kept a numpy generator state: derive a root seed from it, continue after n_proposed
             self.seed, self.stream, self._n_copies = int(state["rng_state"]["state"]["state"]) % 2**63, (), 0
         self.n_drawn = int(state.get("n_drawn", state["n_proposed"]))
+        self._restored = True  # read from storage: its first deep copy continues its stream (see __deepcopy__)
         self.statistics = state
         self._reset_transients()
         if "proposal" in state:
