@@ -6,6 +6,10 @@ interrupted case (``--iterations`` is the total). Prints one table: ΔG ± stand
 energy evaluations of this process, and for the LJ fluids the comparison with the Johnson-Zollweg-Gubbins
 equation of state (full LJ), using the analytic tail correction for the truncated potential.
 
+``--method neural-ti`` (LJ cases) runs neural TI instead: endpoint MD, training, the exact path over
+``--nodes`` values of t with MBAR, and the amortized (approximate) estimate, in the same folder as the
+MBAR route's storage, so both routes of a case can be compared in one table.
+
 Run: ``python benchmarks/bench_solvation.py --cases lj-0.6 lj-0.8`` (LJ, N = 500, about 15 min each on
 2 cores at the defaults); ``--cases methane ethanol`` needs the ``solvation`` extra (AmberTools) and is an
 hour-scale job per molecule on 2 CPU cores (use ``--platform CUDA`` on a GPU machine).
@@ -17,6 +21,7 @@ from pathlib import Path
 
 from openmm_flowplugin.freeenergy import solvation_free_energy, solvation_system
 from openmm_flowplugin.freeenergy.lj_reference import jzg_excess_chemical_potential, lj_tail_correction_mu
+from openmm_flowplugin.freeenergy.neural_ti import neural_ti_free_energy
 
 CASES = {
     "lj-0.6": ("lj", dict(density=0.6, reduced_temperature=1.2)),
@@ -35,27 +40,41 @@ def main():
     parser.add_argument("--equilibration", type=int, default=20)
     parser.add_argument("--platform", default=None)
     parser.add_argument("--output", default="benchmarks/results/solvation")
+    parser.add_argument("--method", choices=["mbar", "neural-ti"], default="mbar")
+    parser.add_argument("--nodes", type=int, default=11)
+    parser.add_argument("--train-steps", type=int, default=500)
     args = parser.parse_args()
     rows = []
     for case in args.cases:
         preset, options = CASES[case]
         system = solvation_system(preset, **options)
         start = time.process_time()
-        result = solvation_free_energy(system, Path(args.output) / case, n_iterations=args.iterations, md_steps=args.md_steps,
-                                       equilibration_iterations=args.equilibration, platform=args.platform)
+        extra = ""
+        if args.method == "mbar":
+            result = solvation_free_energy(system, Path(args.output) / case, n_iterations=args.iterations, md_steps=args.md_steps,
+                                           equilibration_iterations=args.equilibration, platform=args.platform)
+            delta_g, error = result.delta_g, result.error
+            evaluations = sum(cost["energy_evaluations"] for cost in result.costs.values())
+        else:
+            neural = neural_ti_free_energy(system, Path(args.output) / case, nodes=args.nodes, n_train_steps=args.train_steps,
+                                           n_iterations=args.iterations, md_steps=args.md_steps,
+                                           equilibration_iterations=args.equilibration, platform=args.platform)
+            delta_g, error = -neural["delta_f_kT"], neural["error_kT"]
+            evaluations = sum(v for k, v in neural["costs"].items() if k != "cpu_seconds")
+            extra = (f"amortized (approximate) {-neural['amortized_delta_f_kT']:.3f} ± {neural['amortized_error_kT']:.3f} kT; "
+                     f"min. overlap {neural['path']['min_neighbour_overlap']:.3f}; ")
         cpu = time.process_time() - start
-        evaluations = sum(cost["energy_evaluations"] for cost in result.costs.values())
-        reference = ""
+        kT_kcal = system.solvent.kT / 4.184
+        reference = extra
         if preset == "lj":
             density, temperature = options["density"], options["reduced_temperature"]
-            full = result.delta_g_reduced + lj_tail_correction_mu(density, system.settings["cutoff_sigma"])
+            full = delta_g * temperature + lj_tail_correction_mu(density, system.settings["cutoff_sigma"])
             jzg = jzg_excess_chemical_potential(density, temperature)
-            error = result.error * temperature
-            reference = f"full LJ {full:.3f} ± {error:.3f} ε vs JZG {jzg:.3f} ε (z = {(full - jzg) / error:.1f})"
-        rows.append(f"| {case} | {result.delta_g_kcal:.3f} ± {result.error_kcal:.3f} | {result.delta_g:.3f} ± {result.error:.3f} | "
+            reference += f"full LJ {full:.3f} ± {error * temperature:.3f} ε vs JZG {jzg:.3f} ε (z = {(full - jzg) / (error * temperature):.1f})"
+        rows.append(f"| {case} | {args.method} | {delta_g * kT_kcal:.3f} ± {error * kT_kcal:.3f} | {delta_g:.3f} ± {error:.3f} | "
                     f"{cpu:.0f} | {evaluations:,} | {reference} |")
-    print("| case | ΔG, kcal/mol | ΔG, kT | CPU s (this process) | energy evaluations | reference |")
-    print("|---|---:|---:|---:|---:|---|")
+    print("| case | method | ΔG, kcal/mol | ΔG, kT | CPU s (this process) | energy evaluations | reference |")
+    print("|---|---|---:|---:|---:|---:|---|")
     print("\n".join(rows))
 
 

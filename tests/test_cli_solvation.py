@@ -18,7 +18,8 @@ def run(*args):
     (["--preset", "lj", "--padding", "1.0"], "--padding applies to molecules"),
     (["--preset", "lj", "--temperature", "300"], "reduced temperature"),
     (["--preset", "nope"], "Invalid value for '--preset'"),
-    (["--preset", "lj", "--method", "neural-ti"], "Invalid value for '--method'"),
+    (["--preset", "methane", "--method", "neural-ti"], "uncharged Lennard-Jones"),
+    (["--preset", "lj", "--method", "exp"], "Invalid value for '--method'"),
 ])
 def test_contradictory_input_is_one_line(tmp_path, args, message):
     result = run(*args, "-o", str(tmp_path / "out"))
@@ -39,6 +40,7 @@ def test_lj_preset_runs_writes_results_and_refuses_other_settings(tmp_path, monk
     first = run(*args, "--iterations", "10")
     assert first.exit_code == 0, first.output
     assert "ΔG_solv" in first.output and (out / "results.json").is_file() and (out / "solvent.nc").is_file()
+    assert (out / "results.md").read_text().strip() in first.output
     stored = json.loads((out / "results.json").read_text())
     assert stored["legs"]["solvent"]["n_iterations"] == 10 and stored["settings"]["timestep_ps"] > 0
     extended = run(*args, "--iterations", "20")  # resumes: 10 more iterations
@@ -46,3 +48,19 @@ def test_lj_preset_runs_writes_results_and_refuses_other_settings(tmp_path, monk
     assert json.loads((out / "results.json").read_text())["legs"]["solvent"]["n_iterations"] == 20
     other = run(*common, "--md-steps", "11", "--iterations", "30")
     assert other.exit_code == 2 and "holds another run" in other.output
+
+
+def test_neural_ti_method_runs_both_estimators(tmp_path, monkeypatch):
+    from openmm_flowplugin._systems.lj_fluids import lj_fluid
+    from openmm_flowplugin.freeenergy import presets
+
+    monkeypatch.setattr(presets, "_builder", lambda path: lambda **options: lj_fluid(n_particles=36, density=0.5, cutoff=2.0))
+    out = tmp_path / "nti"
+    result = run("--preset", "lj", "-o", str(out), "--method", "neural-ti", "--nodes", "4", "--train-steps", "5", "--samples", "8",
+                 "--iterations", "10", "--md-steps", "10", "--equilibration", "2", "--platform", "Reference", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "exact path" in result.output and "amortized (approximate)" in result.output
+    stored = json.loads((out / "neural_ti.json").read_text())
+    assert stored["nodes"] == pytest.approx([1.0, 2 / 3, 1 / 3, 0.0]) and len(stored["training_loss"]) == 5
+    for name in ("neural_ti_samples.npz", "neural_ti_model.pt", "neural_ti_path.nc"):
+        assert (out / name).is_file()

@@ -20,6 +20,8 @@ from openmm_flowplugin.freeenergy.alchemical import LambdaSchedule, alchemical_l
 from openmm_flowplugin.freeenergy.mbar_route import analyze_leg, run_leg
 from openmm_flowplugin.freeenergy.solvation import solvation_free_energy
 
+from _widom import widom_mu
+
 N_SIGMA = 4.0
 FLUID = dict(n_particles=36, density=0.5, reduced_temperature=1.5, cutoff=2.0)
 SCHEDULE = LambdaSchedule(electrostatics=[1, 0, 0, 0, 0, 0], sterics=[1, 0.8, 0.6, 0.4, 0.2, 0])
@@ -33,39 +35,6 @@ def test_schedules_refuse_what_openmmtools_cannot_do():
                                     ([1, 0, 0], [1, 0, 0])):  # repeats a state
         with pytest.raises(InvalidInputError):
             LambdaSchedule(electrostatics, sterics)
-
-
-def widom_mu(fluid, n_frames=400, steps_per_frame=100, insertions=400, seed=3):
-    """mu_ex / kT by Widom insertion, with its standard error from 20 blocks of frames."""
-    system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(fluid.solvent.system))
-    nonbonded = next(f for f in system.getForces() if isinstance(f, openmm.NonbondedForce))
-    charge, sigma, epsilon = nonbonded.getParticleParameters(0)
-    nonbonded.setParticleParameters(0, charge, sigma, 0.0)  # the solute does not interact: N - 1 particles remain
-    sig = sigma.value_in_unit(unit.nanometer)
-    eps = nonbonded.getParticleParameters(1)[2].value_in_unit(unit.kilojoule_per_mole)
-    cutoff = nonbonded.getCutoffDistance().value_in_unit(unit.nanometer)
-    kT = fluid.solvent.kT
-    integrator = openmm.LangevinMiddleIntegrator(fluid.temperature, 5.0, 0.01)
-    integrator.setRandomNumberSeed(seed)
-    context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("Reference"))
-    context.setPositions(fluid.solvent.positions)
-    context.setVelocitiesToTemperature(fluid.temperature, seed)
-    integrator.step(2000)
-    box = context.getState().getPeriodicBoxVectors(asNumpy=True)._value[0, 0]
-    rng = np.random.default_rng(seed)
-    boltzmann = np.empty(n_frames)
-    for frame in range(n_frames):
-        integrator.step(steps_per_frame)
-        x = context.getState(positions=True).getPositions(asNumpy=True)._value[1:]
-        trial = rng.uniform(0, box, (insertions, 3))
-        d = trial[:, None, :] - x[None, :, :]
-        r2 = ((d - box * np.round(d / box)) ** 2).sum(-1)
-        s6 = (sig**2 / r2) ** 3
-        energy = np.where(r2 < cutoff**2, 4 * eps * (s6 * s6 - s6), 0.0).sum(1)
-        boltzmann[frame] = np.exp(-energy / kT).mean()
-    blocks = boltzmann.reshape(20, -1).mean(1)
-    mean, se = blocks.mean(), blocks.std(ddof=1) / math.sqrt(len(blocks))
-    return -math.log(mean), se / mean
 
 
 @pytest.fixture(scope="module")

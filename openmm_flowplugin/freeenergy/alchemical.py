@@ -109,6 +109,9 @@ class AlchemicalLeg:
     thermodynamic_states : list of openmmtools.states.CompoundThermodynamicState
         One per λ, fully coupled first.
     pressure : openmm.unit.Quantity or None
+    record : dict
+        Plain data identifying anything else the states depend on (e.g. learned weights); stored with the
+        leg's run, so storage made with something else is never resumed.
     """
 
     name: str
@@ -118,6 +121,7 @@ class AlchemicalLeg:
     schedule: LambdaSchedule
     thermodynamic_states: list = field(repr=False)
     pressure: unit.Quantity = None
+    record: dict = field(default_factory=dict)
 
     def sampler_state(self):
         """An openmmtools ``SamplerState`` at the system's starting positions and box."""

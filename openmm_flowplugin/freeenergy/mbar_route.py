@@ -76,7 +76,8 @@ def _leg_record(leg, md_steps, timestep_fs, collision_rate, equilibration_iterat
             "solute_atoms": leg.solute_atoms, "schedule": leg.schedule.to_dict(), "md_steps": int(md_steps),
             "timestep_fs": float(timestep_fs), "collision_rate_per_ps": float(collision_rate),
             "temperature_K": float(leg.molecular_system.temperature.value_in_unit(unit.kelvin)),
-            "pressure_atm": None if leg.pressure is None else float(leg.pressure.value_in_unit(unit.atmosphere))}
+            "pressure_atm": None if leg.pressure is None else float(leg.pressure.value_in_unit(unit.atmosphere)),
+            **leg.record}
 
 
 def _stored_record(storage):

@@ -1,0 +1,101 @@
+"""Neural TI: exact end states of U_θ for any θ, the OpenMM table of the learned term against torch, ∂U/∂t by
+autograd against finite differences, and the exact-path estimate against Widom insertion (tests/_widom.py)."""
+
+import math
+
+import numpy as np
+import openmm
+import pytest
+import torch
+from openmm import unit
+
+from openmm_flowplugin.freeenergy import LambdaSchedule, alchemical_leg, analyze_leg, run_leg, solvation_system
+from openmm_flowplugin.freeenergy import neural_ti as nti
+
+from _widom import widom_mu
+
+N_SIGMA = 4.0
+SCHEDULE = LambdaSchedule(electrostatics=[1, 0, 0, 0, 0, 0], sterics=[1, 0.8, 0.6, 0.4, 0.2, 0])
+REFERENCE = openmm.Platform.getPlatformByName("Reference")
+
+
+@pytest.fixture(scope="module")
+def leg():
+    fluid = solvation_system("lj", n_particles=36, density=0.5, reduced_temperature=1.5, cutoff=2.0)
+    return alchemical_leg(fluid.solvent, fluid.solute_atoms, schedule=SCHEDULE)
+
+
+@pytest.fixture(scope="module")
+def random_phi(leg):
+    phi = nti.PairPotential(nti._cutoff(leg))
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for parameter in phi.parameters():
+            parameter.copy_(0.5 * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
+    return phi
+
+
+def _state(system, positions, t, lam=None):
+    context = openmm.Context(system, openmm.VerletIntegrator(0.001), REFERENCE)
+    context.setPositions(positions)
+    context.setParameter("lambda_sterics", t if lam is None else lam)
+    if nti.T_PARAMETER in [system.getForce(i).getGlobalParameterName(j) for i in range(system.getNumForces())
+                           for j in range(getattr(system.getForce(i), "getNumGlobalParameters", lambda: 0)())]:
+        context.setParameter(nti.T_PARAMETER, t)
+    state = context.getState(energy=True, forces=True)
+    return state.getPotentialEnergy()._value, state.getForces(asNumpy=True)._value
+
+
+def test_end_states_are_exact_for_any_weights(leg, random_phi):
+    path = nti.exact_path_leg(leg, random_phi, nodes=3)
+    x = leg.molecular_system.positions_nm + 0.01 * np.random.default_rng(0).standard_normal((leg.molecular_system.n_atoms, 3))
+    for t in (0.0, 1.0):
+        energy, forces = _state(path.alchemical_system, x, t)
+        energy_phys, forces_phys = _state(leg.alchemical_system, x, t)
+        assert energy == pytest.approx(energy_phys, rel=1e-12, abs=1e-9)
+        np.testing.assert_allclose(forces, forces_phys, rtol=1e-10, atol=1e-8)
+    # Control: between the ends the learned term is there
+    assert abs(_state(path.alchemical_system, x, 0.5)[0] - _state(leg.alchemical_system, x, 0.5)[0]) > 1e-3
+
+
+def test_openmm_table_and_dU_dt_match_torch(leg, random_phi):
+    path = nti.exact_path_leg(leg, random_phi, nodes=3)
+    x = leg.molecular_system.positions_nm
+    box = leg.alchemical_system.getDefaultPeriodicBoxVectors()[0][0].value_in_unit(unit.nanometer)
+    t = 0.37
+    learned_openmm = _state(path.alchemical_system, x, t)[0] - _state(leg.alchemical_system, x, t)[0]
+    t_torch = torch.tensor(t, dtype=torch.float64, requires_grad=True)
+    learned_torch = random_phi.learned_energy(torch.tensor(x)[None], t_torch, 0, box)[0]
+    (dudt_torch,) = torch.autograd.grad(learned_torch, t_torch)
+    assert abs(learned_torch.item()) > 0.1  # a non-trivial learned term
+    assert learned_openmm == pytest.approx(learned_torch.item(), rel=2e-3)  # bicubic table of φ(r, t)
+    h = 1e-4  # ∂/∂t of the learned term in OpenMM (neural_ti_t only; λ fixed) by central differences
+    up = _state(path.alchemical_system, x, t + h, lam=t)[0] - _state(leg.alchemical_system, x, t)[0]
+    down = _state(path.alchemical_system, x, t - h, lam=t)[0] - _state(leg.alchemical_system, x, t)[0]
+    assert (up - down) / (2 * h) == pytest.approx(dudt_torch.item(), rel=5e-3)
+    # Control: without the t (1 - t) factor's derivative the comparison fails
+    assert abs(random_phi(torch.tensor([0.3]), torch.tensor(t)).item()) > 0
+    assert abs((up - down) / (2 * h) - t * (1 - t) * dudt_torch.item()) > 0.05 * abs(dudt_torch.item())
+
+
+def test_exact_path_estimate_agrees_with_widom_insertion(leg, tmp_path):
+    samples = nti.sample_endpoints(leg, 32, steps_between=50, equilibration_steps=500, platform="Reference")
+    phi, history = nti.train_neural_ti(leg, samples, n_steps=30, batch_size=8, platform="Reference", progress=False)
+    assert all(math.isfinite(v) for v in history)
+    amortized, amortized_error = nti.amortized_delta_f(leg, samples, phi, n_points=64, platform="Reference")
+    assert math.isfinite(amortized) and amortized_error > 0
+    path = nti.exact_path_leg(leg, phi, nodes=6)
+    run_leg(path, tmp_path / "path.nc", 60, md_steps=50, timestep=20.0, platform="Reference", progress=False,
+            equilibration_iterations=5)
+    exact = analyze_leg(tmp_path / "path.nc")
+    mu_widom, se_widom = widom_mu(solvation_system("lj", n_particles=36, density=0.5, reduced_temperature=1.5, cutoff=2.0))
+    assert exact.min_neighbour_overlap > 0.03
+    z = (-exact.delta_f - mu_widom) / math.hypot(exact.error, se_widom)  # mu_ex = f(coupled) - f(decoupled)
+    assert abs(z) < N_SIGMA, (exact.delta_f, exact.error, mu_widom, se_widom)
+    # Control: the comparison resolves the sign of the free energy (decoupling vs insertion)
+    assert abs((exact.delta_f - mu_widom) / math.hypot(exact.error, se_widom)) > N_SIGMA
+    # Storage made with other weights is never resumed into this run
+    other = nti.exact_path_leg(leg, nti.PairPotential(nti._cutoff(leg)), nodes=6)
+    with pytest.raises(Exception, match="another run"):
+        run_leg(other, tmp_path / "path.nc", 70, md_steps=50, timestep=20.0, platform="Reference", progress=False,
+                equilibration_iterations=5)
