@@ -2,9 +2,9 @@
 
 A time-dependent potential with exact end states,
 
-    U_θ(x, t) = U_phys(x; λ_sterics = t) + t (1 - t) Σ_j φ_θ(|r_solute - r_j|, t),
+    U_θ(x, t) = U_phys(x; λ_sterics = t) + t (1 - t) Σ_j φ_θ(r_j, t),
 
-t = 0 the decoupled solute, t = 1 the coupled one (openmmtools' soft-core alchemical path in between),
+with r_j the distance of solvent particle j to the solute, t = 0 the decoupled solute, t = 1 the coupled one (openmmtools' soft-core alchemical path in between),
 is trained by target score matching on endpoint samples only (OpenMM MD at t = 0 and t = 1): along the
 interpolant x_t = x_0 + t (x_1 - x_0) between paired samples, ∇U_θ(x_t, t) regresses onto
 ∇U_0(x_0) / (1 - t) for t < 1/2 and onto ∇U_1(x_1) / t above (reduced units; arXiv 2406.02313 and
@@ -94,7 +94,7 @@ class PairPotential(nn.Module):
         return value * switch
 
     def learned_energy(self, x, t, solute, box):
-        """t (1 - t) Σ_j φ(|r_solute - r_j|, t) in kJ/mol for positions ``x`` (batch, n, 3) nm in a cubic box (nm)."""
+        """``t (1 - t) Σ_j φ(r_j, t)`` in kJ/mol (r_j: solute-solvent distances, minimum image) for ``x`` (batch, n, 3) nm, cubic ``box`` (nm)."""
         d = x - x[:, solute : solute + 1]
         d = d - box * torch.round(d / box)
         mask = torch.ones(x.shape[1], dtype=torch.bool)
