@@ -21,6 +21,7 @@ __all__ = [
     "custom_cv_force",
 ]
 
+import abc
 import copy
 import math
 
@@ -39,7 +40,7 @@ from ..units import (
 )
 
 
-class CollectiveVariable(torch.nn.Module):
+class CollectiveVariable(torch.nn.Module, abc.ABC):
     """Base class: ``cv(x, box=None)`` -> values of shape (batch,); subclasses write ``_compute`` and ``to_openmm_force``.
 
     Attributes
@@ -67,12 +68,13 @@ class CollectiveVariable(torch.nn.Module):
             raise InvalidInputError(f"a box was given but {type(self).__name__} is not periodic: construct it with periodic=True, or drop box.")
         return self._compute(_as_positions(x, self.atoms, type(self).__name__), box)
 
+    @abc.abstractmethod
     def _compute(self, x, box):
-        raise NotImplementedError
+        """CV values of checked positions ``x`` (batch, n_atoms, 3) as a tensor of shape (batch,)."""
 
+    @abc.abstractmethod
     def to_openmm_force(self):
         """An OpenMM ``Force`` whose potential energy (kJ/mol, as a number) equals the CV value."""
-        raise NotImplementedError
 
 
 class Torsion(CollectiveVariable):
