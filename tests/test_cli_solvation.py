@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -57,10 +58,20 @@ def test_neural_ti_method_runs_both_estimators(tmp_path, monkeypatch):
     monkeypatch.setattr(presets, "_builder", lambda path: lambda **options: lj_fluid(n_particles=36, density=0.5, cutoff=2.0))
     out = tmp_path / "nti"
     result = run("--preset", "lj", "-o", str(out), "--method", "neural-ti", "--nodes", "4", "--train-steps", "5", "--samples", "8",
-                 "--iterations", "10", "--md-steps", "10", "--equilibration", "2", "--platform", "Reference", "--no-progress")
+                 "--iterations", "10", "--md-steps", "10", "--equilibration", "2", "--checkpoint-interval", "2",
+                 "--platform", "Reference", "--no-progress")
     assert result.exit_code == 0, result.output
-    assert "exact path" in result.output and "amortized (approximate)" in result.output
+    assert "exact path" in result.output and "amortized (approximate)" in result.output and "TI: trapezoid" in result.output
     stored = json.loads((out / "neural_ti.json").read_text())
     assert stored["nodes"] == pytest.approx([1.0, 2 / 3, 1 / 3, 0.0]) and len(stored["training_loss"]) == 5
-    for name in ("neural_ti_samples.npz", "neural_ti_model.pt", "neural_ti_path.nc"):
+    for name in ("neural_ti_samples.npz", "neural_ti_model.pt", "neural_ti_path.nc", "neural_ti.md", "dudl.png"):
         assert (out / name).is_file()
+    assert (out / "neural_ti.md").read_text().strip() in result.output
+    ti = stored["ti"]
+    assert ti["profile"]["lambdas"] == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0]) and ti["quadrature_error_kT"] is not None
+    assert ti["delta_f_kT"] == pytest.approx(-np.trapezoid(ti["profile"]["mean"], ti["profile"]["lambdas"]))
+    # dudl.png draws the stored ⟨∂u/∂t⟩ at the nodes, with its error bars
+    from openmm_flowplugin.freeenergy._dudl import write_dudl_plot
+
+    x, y, yerr = write_dudl_plot(out)["learned path (neural TI), dU/dt (lambda_sterics)"]
+    assert x == ti["profile"]["lambdas"] and y == ti["profile"]["mean"] and yerr == pytest.approx(ti["profile"]["error"])

@@ -18,9 +18,11 @@ from openmm_flowplugin._systems.lj_fluids import lj_fluid
 from openmm_flowplugin.errors import InvalidInputError
 from openmm_flowplugin.freeenergy.alchemical import LambdaSchedule, alchemical_leg, default_schedule
 from openmm_flowplugin.freeenergy.mbar_route import analyze_leg, run_leg
+from openmm_flowplugin.freeenergy._dudl import derivative_profiles, write_dudl_plot
 from openmm_flowplugin.freeenergy.solvation import solvation_free_energy
 
 from _widom import widom_mu
+from test_path_ti import _exact_decoupled_dudt
 
 N_SIGMA = 4.0
 FLUID = dict(n_particles=36, density=0.5, reduced_temperature=1.5, cutoff=2.0)
@@ -42,7 +44,7 @@ def lj_run(tmp_path_factory):
     fluid = lj_fluid(**FLUID)
     leg = alchemical_leg(fluid.solvent, fluid.solute_atoms, schedule=SCHEDULE)
     storage = tmp_path_factory.mktemp("mbar") / "solvent.nc"
-    run_leg(leg, storage, 120, md_steps=50, timestep=20.0, checkpoint_interval=10, platform="Reference", progress=False)
+    run_leg(leg, storage, 120, md_steps=50, timestep=20.0, checkpoint_interval=1, platform="Reference", progress=False)
     return fluid, leg, storage, analyze_leg(storage)
 
 
@@ -56,6 +58,18 @@ def test_mbar_excess_chemical_potential_agrees_with_widom_insertion(lj_run):
     # Control: the sign convention matters (decoupling vs inserting) and is resolved by the comparison
     assert abs((estimate.delta_f - mu_widom) / math.hypot(estimate.error, se_widom)) > N_SIGMA
     assert len(estimate.forward) == len(estimate.reverse) == 5 and estimate.forward[-1][1] == pytest.approx(estimate.delta_f)
+
+
+def test_dudl_at_the_decoupled_state_equals_its_exact_value(lj_run):
+    """⟨∂u/∂λ_sterics⟩ at λ = 0 (uniform solute): (N - 1)/V ∫ β 4ε x (x - 1) 4πr² dr, x = 1/(α + (r/σ)^6)."""
+    _, leg, storage, estimate = lj_run
+    (profile,) = derivative_profiles(leg, storage, estimate.n_equilibration)  # uncharged: the sterics stage only
+    assert profile.parameter == "lambda_sterics" and profile.states == [5, 4, 3, 2, 1, 0]
+    assert profile.lambdas == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0]) and min(profile.n_samples) >= 5
+    exact = _exact_decoupled_dudt(leg, None, with_learned=False)
+    assert abs(profile.mean[0] - exact) < N_SIGMA * profile.error[0], (profile.mean[0], profile.error[0], exact)
+    # Control: the profile read in schedule order (coupled state first) is resolved as wrong
+    assert abs(profile.mean[-1] - exact) > N_SIGMA * profile.error[0], (profile.mean[-1], exact)
 
 
 _RESUME_SCRIPT = """
@@ -93,9 +107,17 @@ def test_solvation_workflow_writes_results_and_resumes(tmp_path):
                                    platform="Reference", progress=False)
     assert set(result.legs) == {"solvent"} and result.delta_g == pytest.approx(-result.legs["solvent"].delta_f)
     assert result.delta_g_reduced == pytest.approx(result.delta_g * 1.5)  # T* = 1.5: kT = 1.5 epsilon
-    for name in ("results.json", "results.md", "overlap.png", "solvent.nc"):
+    for name in ("results.json", "results.md", "overlap.png", "dudl.png", "solvent.nc"):
         assert (tmp_path / name).is_file()
     assert "ΔG_solv" in (tmp_path / "results.md").read_text()
+    # dudl.png draws exactly the computed ⟨∂u/∂λ⟩ (read back from the figure's artists)
+    (profile,) = result.dudl["solvent"]
+    drawn = write_dudl_plot(tmp_path)
+    assert set(drawn) == {"solvent leg, alchemical MBAR route (lambda_sterics)"}
+    x, y, yerr = drawn["solvent leg, alchemical MBAR route (lambda_sterics)"]
+    assert x == profile.lambdas and len(y) == 6 and all(math.isfinite(v) for v in y)
+    np.testing.assert_array_equal(y, profile.mean)
+    np.testing.assert_allclose(yerr, [e for e in profile.error if math.isfinite(e)], rtol=1e-12)
     again = solvation_free_energy(fluid, tmp_path, n_iterations=20, md_steps=20, timestep=10.0, schedule=SCHEDULE,
                                   platform="Reference", progress=False)
     assert again.delta_g == result.delta_g  # read back from storage, nothing re-run

@@ -1,5 +1,6 @@
 """Neural TI: exact end states of U_θ for any θ, the OpenMM table of the learned term against torch, ∂U/∂t by
-autograd against finite differences, and the exact-path estimate against Widom insertion (tests/_widom.py)."""
+autograd against finite differences, the exact-path estimate against Widom insertion (tests/_widom.py), and
+TI over the same samples against MBAR (more on TI in test_path_ti.py)."""
 
 import math
 
@@ -85,8 +86,8 @@ def test_exact_path_estimate_agrees_with_widom_insertion(leg, tmp_path):
     amortized, amortized_error = nti.amortized_delta_f(leg, samples, phi, n_points=64, platform="Reference")
     assert math.isfinite(amortized) and amortized_error > 0
     path = nti.exact_path_leg(leg, phi, nodes=6)
-    run_leg(path, tmp_path / "path.nc", 60, md_steps=50, timestep=20.0, platform="Reference", progress=False,
-            equilibration_iterations=5)
+    run_leg(path, tmp_path / "path.nc", 100, md_steps=50, timestep=20.0, checkpoint_interval=1, platform="Reference",
+            progress=False, equilibration_iterations=5)
     exact = analyze_leg(tmp_path / "path.nc")
     mu_widom, se_widom = widom_mu(solvation_system("lj", n_particles=36, density=0.5, reduced_temperature=1.5, cutoff=2.0))
     assert exact.min_neighbour_overlap > 0.03
@@ -94,6 +95,16 @@ def test_exact_path_estimate_agrees_with_widom_insertion(leg, tmp_path):
     assert abs(z) < N_SIGMA, (exact.delta_f, exact.error, mu_widom, se_widom)
     # Control: the comparison resolves the sign of the free energy (decoupling vs insertion)
     assert abs((exact.delta_f - mu_widom) / math.hypot(exact.error, se_widom)) > N_SIGMA
+    # TI over the same samples (trapezoid over the 6 nodes) agrees with MBAR within the combined statistical
+    # errors plus its quadrature error estimate, and with Widom insertion
+    ti = nti.path_ti(path, tmp_path / "path.nc", exact.n_equilibration)
+    assert ti["profile"]["lambdas"] == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0]) and min(ti["profile"]["n_samples"]) > 50
+    tolerance = N_SIGMA * math.hypot(ti["statistical_error_kT"], exact.error) + ti["quadrature_error_kT"]
+    assert abs(ti["delta_f_kT"] - exact.delta_f) < tolerance, (ti, exact.delta_f, exact.error)
+    tolerance = N_SIGMA * math.hypot(ti["statistical_error_kT"], se_widom) + ti["quadrature_error_kT"]
+    assert abs(-ti["delta_f_kT"] - mu_widom) < tolerance, (ti, mu_widom, se_widom)
+    # Control: TI with the sign of ⟨∂u/∂t⟩ flipped is resolved as wrong by the same comparison
+    assert abs(ti["delta_f_kT"] - mu_widom) > tolerance, (ti, mu_widom, se_widom)
     # Storage made with other weights is never resumed into this run
     other = nti.exact_path_leg(leg, nti.PairPotential(nti._cutoff(leg)), nodes=6)
     with pytest.raises(Exception, match="another run"):

@@ -2,7 +2,8 @@
 
 ``ΔG_solv = ΔF_vacuum - ΔF_solvent``, each leg's ``ΔF = f(decoupled) - f(coupled)`` estimated by MBAR
 over replica exchange in its λ states (:mod:`~openmm_flowplugin.freeenergy.mbar_route`). The output
-folder holds each leg's resumable storage, ``results.json``, ``results.md`` and ``overlap.png``.
+folder holds each leg's resumable storage, ``results.json``, ``results.md``, ``overlap.png`` and ``dudl.png``
+(⟨∂u/∂λ⟩ against λ at each leg's states, from the stored configurations: ``_dudl``).
 """
 
 __all__ = ["SolvationResult", "solvation_free_energy"]
@@ -16,6 +17,7 @@ from pathlib import Path
 from openmm import unit
 
 from ..errors import InvalidInputError
+from ._dudl import derivative_profiles, write_dudl_plot
 from .alchemical import alchemical_leg
 from .mbar_route import analyze_leg, kT_in, run_leg
 
@@ -36,6 +38,11 @@ class SolvationResult:
         Per leg: iterations, states, MD steps and energy evaluations, CPU seconds of this process.
     settings : dict
         The system's settings and the run's (schedule, MD steps, time step...).
+    reduced_units : dict or None
+        ``{"sigma_nm", "epsilon_kJ_mol"}`` for LJ systems.
+    dudl : dict or None
+        Per leg, a list of ``_dudl.DerivativeProfile``: ⟨∂u/∂λ⟩ (kT) at the states of each stage
+        (electrostatics, sterics), the values drawn in ``dudl.png``.
     """
 
     name: str
@@ -46,6 +53,7 @@ class SolvationResult:
     costs: dict = field(repr=False)
     settings: dict = field(repr=False)
     reduced_units: dict = None
+    dudl: dict = field(default=None, repr=False)
 
     @property
     def delta_g_kcal(self):
@@ -66,7 +74,8 @@ class SolvationResult:
         return {"name": self.name, "method": "alchemical MBAR (openmmtools replica exchange + pymbar)",
                 "delta_g_kT": self.delta_g, "error_kT": self.error, "delta_g_kcal_mol": self.delta_g_kcal,
                 "error_kcal_mol": self.error_kcal, "delta_g_epsilon": self.delta_g_reduced, "temperature_K": self.temperature_K,
-                "legs": {name: leg.to_dict() for name, leg in self.legs.items()}, "costs": self.costs, "settings": self.settings}
+                "legs": {name: leg.to_dict() for name, leg in self.legs.items()}, "costs": self.costs, "settings": self.settings,
+                "dudl": {name: [p.to_dict() for p in profiles] for name, profiles in (self.dudl or {}).items()}}
 
     def to_markdown(self):
         kcal = kT_in(self.temperature_K)
@@ -86,6 +95,12 @@ class SolvationResult:
         for name, leg in self.legs.items():
             pairs = ", ".join(f"{f:.0%}: {a:.3f} / {b:.3f}" for (f, a, _), (_, b, _) in zip(leg.forward, leg.reverse))
             lines.append(f"- {name}: {pairs}")
+        if self.dudl:
+            lines += ["", "⟨∂u/∂λ⟩ (kT) at the states, from the stored configurations (dudl.png):", ""]
+            for name, profiles in self.dudl.items():
+                for p in profiles:
+                    values = ", ".join(f"{x:g}: {'–' if m is None or m != m else f'{m:.2f}'}" for x, m in zip(p.lambdas, p.mean))
+                    lines.append(f"- {name}, {p.parameter}: {values}")
         return "\n".join(lines) + "\n"
 
 
@@ -98,7 +113,10 @@ def solvation_free_energy(solvation_system, output_dir, n_iterations=500, md_ste
     solvation_system : SolvationSystem
     output_dir : str or Path
         Holds ``solvent.nc``/``vacuum.nc`` (openmmtools storage, resumed when present), ``results.json``,
-        ``results.md`` and ``overlap.png``.
+        ``results.md``, ``overlap.png`` and ``dudl.png`` (⟨∂u/∂λ⟩ against λ_electrostatics and λ_sterics at
+        each leg's states, with neural TI's ⟨∂u/∂t⟩ if :func:`~.neural_ti.neural_ti_free_energy` ran in the
+        same folder; the derivatives are finite differences at the checkpointed configurations, costing two
+        or three evaluations of the λ-dependent forces per state and checkpoint, see ``_dudl``).
     n_iterations : int
         Replica-exchange iterations per leg (total, including those already stored).
     md_steps : int
@@ -123,7 +141,7 @@ def solvation_free_energy(solvation_system, output_dir, n_iterations=500, md_ste
     if timestep is None:
         timestep = 1000.0 * solvation_system.settings.get("timestep_ps", 0.002)
     temperature = solvation_system.temperature.value_in_unit(unit.kelvin)
-    legs, costs = {}, {}
+    legs, costs, dudl = {}, {}, {}
     plan = [("solvent", solvation_system.solvent, solvation_system.solute_atoms, solvation_system.pressure)]
     if solvation_system.vacuum is not None:
         plan.append(("vacuum", solvation_system.vacuum, list(range(solvation_system.n_solute_atoms)), None))
@@ -138,6 +156,7 @@ def solvation_free_energy(solvation_system, output_dir, n_iterations=500, md_ste
                 equilibration_iterations=equilibration_iterations, platform=platform, progress=progress)
         cpu = time.process_time() - start
         legs[name] = analyze_leg(output_dir / f"{name}.nc")
+        dudl[name] = derivative_profiles(leg, output_dir / f"{name}.nc", legs[name].n_equilibration)
         n_states = leg.schedule.n_states
         costs[name] = {"iterations": n_iterations, "states": n_states, "md_steps": n_iterations * n_states * md_steps,
                        "energy_evaluations": n_iterations * n_states * (md_steps + n_states),
@@ -150,10 +169,11 @@ def solvation_free_energy(solvation_system, output_dir, n_iterations=500, md_ste
                     timestep_fs=float(timestep.value_in_unit(unit.femtosecond)) if unit.is_quantity(timestep) else float(timestep),
                     collision_rate=str(collision_rate))
     result = SolvationResult(solvation_system.name, delta_g, error, temperature, legs, costs, settings,
-                             solvation_system.reduced_units)
+                             solvation_system.reduced_units, dudl)
     (output_dir / "results.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
     (output_dir / "results.md").write_text(result.to_markdown())
     _plot_overlaps(legs, output_dir / "overlap.png")
+    write_dudl_plot(output_dir)
     return result
 
 

@@ -1,0 +1,89 @@
+"""Thermodynamic integration along the neural-TI path (neural_ti.path_ti, freeenergy._dudl): the trapezoid rule,
+its propagated statistical error and Simpson-based quadrature error on analytic integrands, and the sampled
+⟨∂u/∂t⟩ at the decoupled node against its exact value (the solute is then uniform and independent of the solvent,
+so ⟨Σ_j g(r_j)⟩ = ρ ∫ g(r) 4πr² dr). TI against MBAR on the same run is in test_neural_ti.py."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.integrate import quad
+
+from openmm_flowplugin.freeenergy import LambdaSchedule, alchemical_leg, run_leg, solvation_system
+from openmm_flowplugin.freeenergy import neural_ti as nti
+from openmm_flowplugin.freeenergy._dudl import trapezoid_ti
+
+N_SIGMA = 4.0
+
+
+def test_trapezoid_ti_on_analytic_integrands():
+    x = np.linspace(0.0, 1.0, 11)
+    cubic = 1.0 + 2.0 * x - 3.0 * x**2 + 4.0 * x**3  # ∫₀¹ = 1 + 1 - 1 + 1 = 2; Simpson is exact for cubics
+    ti = trapezoid_ti(x[::-1], cubic[::-1], np.full(11, 0.1))  # node order does not matter
+    trapezoid = float(np.trapezoid(cubic, x))
+    assert ti["delta_f_kT"] == pytest.approx(-trapezoid, abs=1e-12)  # ΔF = f(0) - f(1) = -∫
+    assert ti["simpson_delta_f_kT"] == pytest.approx(-2.0, abs=1e-12)
+    assert ti["quadrature_error_kT"] == pytest.approx(abs(trapezoid - 2.0), rel=1e-9)  # the true error, exactly
+    assert ti["quadrature_error_kT"] > 1e-3  # ... which is not negligible here
+    # a smooth non-polynomial integrand: the estimate is the true trapezoid error to O(h²)
+    smooth = np.exp(2.0 * x)
+    exact = (math.exp(2.0) - 1.0) / 2.0
+    ti = trapezoid_ti(x, smooth, np.zeros(11))
+    assert ti["quadrature_error_kT"] == pytest.approx(abs(np.trapezoid(smooth, x) - exact), rel=0.05)
+    # Control: a linear integrand has no quadrature error, and the estimate says so
+    assert trapezoid_ti(x, 3.0 - x, np.zeros(11))["quadrature_error_kT"] == pytest.approx(0.0, abs=1e-12)
+    # statistical error: the spread of the trapezoid over independent noisy means, unequal nodes and errors
+    nodes = np.array([0.0, 0.05, 0.15, 0.3, 0.5, 0.75, 1.0])
+    sigma = np.array([0.5, 1.0, 0.8, 0.3, 0.2, 0.2, 0.1])
+    rng = np.random.default_rng(0)
+    draws = [trapezoid_ti(nodes, np.sin(nodes) + sigma * rng.standard_normal(7), sigma)["delta_f_kT"] for _ in range(4000)]
+    reported = trapezoid_ti(nodes, np.sin(nodes), sigma)["statistical_error_kT"]
+    assert np.std(draws) == pytest.approx(reported, rel=0.05)
+    # Control: the unweighted error (as if the nodes were equally spaced) is resolved as wrong
+    assert abs(np.std(draws) - np.sqrt(np.sum(sigma**2)) / 6) > 0.1 * reported
+    assert trapezoid_ti([0.0, 1.0], [1.0, 2.0], [0.1, 0.1])["quadrature_error_kT"] is None  # Simpson needs 3 nodes
+
+
+def _exact_decoupled_dudt(leg, phi, with_learned=True):
+    """⟨∂_t u_θ⟩ at t = 0: (N - 1)/V ∫₀^rc β [∂_λ U_softcore(r)|λ=0 + φ(r, 0)] 4πr² dr (the solute is uniform)."""
+    import openmm
+
+    nonbonded = next(f for f in leg.molecular_system.system.getForces() if isinstance(f, openmm.NonbondedForce))
+    _, sigma, epsilon = (p._value for p in nonbonded.getParticleParameters(1))
+    cutoff = nonbonded.getCutoffDistance()._value
+    box = leg.alchemical_system.getDefaultPeriodicBoxVectors()[0][0]._value
+    beta, alpha, n = 1.0 / leg.molecular_system.kT, 0.5, leg.molecular_system.n_atoms
+
+    def integrand(r):
+        x = 1.0 / (alpha + (r / sigma) ** 6)  # openmmtools' soft-core: U = λ 4ε x (x - 1), x = 1/(α(1 - λ) + (r/σ)^6)
+        value = 4.0 * epsilon * x * (x - 1.0)
+        if with_learned:  # ∂_t [t (1 - t) φ(r, t)] at t = 0 is φ(r, 0)
+            with torch.no_grad():
+                value += phi(torch.tensor([r], dtype=torch.float64), torch.tensor(0.0)).item()
+        return beta * value * 4.0 * math.pi * r**2
+
+    return (n - 1) / box**3 * quad(integrand, 0.0, cutoff, limit=200)[0]
+
+
+def test_sampled_dudt_at_the_decoupled_node_equals_its_exact_value(tmp_path):
+    fluid = solvation_system("lj", n_particles=36, density=0.5, reduced_temperature=1.5, cutoff=2.0)
+    leg = alchemical_leg(fluid.solvent, fluid.solute_atoms, schedule=LambdaSchedule([1, 0, 0], [1, 0.5, 0]))
+    phi = nti.PairPotential(nti._cutoff(leg))
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for parameter in phi.parameters():
+            parameter.copy_(0.5 * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
+    path = nti.exact_path_leg(leg, phi, nodes=2)  # t = 1 and t = 0: the physical end states, whatever φ
+    run_leg(path, tmp_path / "path.nc", 100, md_steps=50, timestep=20.0, checkpoint_interval=1, platform="Reference",
+            progress=False, equilibration_iterations=5)
+    ti = nti.path_ti(path, tmp_path / "path.nc", n_equilibration=5)
+    profile = ti["profile"]
+    assert profile["lambdas"] == [0.0, 1.0] and profile["n_samples"] == [95, 95]
+    sampled, error = profile["mean"][0], profile["error"][0]
+    exact = _exact_decoupled_dudt(leg, phi)
+    assert abs(sampled - exact) < N_SIGMA * error, (sampled, error, exact)
+    # Control: without the learned term's ∂_t (the physical soft-core part only) the comparison fails
+    physical_only = _exact_decoupled_dudt(leg, phi, with_learned=False)
+    assert abs(sampled - physical_only) > N_SIGMA * error, (sampled, error, physical_only)
+    assert ti["delta_f_kT"] == pytest.approx(-0.5 * (profile["mean"][0] + profile["mean"][1]))  # two nodes: one trapezoid
