@@ -12,10 +12,13 @@ Public API (imported lazily, so ``import openmm_flowplugin`` stays fast and quie
   :class:`FlowMCIntegrator` (drop-in OpenMM integrator), :class:`FlowMCReporter`
 - Forces: :func:`as_openmm_force`, :func:`flow_potential`, :func:`parameter_derivative`,
   :func:`create_mixed_system` (TorchANI: :mod:`openmm_flowplugin.forces.ani`, extra ``[ani]``)
+- Free energies: :func:`solvation_system`, :func:`solvation_free_energy` (alchemical MBAR, neural TI);
+  the CV-biased diffusion sampler :class:`DiffusionSampler` with :class:`WellTemperedBias` and
+  :class:`NoiseSchedule`, :func:`free_energy_surface`
 - Speed: :func:`set_package_threads` (torch threads for the package's own work; default 1)
 
 Subpackages, one concept each: ``bridge``, ``geometry``, ``flows``, ``proposals``, ``mcmc``,
-``integrators``, ``forces``, ``analysis``, ``systems``, ``simulation``, ``cli``. Module paths of the
+``integrators``, ``forces``, ``freeenergy``, ``diffusion``, ``analysis``, ``systems``, ``simulation``, ``cli``. Module paths of the
 flat layout (``openmm_flowplugin.moves``, ``.python_force``, ...) still import, for stored data.
 """
 
@@ -59,6 +62,11 @@ _EXPORTS = {
     "create_mixed_system": ".forces.mixing",
     "solvation_system": ".freeenergy.presets",
     "solvation_free_energy": ".freeenergy.solvation",
+    # the CV-biased diffusion sampler and free-energy surfaces
+    "DiffusionSampler": ".diffusion.sampler",
+    "WellTemperedBias": ".diffusion.bias",
+    "NoiseSchedule": ".diffusion.schedule",
+    "free_energy_surface": ".analysis.fes",
     # speed
     "set_package_threads": "._threads",
 }

@@ -1,5 +1,6 @@
-"""Analysis of samples: importance weights and ESS, flow evaluation, plots."""
+"""Analysis of samples: importance weights and ESS, flow evaluation, free-energy surfaces, plots."""
 
+from .fes import BasinFreeEnergy, FreeEnergySurface, basin_free_energy_difference, fes_error, free_energy_surface
 from .evaluation import FlowEvaluation, backbone_dihedrals, evaluate_flow
 from .weights import effective_sample_size, importance_weights, weighted_fraction
 
@@ -10,4 +11,9 @@ __all__ = [
     "evaluate_flow",
     "FlowEvaluation",
     "backbone_dihedrals",
+    "free_energy_surface",
+    "basin_free_energy_difference",
+    "fes_error",
+    "FreeEnergySurface",
+    "BasinFreeEnergy",
 ]

@@ -1,4 +1,4 @@
-"""Command-line interface: ``openmm-flowplugin systems | simulate | train | evaluate | sample | md | solvation | demo``.
+"""Command-line interface: ``openmm-flowplugin systems | simulate | train | evaluate | sample | md | solvation | diffuse | demo``.
 
 One module per command. User errors (unknown system, missing or wrong file, shape mismatch, an
 existing output, an option value out of range) print one line and exit with status 2, without a
@@ -10,6 +10,7 @@ import sys
 import click
 
 from .demo_command import demo
+from .diffuse_command import diffuse
 from .evaluate_command import evaluate
 from .md_command import md
 from .sample_command import sample
@@ -46,7 +47,7 @@ def main():
     """Learned samplers for OpenMM: Boltzmann generators on ready-made systems."""
 
 
-for _command in (systems_command, simulate, train, evaluate, sample, md, solvation, demo):
+for _command in (systems_command, simulate, train, evaluate, sample, md, solvation, diffuse, demo):
     main.add_command(_command)
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,61 @@
+"""A first-in-first-out replay buffer of chain end points and their energy gradients.
+
+Examples
+--------
+>>> import torch
+>>> buffer = ReplayBuffer(capacity=4)
+>>> buffer.add(x_initial=torch.zeros(3, 2), x_final=torch.ones(3, 2), energy_gradient=torch.ones(3, 2))
+>>> buffer.add(x_initial=torch.zeros(3, 2), x_final=torch.ones(3, 2), energy_gradient=torch.ones(3, 2))
+>>> len(buffer)
+4
+"""
+
+__all__ = ["ReplayBuffer"]
+
+import torch
+
+from ..errors import InvalidInputError
+
+_FIELDS = ("x_initial", "x_final", "energy_gradient")
+
+
+class ReplayBuffer:
+    """The latest ``capacity`` (X_0, X_K, ∇u(X_K)) triples, float64.
+
+    Parameters
+    ----------
+    capacity : int
+    """
+
+    def __init__(self, capacity):
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+            raise InvalidInputError(f"buffer capacity must be a positive integer, got {capacity!r}.")
+        self.capacity = capacity
+        self.data = None
+
+    def __len__(self):
+        return 0 if self.data is None else len(self.data["x_final"])
+
+    def add(self, **tensors):
+        """Append rows (keywords ``x_initial``, ``x_final``, ``energy_gradient``), dropping the oldest beyond capacity."""
+        if set(tensors) != set(_FIELDS):
+            raise InvalidInputError(f"a buffer entry has the fields {_FIELDS}, got {sorted(tensors)}.")
+        new = {key: value.detach().to(torch.float64) for key, value in tensors.items()}
+        if self.data is not None:
+            new = {key: torch.cat([self.data[key], new[key]]) for key in _FIELDS}
+        self.data = {key: value[-self.capacity:] for key, value in new.items()}
+
+    def sample(self, n, generator):
+        """``n`` rows drawn uniformly with replacement, as a dict of tensors."""
+        if not len(self):
+            raise InvalidInputError("the replay buffer is empty: refill it before training.")
+        index = torch.randint(len(self), (n,), generator=generator)
+        return {key: value[index] for key, value in self.data.items()}
+
+    def state_dict(self):
+        """Plain tensors (for checkpoints)."""
+        return {} if self.data is None else dict(self.data)
+
+    def load_state_dict(self, state):
+        """Restore from :meth:`state_dict`."""
+        self.data = {key: torch.as_tensor(state[key], dtype=torch.float64) for key in _FIELDS} if state else None

@@ -1,0 +1,441 @@
+"""The CV-biased diffusion sampler: adjoint matching, corrector matching, a well-tempered bias, exact weights.
+
+Training alternates three things per iteration (Adjoint Sampling, Havens et al. 2025; Adjoint
+Schrödinger Bridge Sampling; WT-ASBS, Nam, Máté et al. 2025):
+
+1. *refill*: simulate ``batch_size`` chains with the current controller, evaluate u and ∇u at their end
+   points through the OpenMM bridge (one batch call), add them to the replay buffer, and deposit a
+   well-tempered hill at each end point's CVs;
+2. *adjoint matching*: regress u_θ(t, X_t) on −σ(t) [∇u(X_K) + β∇V(s(X_K)) + h(X_K)], X_t drawn from the
+   reference bridge between stored (X_0, X_K), h the corrector (exactly −X_K / V_K for the memoryless
+   source, learned otherwise);
+3. *corrector matching* (Gaussian source only): regress h_φ(X_K) on ∇ log p_ref(X_K | X_0).
+
+Training targets the biased density exp(−u − βV); nothing of it has to converge for the results to be
+right: :meth:`DiffusionSampler.sample` returns exact importance weights for the unbiased Boltzmann
+density (:mod:`.chain`), and training only buys effective sample size.
+"""
+
+__all__ = ["DiffusionSampler", "DiffusionSamples"]
+
+import dataclasses
+import hashlib
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import openmm
+import torch
+
+from .._threads import package_threads
+from ..analysis.weights import effective_sample_size
+from ..bridge import OpenMMEnergy
+from ..errors import InvalidInputError
+from ..proposals.streams import checked_root_seed, torch_generator
+from .buffer import ReplayBuffer
+from .chain import DivergedTrainingError, run_chains
+from .networks import Controller, Corrector
+from .schedule import NoiseSchedule
+
+CHECKPOINT_FORMAT = "openmm_flowplugin.diffusion/1"
+# Stream purposes (proposals.streams uses 0-2).
+_REFILL, _TRAIN, _SAMPLE, _INITIALISE = 10, 11, 12, 13
+
+
+@dataclasses.dataclass
+class DiffusionSamples:
+    """Independent samples of the sampler with exact importance weights for the Boltzmann density.
+
+    Attributes
+    ----------
+    positions : numpy.ndarray, shape=(n, n_atoms, 3)
+        nm.
+    reduced_energies : numpy.ndarray, shape=(n,)
+        u = U/kT (``inf`` where OpenMM could not evaluate: weight 0).
+    log_weights : numpy.ndarray, shape=(n,)
+        Exact, unnormalised log importance weights for exp(−u) (the main result).
+    cv_values : numpy.ndarray or None, shape=(n, 2)
+        The bias's CVs, if the sampler has a bias.
+    bias : numpy.ndarray or None, shape=(n,)
+        V(s) in kJ/mol at the samples (frozen bias).
+    kT : float
+        kJ/mol.
+    """
+
+    positions: np.ndarray
+    reduced_energies: np.ndarray
+    log_weights: np.ndarray
+    cv_values: np.ndarray
+    bias: np.ndarray
+    kT: float
+
+    @property
+    def ess_fraction(self):
+        """Kish effective sample size of the exact weights, as a fraction of the samples."""
+        return effective_sample_size(self.log_weights)
+
+    @property
+    def n_effective(self):
+        """Kish effective number of samples of the exact weights."""
+        return self.ess_fraction * len(self.log_weights)
+
+    @property
+    def approximate_log_weights(self):
+        """exp(+βV(s)) weights, exact only if the sampler had converged to exp(−u − βV): approximate."""
+        if self.bias is None:
+            raise InvalidInputError("these samples come from a sampler without a bias.")
+        return self.bias / self.kT
+
+
+class DiffusionSampler:
+    """An energy-trained diffusion sampler for an OpenMM system, optionally pushed by a well-tempered CV bias.
+
+    Parameters
+    ----------
+    molecular_system : MolecularSystem
+        From :mod:`openmm_flowplugin.systems` (``system``, ``temperature``, ``topology``).
+    bias : WellTemperedBias, optional
+        Deposited on during training, frozen in :meth:`sample`.
+    schedule : NoiseSchedule, optional
+        Default ``NoiseSchedule(sigma_max=2.0, sigma_min=0.01, n_steps=100)`` (nm).
+    hidden, n_layers : int
+        Size of the controller and corrector MLPs.
+    batch_size : int
+        Chains per refill (energy evaluations per iteration).
+    buffer_size : int, optional
+        Replay-buffer capacity (default 50 × ``batch_size``: a long memory keeps every basin the
+        sampler has visited in the regression, which counters mode collapse).
+    n_adjoint_steps, n_corrector_steps : int
+        Gradient steps per iteration for each objective.
+    training_batch_size : int
+        Buffer rows per gradient step.
+    learning_rate : float
+    max_gradient_norm : float or None
+        Clip each ∇u(X_K) (1/nm, u = U/kT) to this norm in the regression target (default 20): early
+        chains end far from the target where forces are huge, and unclipped targets make the drift
+        overshoot and training diverge. Only training sees it; the weights stay exact. ``None``: no clip.
+    n_snapshots, snapshot_interval : int
+        :meth:`sample` mixes the last ``n_snapshots`` controllers, saved every ``snapshot_interval``
+        iterations.
+    seed : int, optional
+        Root seed of every random stream (:mod:`openmm_flowplugin.proposals.streams`).
+    platform : str, optional
+        OpenMM platform of the energy bridge.
+
+    Examples
+    --------
+    >>> from openmm_flowplugin import systems
+    >>> from openmm_flowplugin.diffusion import DiffusionSampler, NoiseSchedule
+    >>> sampler = DiffusionSampler(systems.get("double_well_2d"), schedule=NoiseSchedule(2.0, 0.01, 20),
+    ...                            batch_size=32, n_adjoint_steps=5, seed=1)
+    >>> sampler.train(2)
+    >>> samples = sampler.sample(64)
+    >>> samples.positions.shape, samples.log_weights.shape
+    ((64, 1, 3), (64,))
+    """
+
+    def __init__(self, molecular_system, bias=None, schedule=None, hidden=128, n_layers=3, batch_size=256, buffer_size=None,
+                 n_adjoint_steps=50, n_corrector_steps=50, training_batch_size=256, learning_rate=3e-4, max_gradient_norm=20.0,
+                 n_snapshots=10, snapshot_interval=10, seed=None, platform=None):
+        self.molecular_system = molecular_system
+        self.bias = bias
+        self.schedule = schedule if schedule is not None else NoiseSchedule(2.0, 0.01, 100)
+        if not isinstance(self.schedule, NoiseSchedule):
+            raise InvalidInputError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}.")
+        self.n_atoms = molecular_system.system.getNumParticles()
+        self.energy = OpenMMEnergy(molecular_system.system, molecular_system.temperature, platform=platform)
+        self.kT = self.energy.kT
+        if bias is not None:
+            for cv in bias.cvs:
+                if max(cv.atoms) >= self.n_atoms:
+                    raise InvalidInputError(f"the CV {cv!r} reads atom {max(cv.atoms)}, but {molecular_system.name!r} has "
+                                            f"{self.n_atoms} atoms (indices 0..{self.n_atoms - 1}).")
+        if bias is not None and not math.isclose(bias.kT, self.kT, rel_tol=1e-9):
+            raise InvalidInputError(f"the bias was built for kT = {bias.kT:.4f} kJ/mol but the system's is {self.kT:.4f} kJ/mol.")
+        self.settings = dict(
+            schedule=self.schedule.as_dict(), hidden=int(hidden), n_layers=int(n_layers), batch_size=_positive(batch_size, "batch_size"),
+            buffer_size=_positive(buffer_size if buffer_size is not None else 50 * batch_size, "buffer_size"),
+            n_adjoint_steps=int(n_adjoint_steps), n_corrector_steps=int(n_corrector_steps),
+            training_batch_size=_positive(training_batch_size, "training_batch_size"), learning_rate=float(learning_rate),
+            max_gradient_norm=None if max_gradient_norm is None else float(max_gradient_norm), seed=checked_root_seed(seed),
+            n_snapshots=_positive(n_snapshots, "n_snapshots"), snapshot_interval=_positive(snapshot_interval, "snapshot_interval"),
+            kT=self.kT, hamiltonian=hamiltonian_digest(molecular_system.system), has_bias=bias is not None,
+        )
+        dimension = 3 * self.n_atoms
+        # torch's layer initialisers draw from the global generator: seed it from our stream inside a fork,
+        # so the networks are reproducible and the caller's global state is left as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch_generator(self.settings["seed"], _INITIALISE).initial_seed()))
+            self.controller = Controller(dimension, hidden=hidden, n_layers=n_layers)
+            self.corrector = None if self.schedule.memoryless else Corrector(dimension, hidden=hidden, n_layers=n_layers)
+        self.controller_optimizer = torch.optim.Adam(self.controller.parameters(), lr=learning_rate)
+        self.corrector_optimizer = None if self.corrector is None else torch.optim.Adam(self.corrector.parameters(), lr=learning_rate)
+        self.buffer = ReplayBuffer(self.settings["buffer_size"])
+        self.iteration = 0
+        self.n_samples_drawn = 0
+        self.n_invalid = 0
+        self.n_warm_start = 0
+        self.history = []
+        self.snapshots = []
+
+    # ------------------------------------------------------------------ energies
+    @property
+    def n_energy_evaluations(self):
+        """Energy/force evaluations so far (warm start, training and sampling), this process and resumed ones."""
+        return self._evaluations_before + self.energy.n_evaluations
+
+    _evaluations_before = 0
+
+    def _energies(self, x_flat):
+        u, forces = self.energy.energy_and_forces(x_flat.reshape(-1, self.n_atoms, 3))
+        return torch.from_numpy(u), torch.from_numpy(-forces).reshape(len(u), -1)
+
+    def _bias_reduced(self, x_flat, gradient=False):
+        """βV(s(x)) and optionally its gradient, float64."""
+        if self.bias is None:
+            zero = torch.zeros(len(x_flat), dtype=torch.float64)
+            return (zero, torch.zeros_like(x_flat)) if gradient else zero
+        x = x_flat.detach().to(torch.float64).reshape(-1, self.n_atoms, 3).requires_grad_(gradient)
+        value = self.bias(x) / self.kT
+        if not gradient:
+            return value.detach()
+        (grad,) = torch.autograd.grad(value.sum(), x)
+        return value.detach(), grad.reshape(len(x_flat), -1)
+
+    # ------------------------------------------------------------------ training
+    def warm_start(self, positions):
+        """Add configurations (e.g. from a short MD run) to the replay buffer; their energies count as evaluations.
+
+        Parameters
+        ----------
+        positions : array_like or Quantity, shape=(n, n_atoms, 3)
+            nm. Only the regression targets use them; the weights of :meth:`sample` stay exact.
+        """
+        from ..units import nanometers
+
+        x = torch.as_tensor(nanometers(positions)).reshape(-1, 3 * self.n_atoms)
+        u, gradient = self._energies(x)
+        valid = torch.isfinite(u)
+        self.n_invalid += int((~valid).sum())
+        x0 = torch.randn(x.shape, generator=torch_generator(self.settings["seed"], _REFILL, 2**31 - 1 - self.n_warm_start),
+                         dtype=torch.float64) * self.schedule.source_scale
+        self.buffer.add(x_initial=x0[valid], x_final=x[valid], energy_gradient=self._clipped(gradient[valid]))
+        self.n_warm_start += 1
+
+    def _clipped(self, gradient):
+        limit = self.settings["max_gradient_norm"]
+        if limit is None:
+            return gradient
+        norm = gradient.norm(dim=-1, keepdim=True)
+        return gradient * torch.clamp(limit / torch.clamp(norm, min=1e-300), max=1.0)
+
+    def refill(self, deposit=True):
+        """Simulate a batch of chains, add their end points to the buffer, deposit hills (if ``deposit``); returns statistics."""
+        generator = torch_generator(self.settings["seed"], _REFILL, self.iteration)
+        with package_threads():
+            chains = run_chains(self.controller, self.schedule, self.settings["batch_size"], generator)
+        u, gradient = self._energies(chains.x_final)
+        valid = torch.isfinite(u)
+        n_invalid = int((~valid).sum())
+        self.n_invalid += n_invalid
+        if not valid.any():
+            raise DivergedTrainingError(f"all {len(u)} chain end points of iteration {self.iteration} have non-finite energies; "
+                                        "lower sigma_max or the learning rate, or resume from an earlier checkpoint.")
+        bias_reduced = self._bias_reduced(chains.x_final)
+        log_weights = -(u + bias_reduced) + chains.log_path_ratio
+        self.buffer.add(x_initial=chains.x_initial[valid], x_final=chains.x_final[valid], energy_gradient=self._clipped(gradient[valid]))
+        if self.bias is not None and deposit:
+            x = chains.x_final[valid].reshape(-1, self.n_atoms, 3)
+            self.bias.deposit(self.bias.cv_values(x).detach().numpy())
+        return dict(buffer_ess=effective_sample_size(log_weights.numpy()), n_invalid=n_invalid)
+
+    def _adjoint_loss(self, generator):
+        batch = self.buffer.sample(self.settings["training_batch_size"], generator)
+        x0, x1 = batch["x_initial"], batch["x_final"]
+        _, bias_gradient = self._bias_reduced(x1, gradient=True)
+        if self.corrector is None:
+            correction = -x1 / float(self.schedule.variances[-1])
+        else:
+            with torch.no_grad():
+                correction = self.corrector(x1).to(torch.float64)
+        k = torch.randint(self.schedule.n_steps, (len(x1),), generator=generator)
+        xk = self.schedule.sample_bridge(x0, x1, k, generator)
+        sigma = torch.as_tensor(self.schedule.sigmas)[k][:, None]
+        target = -sigma * (batch["energy_gradient"] + bias_gradient + correction)
+        t = torch.as_tensor(self.schedule.times)[k]
+        return ((self.controller(t, xk) - target.to(torch.float32)) ** 2).sum(-1).mean()
+
+    def _corrector_loss(self, generator):
+        batch = self.buffer.sample(self.settings["training_batch_size"], generator)
+        target = self.schedule.terminal_transition_score(batch["x_initial"], batch["x_final"])
+        return ((self.corrector(batch["x_final"]) - target.to(torch.float32)) ** 2).sum(-1).mean()
+
+    def _optimise(self, loss_function, optimizer, parameters, n_steps, generator):
+        losses = []
+        for _ in range(n_steps):
+            loss = loss_function(generator)
+            if not torch.isfinite(loss):
+                raise DivergedTrainingError(f"non-finite training loss at iteration {self.iteration}; lower the learning rate "
+                                            "or set max_gradient_norm, and resume from an earlier checkpoint.")
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, 100.0)
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        return float(np.mean(losses)) if losses else float("nan")
+
+    def train(self, n_iterations, checkpoint=None, checkpoint_interval=10, progress=False, deposit=True):
+        """Train until ``n_iterations`` iterations in total (a resumed run continues its count).
+
+        Parameters
+        ----------
+        n_iterations : int
+            Total iterations (refill + adjoint matching + corrector matching).
+        checkpoint : str or Path, optional
+            Saved every ``checkpoint_interval`` iterations and at the end (written to a temporary file
+            and renamed, so an interruption never leaves it half written). If it exists, training
+            resumes from it; it must come from the same system and settings.
+        progress : bool
+            A tqdm bar with the loss, the buffer's ESS fraction and the bias height.
+        deposit : bool
+            Deposit hills (default). ``False`` trains the controller on the frozen bias, e.g. for a
+            final phase before :meth:`sample`.
+        """
+        from tqdm.auto import tqdm
+
+        if checkpoint is not None and Path(checkpoint).exists() and self.iteration == 0:
+            self.load_checkpoint(checkpoint)
+        bar = tqdm(total=n_iterations, initial=self.iteration, desc="diffusion sampler", disable=not progress)
+        with package_threads():
+            while self.iteration < n_iterations:
+                stats = self.refill(deposit=deposit)
+                generator = torch_generator(self.settings["seed"], _TRAIN, self.iteration)
+                stats["adjoint_loss"] = self._optimise(self._adjoint_loss, self.controller_optimizer, list(self.controller.parameters()),
+                                                       self.settings["n_adjoint_steps"], generator)
+                if self.corrector is not None:
+                    stats["corrector_loss"] = self._optimise(self._corrector_loss, self.corrector_optimizer, list(self.corrector.parameters()),
+                                                             self.settings["n_corrector_steps"], generator)
+                stats.update(iteration=self.iteration, bias_max_kJ=0.0 if self.bias is None else self.bias.max_value,
+                             energy_evaluations=self.n_energy_evaluations)
+                self.history.append(stats)
+                self.iteration += 1
+                if self.iteration % self.settings["snapshot_interval"] == 0:
+                    self._take_snapshot()
+                bar.update(1)
+                bar.set_postfix(loss=f"{stats['adjoint_loss']:.3g}", ess=f"{stats['buffer_ess']:.3f}",
+                                bias=f"{stats['bias_max_kJ']:.2f} kJ/mol", invalid=self.n_invalid)
+                if checkpoint is not None and (self.iteration % checkpoint_interval == 0 or self.iteration == n_iterations):
+                    self.save_checkpoint(checkpoint)
+        bar.close()
+
+    def _take_snapshot(self):
+        state = {key: value.detach().clone() for key, value in self.controller.state_dict().items()}
+        self.snapshots = (self.snapshots + [state])[-self.settings["n_snapshots"]:]
+
+    def production_controllers(self):
+        """The controllers :meth:`sample` mixes: the stored snapshots, or the current controller if there are none."""
+        if not self.snapshots:
+            return [self.controller]
+        controllers = []
+        for state in self.snapshots:
+            controller = Controller(self.controller.dimension, hidden=self.settings["hidden"], n_layers=self.settings["n_layers"])
+            controller.load_state_dict(state)
+            controllers.append(controller)
+        return controllers
+
+    # ------------------------------------------------------------------ production
+    def sample(self, n_samples, batch_size=None):
+        """``n_samples`` independent samples with exact Boltzmann importance weights (bias frozen).
+
+        The chains come from the uniform mixture of the last ``n_snapshots`` controller snapshots
+        (taken every ``snapshot_interval`` training iterations) and are weighted by the mixture's
+        exact path density (:func:`~openmm_flowplugin.diffusion.chain.run_chains`): a sampler trained
+        with a well-tempered bias keeps moving between basins as hills are added, and the mixture
+        averages over that motion instead of depending on where the last iteration happened to be.
+        Each call draws new chains (its own random stream), so repeated calls never repeat samples.
+
+        Returns
+        -------
+        DiffusionSamples
+        """
+        batch_size = batch_size or self.settings["batch_size"]
+        parts = []
+        controllers = self.production_controllers()
+        with package_threads():
+            for start in range(0, _positive(n_samples, "n_samples"), batch_size):
+                generator = torch_generator(self.settings["seed"], _SAMPLE, self.n_samples_drawn)
+                chains = run_chains(controllers, self.schedule, min(batch_size, n_samples - start), generator)
+                self.n_samples_drawn += 1
+                u, _ = self._energies(chains.x_final)
+                parts.append((chains.x_final, u, chains.log_path_ratio - u))
+        x = torch.cat([p[0] for p in parts]).reshape(-1, self.n_atoms, 3)
+        u = torch.cat([p[1] for p in parts]).numpy()
+        log_weights = torch.cat([p[2] for p in parts]).numpy()
+        log_weights = np.where(np.isfinite(u), log_weights, -np.inf)
+        cv_values = bias = None
+        if self.bias is not None:
+            s = self.bias.cv_values(x)
+            cv_values, bias = s.detach().numpy(), self.bias.of_cvs(s).detach().numpy()
+        return DiffusionSamples(positions=x.numpy(), reduced_energies=u, log_weights=log_weights, cv_values=cv_values, bias=bias, kT=self.kT)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self):
+        """Everything needed to resume, as plain data (tensors, numbers, strings, lists, dicts)."""
+        return dict(
+            format=CHECKPOINT_FORMAT, settings=dict(self.settings), iteration=self.iteration, n_samples_drawn=self.n_samples_drawn,
+            n_invalid=self.n_invalid, n_warm_start=self.n_warm_start, energy_evaluations=self.n_energy_evaluations,
+            controller=self.controller.state_dict(), controller_optimizer=self.controller_optimizer.state_dict(),
+            corrector=None if self.corrector is None else self.corrector.state_dict(),
+            corrector_optimizer=None if self.corrector is None else self.corrector_optimizer.state_dict(),
+            buffer=self.buffer.state_dict(), bias=None if self.bias is None else self.bias.state_dict(),
+            history=[dict(h) for h in self.history], snapshots=list(self.snapshots),
+        )
+
+    def save_checkpoint(self, path):
+        """Write :meth:`state_dict` to ``path`` atomically (temporary file, then rename)."""
+        path = Path(path)
+        temporary = path.with_name(path.name + ".partial")
+        torch.save(self.state_dict(), temporary)
+        os.replace(temporary, path)
+
+    def load_checkpoint(self, path):
+        """Resume from a checkpoint of the same system and settings (plain data only: ``weights_only`` loading)."""
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 (any unreadable file gets the same one-line answer)
+            raise InvalidInputError(f"{path} is not a readable diffusion-sampler checkpoint ({type(error).__name__}: {error}).") from None
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise InvalidInputError(f"{path} is not a diffusion-sampler checkpoint (format {CHECKPOINT_FORMAT!r}).")
+        stored = state["settings"]
+        if stored.get("hamiltonian") != self.settings["hamiltonian"]:
+            raise InvalidInputError(f"{path} was trained for another system (its Hamiltonian differs from {self.molecular_system.name!r}'s); "
+                                    "give another checkpoint path.")
+        differs = sorted(key for key in self.settings if stored.get(key) != self.settings[key])
+        if differs:
+            raise InvalidInputError(f"{path} was trained with other settings ({', '.join(differs)}); use the same ones to resume, "
+                                    "or another checkpoint path.")
+        self.controller.load_state_dict(state["controller"])
+        self.controller_optimizer.load_state_dict(state["controller_optimizer"])
+        if self.corrector is not None:
+            self.corrector.load_state_dict(state["corrector"])
+            self.corrector_optimizer.load_state_dict(state["corrector_optimizer"])
+        self.buffer.load_state_dict(state["buffer"])
+        if self.bias is not None:
+            self.bias.load_state_dict(state["bias"])
+        self.iteration, self.n_samples_drawn = int(state["iteration"]), int(state["n_samples_drawn"])
+        self.n_invalid, self.n_warm_start = int(state["n_invalid"]), int(state["n_warm_start"])
+        self._evaluations_before = int(state["energy_evaluations"]) - self.energy.n_evaluations
+        self.history = list(state["history"])
+        self.snapshots = list(state["snapshots"])
+
+
+def hamiltonian_digest(system):
+    """sha256 of the serialized System (every force and parameter): a checkpoint's system identity."""
+    return hashlib.sha256(openmm.XmlSerializer.serialize(system).encode()).hexdigest()
+
+
+def _positive(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InvalidInputError(f"{name} must be a positive integer, got {value!r}.")
+    return int(value)

@@ -1,0 +1,199 @@
+"""The ``diffuse`` workflow: train a CV-biased diffusion sampler, sample, reweight, write the results.
+
+:func:`diffusion_free_energy_surface` is what ``openmm-flowplugin diffuse`` runs. Its output folder holds
+``checkpoint.pt`` (training resumes from it), ``results.json`` / ``results.md`` (ESS, basin ΔF with
+bootstrap errors, energy evaluations, CPU time), ``fes.png`` (the reweighted FES — the main result —
+beside the well-tempered estimate −γ/(γ−1)V, labelled approximate), ``samples.npz`` (CV values, exact
+log weights, bias) and ``bias.xml`` (the frozen bias as a serialized OpenMM ``CustomCVForce``: add it
+to the System to continue with MD or FlowMCMove on the same biased target).
+
+Examples
+--------
+>>> parse_cv("phi:4,6,8,14")
+('phi', Torsion(4, 6, 8, 14))
+>>> parse_cv("x:x@0")
+('x', CartesianComponent(atom=0, axis='x'))
+"""
+
+__all__ = ["parse_cv", "parse_basin", "diffusion_free_energy_surface"]
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import openmm
+
+from ..errors import InvalidInputError
+from ..geometry import Angle, CartesianComponent, Distance, Torsion
+
+_UNITS = {Torsion: "rad", Angle: "rad", Distance: "nm", CartesianComponent: "nm"}
+
+
+def parse_cv(spec):
+    """``NAME:ATOMS`` → (name, CollectiveVariable): 4 atoms a torsion, 3 an angle, 2 a distance, ``AXIS@ATOM`` a Cartesian component.
+
+    Atom indices are 0-based, as in OpenMM.
+    """
+    name, _, atoms = str(spec).partition(":")
+    if not name or not atoms:
+        raise InvalidInputError(f"a CV is NAME:ATOMS, e.g. phi:4,6,8,14 (torsion), d:0,5 (distance) or x:x@0; got {spec!r}.")
+    if "@" in atoms:
+        axis, _, atom = atoms.partition("@")
+        return name, CartesianComponent(_index(atom, spec), axis)
+    indices = [_index(a, spec) for a in atoms.split(",")]
+    kinds = {4: Torsion, 3: Angle, 2: Distance}
+    if len(indices) not in kinds:
+        raise InvalidInputError(f"CV {spec!r} lists {len(indices)} atoms: give 4 (torsion), 3 (angle) or 2 (distance).")
+    return name, kinds[len(indices)](*indices)
+
+
+def _index(text, spec):
+    try:
+        index = int(text)
+    except ValueError:
+        raise InvalidInputError(f"CV {spec!r}: {text!r} is not an atom index.") from None
+    if index < 0:
+        raise InvalidInputError(f"CV {spec!r}: atom indices are >= 0.")
+    return index
+
+
+def parse_basin(spec):
+    """``NAME:LO,HI:LO,HI`` → (name, ((lo, hi), (lo, hi))), one range per CV in the CVs' units."""
+    name, *ranges = str(spec).split(":")
+    try:
+        box = tuple(tuple(float(v) for v in r.split(",")) for r in ranges)
+    except ValueError:
+        box = ()
+    if not name or len(box) != 2 or any(len(r) != 2 or not r[0] < r[1] for r in box):
+        raise InvalidInputError(f"a basin is NAME:LO,HI:LO,HI (one range per CV, LO < HI), e.g. C7eq:-3.0,-1.0:0.5,3.0; got {spec!r}.")
+    return name, box
+
+
+def _grid(cvs, grid_ranges, hill_width):
+    """Grid settings for two CVs: periodic [-pi, pi] for two torsions, user ranges otherwise."""
+    torsions = [isinstance(cv, Torsion) for cv in cvs.values()]
+    if all(torsions):
+        n = int(math.ceil(2 * math.pi / (hill_width / 4))) + 1
+        return dict(lower=(-math.pi, -math.pi), upper=(math.pi, math.pi), n_nodes=(n, n), periodic=True)
+    if any(torsions):
+        raise InvalidInputError("one torsion and one non-periodic CV: OpenMM's tabulated 2D functions are periodic on both axes or "
+                                "neither; use two torsions or two non-periodic CVs.")
+    missing = [name for name in cvs if name not in grid_ranges]
+    if missing:
+        raise InvalidInputError(f"non-periodic CVs need a grid range: --grid {missing[0]}:LO,HI (in the CV's units); missing for {missing}.")
+    lower = tuple(grid_ranges[name][0] for name in cvs)
+    upper = tuple(grid_ranges[name][1] for name in cvs)
+    n_nodes = tuple(int(math.ceil((hi - lo) / (hill_width / 4))) + 1 for lo, hi in zip(lower, upper))
+    return dict(lower=lower, upper=upper, n_nodes=n_nodes, periodic=False)
+
+
+def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges=None, basins=None, n_iterations=200,
+                                  n_samples=8000, bias_factor=8.0, hill_height=0.02, hill_width=0.2, sigma_max=1.5,
+                                  sigma_min=0.02, n_steps=50, batch_size=128, seed=0, platform=None, progress=None,
+                                  **sampler_options):
+    """Train (or resume) a CV-biased diffusion sampler, draw weighted samples, write the FES and basin ΔF.
+
+    Parameters
+    ----------
+    molecular_system : MolecularSystem
+    cvs : dict
+        Two CVs, name → :class:`~openmm_flowplugin.geometry.CollectiveVariable` (see :func:`parse_cv`).
+    output_dir : str or Path
+        Run folder (created; resumed when it holds this run's checkpoint; another run's is refused).
+    grid_ranges : dict, optional
+        name → (lo, hi) for non-periodic CVs. Two torsions use a periodic grid on [−π, π].
+    basins : dict, optional
+        name → ((lo, hi), (lo, hi)); ΔF between the first basin and each other one.
+    n_iterations, n_samples, batch_size, n_steps : int
+        Training iterations (total), production samples, chains per iteration, Euler–Maruyama steps.
+    bias_factor, hill_height, hill_width : float
+        γ, h (kJ/mol per hill, one hill per chain end point), width (CV units).
+    sigma_max, sigma_min : float
+        Noise schedule, nm.
+    seed : int
+    platform : str, optional
+    progress : bool, optional
+    **sampler_options
+        Passed to :class:`~openmm_flowplugin.diffusion.DiffusionSampler`.
+
+    Returns
+    -------
+    dict
+        What ``results.json`` holds.
+    """
+    from ..analysis.fes import basin_free_energy_difference, free_energy_surface
+    from ..analysis.fes_plots import plot_free_energy_surfaces
+    from .bias import WellTemperedBias
+    from .sampler import DiffusionSampler
+    from .schedule import NoiseSchedule
+
+    if len(cvs) != 2:
+        raise InvalidInputError(f"give exactly two CVs (--cv twice), got {len(cvs)}.")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    grid = _grid(cvs, dict(grid_ranges or {}), hill_width)
+    bias = WellTemperedBias(list(cvs.values()), hill_width=hill_width, hill_height=hill_height, bias_factor=bias_factor,
+                            temperature=molecular_system.temperature, **grid)
+    sampler = DiffusionSampler(molecular_system, bias=bias, schedule=NoiseSchedule(sigma_max, sigma_min, n_steps), batch_size=batch_size,
+                               seed=seed, platform=platform, **sampler_options)
+    start = time.process_time()
+    sampler.train(n_iterations, checkpoint=output_dir / "checkpoint.pt", progress=progress)
+    samples = sampler.sample(n_samples)
+    sampler.save_checkpoint(output_dir / "checkpoint.pt")  # the sample counter and the evaluations: a rerun draws new chains
+    names = list(cvs)
+    units = [_UNITS.get(type(cv), "") for cv in cvs.values()]
+    edges = [np.linspace(lo, hi, 51) for lo, hi in zip(grid["lower"], grid["upper"])]
+    fes = free_energy_surface(samples.cv_values, samples.log_weights, edges, molecular_system.temperature, seed=seed)
+    basin_results = {}
+    if basins:
+        first, *others = list(basins)
+        for other in others:
+            try:
+                delta = basin_free_energy_difference(samples.cv_values, samples.log_weights, basins, first, other,
+                                                     molecular_system.temperature, seed=seed)
+            except InvalidInputError as error:  # e.g. an empty basin: say so in the results, keep the rest of the run
+                basin_results[f"{first} -> {other}"] = dict(not_estimated=str(error))
+                continue
+            basin_results[f"{first} -> {other}"] = dict(delta_f_kJ_per_mol=delta.value, error_kJ_per_mol=delta.error,
+                                                        probabilities=delta.probabilities)
+    results = dict(
+        system=molecular_system.name, cvs={name: repr(cv) for name, cv in cvs.items()}, cv_units=dict(zip(names, units)),
+        iterations=sampler.iteration, samples=int(n_samples), ess_fraction=samples.ess_fraction, n_effective=samples.n_effective,
+        energy_evaluations=sampler.n_energy_evaluations, invalid_energies=sampler.n_invalid,
+        cpu_seconds_this_process=time.process_time() - start, bias_max_kJ_per_mol=bias.max_value, n_hills=bias.n_hills,
+        basins=basin_results, estimator="exact importance weights on the discretized chain (main result)",
+        well_tempered_estimate="F = -gamma/(gamma-1) V: approximate (exact only at convergence), in fes.png only",
+        settings={key: value for key, value in sampler.settings.items() if key != "hamiltonian"},
+    )
+    (output_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    (output_dir / "results.md").write_text(_markdown(results))
+    np.savez(output_dir / "samples.npz", cv_values=samples.cv_values, log_weights=samples.log_weights, bias_kJ_per_mol=samples.bias,
+             reduced_energies=samples.reduced_energies)
+    (output_dir / "bias.xml").write_text(openmm.XmlSerializer.serialize(bias.to_openmm_force()))
+    nodes = [np.linspace(lo, hi, n) for lo, hi, n in zip(grid["lower"], grid["upper"], grid["n_nodes"])]
+    plot_free_energy_surfaces(
+        [("reweighted (exact weights)", fes.centres, fes.free_energy),
+         (f"well-tempered −γ/(γ−1)V, γ = {bias_factor:g} (approximate)", nodes, bias.free_energy_estimate())],
+        names, units, output_dir / "fes.png", overwrite=True)
+    return results
+
+
+def _markdown(results):
+    lines = [f"# Diffusion sampler: {results['system']}", "",
+             f"- iterations {results['iterations']}, samples {results['samples']}, ESS {results['ess_fraction']:.4f} "
+             f"({results['n_effective']:.0f} effective samples)",
+             f"- energy evaluations {results['energy_evaluations']:,} ({results['invalid_energies']} non-finite, weight 0); "
+             f"CPU {results['cpu_seconds_this_process']:.0f} s in this process",
+             f"- bias: {results['n_hills']} hills, max {results['bias_max_kJ_per_mol']:.2f} kJ/mol",
+             f"- estimator: {results['estimator']}; {results['well_tempered_estimate']}", ""]
+    if results["basins"]:
+        lines += ["| basins | ΔF, kJ/mol | probabilities |", "|---|---:|---|"]
+        for pair, value in results["basins"].items():
+            if "not_estimated" in value:
+                lines.append(f"| {pair} | not estimated: {value['not_estimated']} | |")
+                continue
+            probabilities = ", ".join(f"{k} {v:.4f}" for k, v in value["probabilities"].items())
+            lines.append(f"| {pair} | {value['delta_f_kJ_per_mol']:.3f} ± {value['error_kJ_per_mol']:.3f} | {probabilities} |")
+    return "\n".join(lines) + "\n"

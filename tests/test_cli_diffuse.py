@@ -1,0 +1,60 @@
+"""`openmm-flowplugin diffuse`: a small run writes its results and resumes; bad CVs, grids and basins are one line."""
+
+import json
+
+import numpy as np
+import openmm
+import pytest
+from click.testing import CliRunner
+
+from openmm_flowplugin.cli import main
+
+MB = ["--system", "mueller_brown", "--cv", "x:x@0", "--cv", "y:y@0", "--grid", "x:-2,1.5", "--grid", "y:-1,2.5", "--hill-width", "0.25"]
+SMALL = ["--batch-size", "16", "--samples", "64", "--steps", "10", "--no-progress"]
+
+
+def run(*args):
+    return CliRunner().invoke(main, ["diffuse", *args], standalone_mode=True)
+
+
+def test_a_small_run_writes_results_and_resumes(tmp_path):
+    out = tmp_path / "mb"
+    basins = ["--basin", "A:-1.5,-0.2:1.0,2.0", "--basin", "B:0.2,1.2:-0.4,0.4"]
+    first = run(*MB, *SMALL, *basins, "--iterations", "3", "-o", str(out))
+    assert first.exit_code == 0, first.output
+    for name in ("checkpoint.pt", "results.json", "results.md", "fes.png", "samples.npz", "bias.xml"):
+        assert (out / name).is_file(), name
+    results = json.loads((out / "results.json").read_text())
+    assert results["iterations"] == 3 and "A -> B" in results["basins"] and "approximate" in results["well_tempered_estimate"]
+    basin = results["basins"]["A -> B"]  # three tiny iterations: an estimate, or the reason there is none
+    assert ("delta_f_kJ_per_mol" in basin) != ("not_estimated" in basin)
+    assert results["energy_evaluations"] == 3 * 16 + 64
+    stored = np.load(out / "samples.npz")
+    assert stored["log_weights"].shape == (64,) and stored["cv_values"].shape == (64, 2)
+    force = openmm.XmlSerializer.deserialize((out / "bias.xml").read_text())
+    assert isinstance(force, openmm.CustomCVForce) and force.getNumCollectiveVariables() == 2
+    extended = run(*MB, *SMALL, *basins, "--iterations", "5", "-o", str(out))
+    assert extended.exit_code == 0, extended.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["iterations"] == 5 and results["energy_evaluations"] == 5 * 16 + 2 * 64
+    other = run("--system", "double_well_2d", *MB[2:], *SMALL, "--iterations", "6", "-o", str(out))
+    assert other.exit_code == 2 and "another system" in other.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--system", "mueller_brown", "--cv", "x:x@0"], "exactly two CVs"),
+    (["--system", "mueller_brown", "--cv", "x:x@0", "--cv", "x:y@0"], "exactly two CVs"),
+    (["--system", "mueller_brown", "--cv", "x:0,1,2,3,4", "--cv", "y:y@0"], "give 4 (torsion)"),
+    (["--system", "mueller_brown", "--cv", "x:a,b", "--cv", "y:y@0"], "not an atom index"),
+    (["--system", "mueller_brown", "--cv", "x:x@0", "--cv", "y:y@0"], "need a grid range: --grid x:LO,HI"),
+    (["--system", "alanine_dipeptide_vacuum", "--cv", "phi:4,6,8,14", "--cv", "d:0,5", "--grid", "d:0,1"], "periodic on both axes or neither"),
+    ([*MB, "--basin", "A:0,1:0,1"], "at least two --basin"),
+    ([*MB, "--basin", "A:0,1", "--basin", "B:0,1:0,1"], "a basin is NAME:LO,HI:LO,HI"),
+    ([*MB, "--grid", "z:0,1"], "name one of the CVs"),
+    (["--system", "mueller_brown", "--cv", "x:x@0", "--cv", "y:y@3", "--grid", "x:-2,1.5", "--grid", "y:-1,2.5", "--hill-width", "0.25"],
+     "reads atom 3"),
+])
+def test_bad_input_is_one_line(tmp_path, args, message):
+    result = run(*args, *SMALL, "--iterations", "1", "-o", str(tmp_path / "out"))
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1

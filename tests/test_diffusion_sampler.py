@@ -1,0 +1,192 @@
+"""The CV-biased diffusion sampler on 2D systems with exact free energies (quadrature), resume and bad input."""
+
+import math
+
+import numpy as np
+import openmm
+import pytest
+import torch
+from openmm import app, unit
+
+from openmm_flowplugin import systems
+from openmm_flowplugin.analysis import basin_free_energy_difference, free_energy_surface
+from openmm_flowplugin.diffusion import DiffusionSampler, NoiseSchedule, WellTemperedBias
+from openmm_flowplugin.errors import InvalidInputError
+from openmm_flowplugin.geometry import CartesianComponent
+from openmm_flowplugin.systems import MolecularSystem
+
+# name: (grid lower, grid upper, basins A and B as (x range, y range))
+CASES = {
+    "mueller_brown": ((-2.0, -1.0), (1.5, 2.5), [(-1.5, -0.2), (1.0, 2.0)], [(0.2, 1.2), (-0.4, 0.4)]),
+    "double_well_2d": ((-2.0, -1.5), (2.0, 1.5), [(-2.0, 0.0), (-2.0, 2.0)], [(0.6, 1.4), (-0.3, 0.3)]),
+}
+
+
+def _xy_bias(molecular_system, lower, upper, **overrides):
+    settings = dict(n_nodes=(36, 41), hill_width=0.25, hill_height=0.02, bias_factor=6.0)
+    settings.update(overrides)
+    return WellTemperedBias([CartesianComponent(0, "x"), CartesianComponent(0, "y")], lower=lower, upper=upper,
+                            temperature=molecular_system.temperature, **settings)
+
+
+def _sampler(molecular_system, bias, seed=0, **overrides):
+    settings = dict(schedule=NoiseSchedule(1.5, 0.02, 50), hidden=64, n_layers=2, batch_size=128, n_adjoint_steps=40,
+                    training_batch_size=128, max_gradient_norm=20.0, seed=seed)
+    settings.update(overrides)
+    return DiffusionSampler(molecular_system, bias=bias, **settings)
+
+
+def _exact_basin_delta_f(reference, box_a, box_b):
+    def probability(box):
+        (x0, x1), (y0, y1) = box
+        return reference.probability(lambda x, y: (x >= x0) & (x < x1) & (y >= y0) & (y < y1))
+
+    return -reference.kT * math.log(probability(box_b) / probability(box_a))
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def trained(request):
+    name = request.param
+    molecular_system = systems.get(name)
+    lower, upper, box_a, box_b = CASES[name]
+    sampler = _sampler(molecular_system, _xy_bias(molecular_system, lower, upper))
+    sampler.train(150)
+    return name, molecular_system, sampler, sampler.sample(8000)
+
+
+def test_reweighted_basin_free_energy_difference_equals_quadrature(trained):
+    name, molecular_system, sampler, samples = trained
+    _, _, box_a, box_b = CASES[name]
+    basins = {"A": box_a, "B": box_b}
+    exact = _exact_basin_delta_f(molecular_system.reference, box_a, box_b)
+    estimate = basin_free_energy_difference(samples.cv_values, samples.log_weights, basins, "A", "B", molecular_system.temperature)
+    assert abs(estimate.value - exact) < 4 * estimate.error, (estimate, exact)
+    assert samples.n_effective > 5  # the weights are not degenerate (one sample carrying everything)
+    # control: the same samples without their weights (what the biased sampler visits) are far off
+    unweighted = basin_free_energy_difference(samples.cv_values, np.zeros(len(samples.log_weights)), basins, "A", "B",
+                                              molecular_system.temperature)
+    assert abs(unweighted.value - exact) > 4 * unweighted.error
+
+
+def test_reweighted_fes_agrees_with_quadrature_within_its_errors(trained):
+    name, molecular_system, sampler, samples = trained
+    lower, upper, _, _ = CASES[name]
+    reference = molecular_system.reference
+    edges = [np.linspace(lower[0], upper[0], 8), np.linspace(lower[1], upper[1], 8)]
+    fes = free_energy_surface(samples.cv_values, samples.log_weights, edges, molecular_system.temperature)
+    exact_p = np.array([[reference.probability(lambda x, y: (x >= a) & (x < b) & (y >= c) & (y < d))
+                         for c, d in zip(edges[1][:-1], edges[1][1:])] for a, b in zip(edges[0][:-1], edges[0][1:])])
+    with np.errstate(divide="ignore"):
+        exact_f = -reference.kT * np.log(exact_p / exact_p.sum())
+    exact_f -= np.nanmin(exact_f)
+
+    def mean_squared_z(estimate, error):
+        mask = (exact_f < 8.0) & np.isfinite(estimate) & (error > 0)
+        shift = np.average(estimate[mask] - exact_f[mask], weights=1 / error[mask] ** 2)
+        return np.mean(((estimate[mask] - shift - exact_f[mask]) / error[mask]) ** 2), mask.sum()
+
+    chi2, n_bins = mean_squared_z(fes.free_energy, fes.error)
+    assert n_bins >= 6
+    # mean of n_bins squared z-scores: expectation 1; 4 leaves room for the bootstrap's own uncertainty
+    assert chi2 < 4.0, chi2
+    # control: the unweighted histogram (the biased ensemble) fails the same test
+    biased = free_energy_surface(samples.cv_values, np.zeros(len(samples.log_weights)), edges, molecular_system.temperature)
+    assert mean_squared_z(biased.free_energy, biased.error)[0] > 4.0
+
+
+def test_a_uniform_bias_changes_no_reweighted_average(trained):
+    _, molecular_system, sampler, samples = trained
+    approximate = samples.approximate_log_weights
+    shifted = approximate + 7.5 / samples.kT  # V -> V + const
+    normalised = np.exp(approximate - approximate.max()) / np.exp(approximate - approximate.max()).sum()
+    normalised_shifted = np.exp(shifted - shifted.max()) / np.exp(shifted - shifted.max()).sum()
+    assert np.allclose(normalised, normalised_shifted, rtol=1e-12, atol=0)
+    # the exact weights do not involve the bias at all: a constant added to the grid changes none of them
+    before = sampler.sample(64)
+    sampler.n_samples_drawn -= 1
+    sampler.bias.values = sampler.bias.values + 3.0
+    sampler.bias._coefficients = None
+    after = sampler.sample(64)
+    assert np.array_equal(before.log_weights, after.log_weights)
+    inside = np.all((after.cv_values >= sampler.bias.lower) & (after.cv_values <= sampler.bias.upper), axis=1)
+    assert inside.sum() > 32
+    assert np.allclose(after.bias[inside] - before.bias[inside], 3.0, atol=1e-9)
+    assert np.array_equal(after.bias[~inside], before.bias[~inside])  # zero outside the grid, as in OpenMM
+    sampler.bias.values = sampler.bias.values - 3.0
+    sampler.bias._coefficients = None
+
+
+def test_training_statistics_and_energy_count(trained):
+    _, _, sampler, _ = trained
+    assert len(sampler.history) == 150 and sampler.n_invalid == 0
+    assert sampler.n_energy_evaluations >= 150 * 128 + 8000
+    assert sampler.history[-1]["bias_max_kJ"] > 5.0 and 0 < sampler.history[-1]["buffer_ess"] <= 1
+
+
+def test_training_resumes_from_a_checkpoint_exactly(tmp_path):
+    molecular_system = systems.get("mueller_brown")
+    lower, upper, _, _ = CASES["mueller_brown"]
+    small = dict(batch_size=32, n_adjoint_steps=3, training_batch_size=32, snapshot_interval=2)
+    straight = _sampler(molecular_system, _xy_bias(molecular_system, lower, upper), seed=5, **small)
+    straight.train(4)
+    checkpoint = tmp_path / "sampler.pt"
+    first = _sampler(molecular_system, _xy_bias(molecular_system, lower, upper), seed=5, **small)
+    first.train(2, checkpoint=checkpoint)
+    resumed = _sampler(molecular_system, _xy_bias(molecular_system, lower, upper), seed=5, **small)
+    resumed.train(4, checkpoint=checkpoint)
+    for a, b in zip(straight.controller.parameters(), resumed.controller.parameters()):
+        assert torch.equal(a, b)
+    assert np.array_equal(straight.bias.values, resumed.bias.values)
+    assert resumed.iteration == 4 and len(resumed.snapshots) == 2
+    assert resumed.n_energy_evaluations == straight.n_energy_evaluations
+    assert np.array_equal(straight.sample(16).log_weights, resumed.sample(16).log_weights)
+    # another system, or other settings, are refused
+    other = systems.get("double_well_2d")
+    with pytest.raises(InvalidInputError, match="another system"):
+        _sampler(other, _xy_bias(other, lower, upper), seed=5, **small).load_checkpoint(checkpoint)
+    with pytest.raises(InvalidInputError, match="other settings.*seed"):
+        _sampler(molecular_system, _xy_bias(molecular_system, lower, upper), seed=6, **small).load_checkpoint(checkpoint)
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    with pytest.raises(InvalidInputError, match="not a readable"):
+        straight.load_checkpoint(tmp_path / "junk.pt")
+
+
+def _nan_region_system():
+    """A particle in a harmonic well whose energy is NaN for x < -0.3 nm."""
+    system = openmm.System()
+    system.addParticle(12.0)
+    force = openmm.CustomExternalForce("50*(x^2 + y^2 + z^2) + 0.001*sqrt(x + 0.3)")
+    force.addParticle(0, [])
+    system.addForce(force)
+    topology = app.Topology()
+    topology.addAtom("P", app.element.carbon, topology.addResidue("PRT", topology.addChain()))
+    return MolecularSystem(name="nan_region", system=system, topology=topology,
+                           positions=unit.Quantity(np.zeros((1, 3)), unit.nanometer), temperature=300.0 * unit.kelvin)
+
+
+def test_nan_energies_are_counted_and_get_weight_zero():
+    sampler = _sampler(_nan_region_system(), None, batch_size=64, n_adjoint_steps=2, training_batch_size=32)
+    sampler.train(3)
+    assert sampler.n_invalid > 0 and sum(h["n_invalid"] for h in sampler.history) == sampler.n_invalid
+    samples = sampler.sample(256)
+    bad = samples.positions[:, 0, 0] < -0.3
+    assert bad.any() and np.all(np.isneginf(samples.log_weights[bad])) and np.all(np.isfinite(samples.log_weights[~bad]))
+
+
+def test_a_cv_on_missing_atoms_is_refused():
+    molecular_system = systems.get("mueller_brown")
+    bias = WellTemperedBias([CartesianComponent(0, "x"), CartesianComponent(3, "y")], (-2, -1), (1.5, 2.5), (36, 41), 0.25, 0.02, 6.0,
+                            molecular_system.temperature)
+    with pytest.raises(InvalidInputError, match="reads atom 3.*has 1 atoms"):
+        _sampler(molecular_system, bias)
+
+
+def test_the_exported_bias_samples_the_same_target_in_openmm(trained):
+    _, molecular_system, sampler, samples = trained
+    system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(molecular_system.system))
+    system.addForce(sampler.bias.to_openmm_force())
+    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    for x, u, v in zip(samples.positions[:20], samples.reduced_energies[:20], samples.bias[:20]):
+        context.setPositions(x)
+        energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+        assert energy == pytest.approx(u * samples.kT + v, rel=1e-9, abs=1e-8)
