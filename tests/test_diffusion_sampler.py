@@ -190,3 +190,22 @@ def test_the_exported_bias_samples_the_same_target_in_openmm(trained):
         context.setPositions(x)
         energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
         assert energy == pytest.approx(u * samples.kT + v, rel=1e-9, abs=1e-8)
+
+
+def test_corrector_matching_learns_the_reference_terminal_score():
+    """With an untrained controller the chains are the reference process, whose corrector is exactly −x/V_K."""
+    molecular_system = systems.get("harmonic_oscillator")
+    schedule = NoiseSchedule(1.0, 0.02, 20, source_scale=0.5)
+    sampler = _sampler(molecular_system, None, schedule=schedule, batch_size=512, n_adjoint_steps=0, n_corrector_steps=100,
+                       training_batch_size=256)
+    points = torch.tensor([[0.5, 0.0, 0.0], [-0.3, 0.4, 0.2], [0.0, -0.6, 0.5], [0.8, 0.8, -0.2]], dtype=torch.float64)
+    exact = -points / schedule.variances[-1]
+
+    def relative_error():
+        with torch.no_grad():
+            return float((sampler.corrector(points).double() - exact).norm() / exact.norm())
+
+    assert relative_error() == 1.0  # control: the untrained corrector (zero) fails the check below
+    sampler.train(8)
+    assert all(param.abs().sum() == 0 for param in sampler.controller.net[-1].parameters())  # the chains stayed the reference
+    assert relative_error() < 0.1, relative_error()
