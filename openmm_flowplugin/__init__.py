@@ -53,6 +53,9 @@ _EXPORTS = {
     "ProposalBuffer": ".proposals.buffer",
     # exact learned Monte Carlo: openmmtools move, OpenMM integrator
     "FlowMCMove": ".mcmc.flow_move",
+    "TimewarpMove": ".mcmc.timewarp_move",
+    "ConditionalFlow": ".flows.conditional",
+    "train_timewarp": ".flows.conditional_training",
     "FlowMCIntegrator": ".integrators.flow_mc",
     "FlowMCReporter": ".integrators.reporter",
     # learned potentials as forces

@@ -1,8 +1,11 @@
-"""Normalizing flows: Boltzmann generators on internal coordinates, their training and checkpoints."""
+"""Normalizing flows: Boltzmann generators on internal coordinates, conditional (Timewarp) flows, training, checkpoints."""
 
 from .._compat import package_getattr
 from .boltzmann_generator import BoltzmannGenerator
 from .checkpoints import CheckpointError, file_sha256, load_flow, save_flow
+from .conditional import ConditionalFlow
+from .conditional_io import load_conditional_flow, save_conditional_flow
+from .conditional_training import train_timewarp, trajectory_pairs
 from .training import ESSSelector, TrainingHistory, train_maximum_likelihood, train_reverse_kl
 
 __all__ = [
@@ -15,6 +18,11 @@ __all__ = [
     "train_reverse_kl",
     "ESSSelector",
     "TrainingHistory",
+    "ConditionalFlow",
+    "save_conditional_flow",
+    "load_conditional_flow",
+    "train_timewarp",
+    "trajectory_pairs",
 ]
 
 # Private names of the flat layout's ``flows`` module, which stored data (pickles) may name.

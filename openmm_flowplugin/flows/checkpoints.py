@@ -147,16 +147,29 @@ def load_flow(name_or_path, system=None, cache=True):
 _CONFIG_KEYS = {"n_atoms": int, "bonds": list, "n_blocks": int, "hidden": list, "bins": int}
 
 
-def _read_payload(path):
-    """(config, state_dict, metadata) of a checkpoint file, or CheckpointError naming what is wrong with the file."""
+def load_plain_payload(path, expected_format, kind):
+    """A checkpoint's plain dictionary (``weights_only`` loading) with dict ``config``/``state_dict``/``metadata``.
+
+    Raises :class:`CheckpointError` naming what is wrong: unreadable, another format, or missing parts.
+    ``kind`` names the checkpoint in messages (e.g. "flow").
+    """
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated, not a torch file, or unsafe pickle content: all mean a bad file
-        raise CheckpointError(f"{path} is corrupt or not a flow checkpoint: {type(error).__name__}: {error}") from error
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an openmm_flowplugin flow checkpoint (format {FORMAT}).")
+        raise CheckpointError(f"{path} is corrupt or not a {kind} checkpoint: {type(error).__name__}: {error}") from error
+    if not isinstance(payload, dict) or payload.get("format") != expected_format:
+        raise CheckpointError(f"{path} is not an openmm_flowplugin {kind} checkpoint (format {expected_format}).")
     missing = [key for key in ("config", "state_dict", "metadata") if not isinstance(payload.get(key), dict)]
-    config = payload.get("config") if isinstance(payload.get("config"), dict) else {}
+    if missing:
+        raise CheckpointError(f"{path} is corrupt: {', '.join(missing)} missing or of the wrong type.")
+    return payload
+
+
+def _read_payload(path):
+    """(config, state_dict, metadata) of a checkpoint file, or CheckpointError naming what is wrong with the file."""
+    payload = load_plain_payload(path, FORMAT, "flow")
+    missing = []
+    config = payload["config"]
     missing += [f"config[{key!r}]" for key, kind in _CONFIG_KEYS.items() if not isinstance(config.get(key), kind)]
     if missing:
         raise CheckpointError(f"{path} is corrupt: {', '.join(missing)} missing or of the wrong type.")

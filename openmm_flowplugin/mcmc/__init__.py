@@ -1,5 +1,6 @@
 """Exact Monte Carlo moves with learned proposals for openmmtools samplers."""
 
 from .flow_move import FlowMCMove
+from .timewarp_move import TimewarpMove
 
-__all__ = ["FlowMCMove"]
+__all__ = ["FlowMCMove", "TimewarpMove"]

@@ -1,0 +1,135 @@
+"""Checkpoints of conditional flows: weights plus plain metadata, loaded with ``weights_only=True``.
+
+A file is a ``torch.save`` of a plain dictionary::
+
+    {"format": "openmm_flowplugin.conditional_flow/1", "config": {...}, "metadata": {...},
+     "state_dict": {...}, "training": {...}}   # "training" only in training checkpoints
+
+written to a temporary name and renamed. :func:`load_conditional_flow` reads the model part of
+either kind; :func:`~openmm_flowplugin.flows.conditional_training.train_timewarp` resumes from the
+``training`` part. Moves store the path and sha256 of a loaded flow (never its tensors) and find it
+again through the checkpoint loader named :data:`LOADER_NAME`.
+"""
+
+__all__ = ["save_conditional_flow", "load_conditional_flow", "LOADER_NAME", "FORMAT"]
+
+import threading
+import weakref
+from pathlib import Path
+
+import torch
+
+from ..outputs import atomic_output_path
+from .checkpoints import CheckpointError, _changed_since_loaded, _record_version, file_sha256, load_plain_payload
+
+FORMAT = "openmm_flowplugin.conditional_flow/1"
+LOADER_NAME = "openmm_flowplugin.conditional_flow"
+
+_cache = weakref.WeakValueDictionary()  # (absolute path, sha256) -> flow: copies of a move share one model
+_cache_lock = threading.Lock()
+
+
+def register_loader():
+    """Allow stored moves to reload conditional flows (idempotent; TimewarpMove's module calls it on import)."""
+    from ..proposals.storage import register_checkpoint_loader
+
+    register_checkpoint_loader(LOADER_NAME, load_conditional_flow)
+
+
+def _payload(flow, training=None):
+    payload = {
+        "format": FORMAT,
+        "config": dict(flow.config),
+        "metadata": dict(flow.metadata),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in flow.state_dict().items()},
+    }
+    if training is not None:
+        payload["training"] = training
+    return payload
+
+
+def _mark_saved(flow, path):
+    register_loader()
+    flow.checkpoint_path = str(Path(path).resolve())
+    flow.checkpoint_sha256 = file_sha256(path)
+    flow.checkpoint_loader = LOADER_NAME
+    _record_version(flow)
+    return flow.checkpoint_sha256
+
+
+def save_conditional_flow(flow, path, overwrite=False):
+    """Write ``flow`` (a :class:`~openmm_flowplugin.flows.ConditionalFlow`) to ``path``; returns its sha256.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> from openmm_flowplugin.flows import ConditionalFlow
+    >>> flow = ConditionalFlow(3, n_layers=2, hidden=(8,), context_features=4)
+    >>> path = os.path.join(tempfile.mkdtemp(), "tw.pt")
+    >>> _ = save_conditional_flow(flow, path)
+    >>> load_conditional_flow(path).config == flow.config
+    True
+    """
+    with atomic_output_path(path, overwrite) as tmp:
+        torch.save(_payload(flow), tmp)
+    return _mark_saved(flow, path)
+
+
+def read_checkpoint(path):
+    """The checkpoint's plain dictionary, or :class:`CheckpointError` naming what is wrong with the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"conditional flow checkpoint {path} not found. Train one with train_timewarp or pass a valid path.")
+    return load_plain_payload(path, FORMAT, "conditional flow")
+
+
+def build_from_payload(payload, path):
+    """A ConditionalFlow with the payload's architecture and weights (evaluation mode)."""
+    from .conditional import ConditionalFlow
+
+    config = payload["config"]
+    try:
+        flow = ConditionalFlow(metadata=payload["metadata"], **config)
+        flow.load_state_dict(payload["state_dict"])
+    except (TypeError, RuntimeError) as error:  # unknown config keys, missing/unexpected weights, wrong shapes
+        raise CheckpointError(f"{path}: its weights do not fit the architecture its config describes: {error}") from error
+    flow.eval()
+    return flow
+
+
+def load_conditional_flow(path, system=None, cache=True):
+    """Load a conditional flow written by :func:`save_conditional_flow` (or a training checkpoint).
+
+    Parameters
+    ----------
+    path : str or Path
+    system : MolecularSystem, optional
+        If given, the flow must have been made for this molecule (same fingerprint).
+    cache : bool
+        Share one model per (file, content) in this process.
+
+    Raises
+    ------
+    CheckpointError
+        Missing or corrupt file, or a flow made for another molecule.
+    """
+    path = Path(path)
+    sha256 = file_sha256(path) if path.is_file() else None
+    key = (str(path.resolve()), sha256)
+    with _cache_lock:
+        flow = _cache.get(key) if cache else None
+        if flow is not None and _changed_since_loaded(flow):
+            flow = None
+        if flow is None:
+            flow = build_from_payload(read_checkpoint(path), path)
+            flow.requires_grad_(False)
+            _mark_saved(flow, path)
+            if cache:
+                _cache[key] = flow
+    if system is not None and (flow.n_atoms != system.n_atoms or flow.fingerprint not in (None, system.fingerprint)):
+        raise CheckpointError(
+            f"conditional flow {path} was made for {flow.metadata.get('system', '?')!r} ({flow.n_atoms} atoms) but the "
+            f"system is {system.name!r} ({system.n_atoms} atoms) with other atoms, masses or bonds; load the flow trained "
+            "for this molecule or train one."
+        )
+    return flow

@@ -1,0 +1,187 @@
+"""Training conditional flows by maximum likelihood on MD pairs (x_t, x_{t+tau}), with checkpoints that resume.
+
+Each step draws a minibatch of pairs, rotates each pair by one uniformly random rotation (the flow is
+not rotation equivariant; a rigid rotation of both frames is a symmetry of the dynamics), draws the
+auxiliary velocities ``v, v' ~ N(0, I)`` and minimizes ``-mean log p(x_{t+tau}, v' | x_t[, v])``.
+Its optimum makes ``v'`` independent of ``x'``, so the velocity terms of the acceptance cancel.
+Every random number of step ``k`` comes from ``torch_generator(seed, k)``, so a run resumed from a
+checkpoint (model, Adam state, step, losses) continues exactly as the uninterrupted run would.
+"""
+
+__all__ = ["trajectory_pairs", "train_timewarp", "random_rotations"]
+
+import hashlib
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .._threads import package_threads
+from ..errors import InvalidInputError
+from ..outputs import atomic_output_path
+from ..proposals.streams import checked_root_seed, torch_generator
+from .checkpoints import CheckpointError
+from .conditional_io import _mark_saved, _payload, read_checkpoint
+from .training import TrainingHistory, _check_counts
+
+
+def trajectory_pairs(trajectories, lag):
+    """Pairs ``(x_t, x_{t+lag})`` of frames ``lag`` apart, never across trajectories.
+
+    Parameters
+    ----------
+    trajectories : mdtraj.Trajectory, array_like or list of them
+        Positions of shape (n_frames, n_atoms, 3) in nm (an mdtraj trajectory's ``xyz``); a list
+        holds separate trajectories of the same molecule.
+    lag : int
+        tau in frames (>= 1).
+
+    Returns
+    -------
+    x_t, x_lag : numpy.ndarray, shape=(n_pairs, n_atoms, 3)
+        float64, nm.
+
+    Examples
+    --------
+    >>> x_t, x_lag = trajectory_pairs(np.arange(12.0).reshape(4, 1, 3), lag=2)
+    >>> x_t[:, 0, 0].tolist(), x_lag[:, 0, 0].tolist()
+    ([0.0, 3.0], [6.0, 9.0])
+    """
+    _check_counts(lag=lag)
+    if hasattr(trajectories, "xyz") or not isinstance(trajectories, (list, tuple)):
+        trajectories = [trajectories]
+    starts, ends = [], []
+    for trajectory in trajectories:
+        xyz = np.asarray(getattr(trajectory, "xyz", trajectory), dtype=np.float64)
+        if xyz.ndim != 3 or xyz.shape[-1] != 3:
+            raise InvalidInputError(f"a trajectory must have shape (n_frames, n_atoms, 3) in nm, got {xyz.shape}.")
+        if starts and xyz.shape[1] != starts[0].shape[1]:
+            raise InvalidInputError(f"trajectories have {starts[0].shape[1]} and {xyz.shape[1]} atoms: pass one molecule's trajectories.")
+        starts.append(xyz[: len(xyz) - int(lag)])
+        ends.append(xyz[int(lag):])
+    x_t, x_lag = np.concatenate(starts), np.concatenate(ends)
+    if len(x_t) == 0:
+        raise InvalidInputError(f"no pairs: every trajectory has at most lag={lag} frames.")
+    return x_t, x_lag
+
+
+def random_rotations(n, generator=None, dtype=torch.float64):
+    """``n`` rotation matrices (n, 3, 3), uniform on SO(3) (QR of a Gaussian matrix, signs fixed)."""
+    q, r = torch.linalg.qr(torch.randn(n, 3, 3, generator=generator, dtype=torch.float64))
+    q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[:, None, :]
+    q[:, :, 0] *= torch.sign(torch.linalg.det(q))[:, None]
+    return q.to(dtype)
+
+
+def _data_sha256(x_t, x_lag):
+    return hashlib.sha256(np.ascontiguousarray(x_t).tobytes() + np.ascontiguousarray(x_lag).tobytes()).hexdigest()
+
+
+def train_timewarp(model, pairs, n_steps=1000, batch_size=64, learning_rate=1e-3, rotations=True, seed=0,
+                   checkpoint=None, checkpoint_every=100, progress=True):
+    """Maximum likelihood of ``x_{t+tau}`` given ``x_t`` for a :class:`~openmm_flowplugin.flows.ConditionalFlow`.
+
+    Parameters
+    ----------
+    model : ConditionalFlow
+        Trained in place (returned in evaluation mode).
+    pairs : tuple of array_like
+        ``(x_t, x_lag)`` of shape (n_pairs, n_atoms, 3) in nm, e.g. from :func:`trajectory_pairs`.
+    n_steps : int
+        Total optimisation steps (a resumed run trains until the checkpoint's step reaches it).
+    batch_size : int
+    learning_rate : float
+        Adam's.
+    rotations : bool
+        Rotate each pair by a random rotation (default True).
+    seed : int
+        Root seed of the minibatches, rotations and velocities.
+    checkpoint : str or Path, optional
+        Written every ``checkpoint_every`` steps and at the end (atomically); if it exists when
+        called, training resumes from it (same data, seed and settings, else CheckpointError).
+    checkpoint_every : int
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    TrainingHistory
+        The loss (negative log likelihood per pair, nats) of every step so far, resumed ones included.
+
+    Examples
+    --------
+    >>> from openmm_flowplugin.flows import ConditionalFlow
+    >>> x = np.random.default_rng(0).normal(scale=0.1, size=(40, 3, 3))
+    >>> flow = ConditionalFlow(3, n_layers=2, hidden=(8,), context_features=4)
+    >>> history = train_timewarp(flow, trajectory_pairs(x, 1), n_steps=5, batch_size=8, progress=False)
+    >>> len(history)
+    5
+    """
+    _check_counts(n_steps=n_steps, batch_size=batch_size, checkpoint_every=checkpoint_every)
+    seed = checked_root_seed(seed)
+    dtype = model.basis.dtype
+    x_t, x_lag = (np.asarray(p, dtype=np.float64) for p in pairs)
+    if x_t.shape != x_lag.shape or x_t.ndim != 3 or x_t.shape[1:] != (model.n_atoms, 3) or len(x_t) == 0:
+        raise InvalidInputError(f"pairs must be two arrays of shape (n_pairs, {model.n_atoms}, 3) in nm, got {x_t.shape} and {x_lag.shape}.")
+    settings = dict(seed=seed, batch_size=int(batch_size), learning_rate=float(learning_rate), rotations=bool(rotations),
+                    data_sha256=_data_sha256(x_t, x_lag))
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    history, start = TrainingHistory(), 0
+    if checkpoint is not None and _exists(checkpoint):
+        start = _resume(model, optimizer, history, checkpoint, settings)
+    data_t, data_lag = torch.from_numpy(x_t).to(dtype), torch.from_numpy(x_lag).to(dtype)
+    model.requires_grad_(True)
+    model.train()
+    try:
+        with package_threads():
+            for step in tqdm(range(start, int(n_steps)), desc="train timewarp", disable=not progress, initial=start, total=int(n_steps)):
+                generator = torch_generator(seed, step)
+                index = torch.randint(len(data_t), (int(batch_size),), generator=generator)
+                a, b = data_t[index], data_lag[index]
+                if rotations:
+                    rotation = random_rotations(len(a), generator, dtype)
+                    a, b = a @ rotation, b @ rotation
+                v = torch.randn(len(a), 2, model.dim, generator=generator, dtype=torch.float64).to(dtype)
+                loss = -model.log_prob(b, v[:, 1], a, v[:, 0]).mean()
+                optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 100.0)
+                optimizer.step()
+                history.append(float(loss.detach()))
+                if checkpoint is not None and ((step + 1) % int(checkpoint_every) == 0 or step + 1 == int(n_steps)):
+                    _write(model, optimizer, history, checkpoint, settings, step + 1)
+    finally:
+        model.eval()
+    return history
+
+
+def _exists(path):
+    from pathlib import Path
+
+    return Path(path).is_file()
+
+
+def _write(model, optimizer, history, path, settings, step):
+    training = dict(settings, step=int(step), losses=[float(x) for x in history], optimizer=optimizer.state_dict())
+    with atomic_output_path(path, overwrite=True) as tmp:
+        torch.save(_payload(model, training), tmp)
+    _mark_saved(model, path)
+
+
+def _resume(model, optimizer, history, path, settings):
+    payload = read_checkpoint(path)
+    training = payload.get("training")
+    if not isinstance(training, dict):
+        raise CheckpointError(f"{path} holds a model but no training state: pass another checkpoint path to train anew.")
+    if payload["config"] != model.config:
+        raise CheckpointError(f"{path} was written for another architecture ({payload['config']}, the model has {model.config}).")
+    changed = [key for key, value in settings.items() if training.get(key) != value]
+    if changed:
+        raise CheckpointError(
+            f"{path} was trained with other {', '.join(changed)}: resuming would not continue that run. Pass the same "
+            "data and settings, or another checkpoint path."
+        )
+    model.load_state_dict(payload["state_dict"])
+    optimizer.load_state_dict(training["optimizer"])
+    history.extend(training["losses"])
+    return int(training["step"])
