@@ -209,3 +209,16 @@ def test_corrector_matching_learns_the_reference_terminal_score():
     sampler.train(8)
     assert all(param.abs().sum() == 0 for param in sampler.controller.net[-1].parameters())  # the chains stayed the reference
     assert relative_error() < 0.1, relative_error()
+
+
+def test_warm_start_fills_the_buffer_with_md_configurations_and_counts_their_energies():
+    molecular_system = systems.get("double_well_2d")
+    sampler = _sampler(molecular_system, None, batch_size=16, n_adjoint_steps=2, training_batch_size=16)
+    rng = np.random.default_rng(0)
+    md = rng.normal([-1.0, 0.0, 0.0], 0.1, size=(40, 1, 3))
+    md[0, 0, 0] = np.nan  # a broken frame: counted, kept out of the buffer
+    sampler.warm_start(md)
+    assert len(sampler.buffer) == 39 and sampler.n_invalid == 1 and sampler.n_energy_evaluations == 40
+    assert torch.equal(sampler.buffer.data["x_final"], torch.as_tensor(md[1:].reshape(39, 3)))
+    sampler.train(1)
+    assert len(sampler.buffer) == 39 + 16 and sampler.n_energy_evaluations == 56

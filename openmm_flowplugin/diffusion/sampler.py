@@ -40,7 +40,7 @@ from .schedule import NoiseSchedule
 
 CHECKPOINT_FORMAT = "openmm_flowplugin.diffusion/1"
 # Stream purposes (proposals.streams uses 0-2).
-_REFILL, _TRAIN, _SAMPLE, _INITIALISE = 10, 11, 12, 13
+_REFILL, _TRAIN, _SAMPLE, _INITIALISE, _WARM_START = 10, 11, 12, 13, 14
 
 
 @dataclasses.dataclass
@@ -218,7 +218,7 @@ class DiffusionSampler:
         u, gradient = self._energies(x)
         valid = torch.isfinite(u)
         self.n_invalid += int((~valid).sum())
-        x0 = torch.randn(x.shape, generator=torch_generator(self.settings["seed"], _REFILL, 2**31 - 1 - self.n_warm_start),
+        x0 = torch.randn(x.shape, generator=torch_generator(self.settings["seed"], _WARM_START, self.n_warm_start),
                          dtype=torch.float64) * self.schedule.source_scale
         self.buffer.add(x_initial=x0[valid], x_final=x[valid], energy_gradient=self._clipped(gradient[valid]))
         self.n_warm_start += 1
