@@ -116,8 +116,9 @@ class DiffusionSampler:
         chains end far from the target where forces are huge, and unclipped targets make the drift
         overshoot and training diverge. Only training sees it; the weights stay exact. ``None``: no clip.
     n_snapshots, snapshot_interval : int
-        :meth:`sample` mixes the last ``n_snapshots`` controllers, saved every ``snapshot_interval``
-        iterations.
+        :meth:`sample` mixes up to ``n_snapshots`` controllers saved during training, first every
+        ``snapshot_interval`` iterations; when there are more, every other one is dropped and the
+        interval doubles, so they stay spread over the whole training.
     seed : int, optional
         Root seed of every random stream (:mod:`openmm_flowplugin.proposals.streams`).
     platform : str, optional
@@ -178,6 +179,7 @@ class DiffusionSampler:
         self.n_warm_start = 0
         self.history = []
         self.snapshots = []
+        self.snapshot_stride = self.settings["snapshot_interval"]
 
     # ------------------------------------------------------------------ energies
     @property
@@ -320,7 +322,7 @@ class DiffusionSampler:
                              energy_evaluations=self.n_energy_evaluations)
                 self.history.append(stats)
                 self.iteration += 1
-                if self.iteration % self.settings["snapshot_interval"] == 0:
+                if self.iteration % self.snapshot_stride == 0:
                     self._take_snapshot()
                 bar.update(1)
                 bar.set_postfix(loss=f"{stats['adjoint_loss']:.3g}", ess=f"{stats['buffer_ess']:.3f}",
@@ -330,26 +332,32 @@ class DiffusionSampler:
         bar.close()
 
     def _take_snapshot(self):
-        state = {key: value.detach().clone() for key, value in self.controller.state_dict().items()}
-        self.snapshots = (self.snapshots + [state])[-self.settings["n_snapshots"]:]
+        """Keep the controller; beyond ``n_snapshots``, keep every other one and double the stride.
+
+        The snapshots so stay spread over the whole training (at iterations that are multiples of the
+        stride) instead of its last few iterations: with a bias, the sampler swings between basins on
+        time scales that grow with the bias, and a mixture over a short window can miss one.
+        """
+        self.snapshots.append({key: value.detach().clone() for key, value in self.controller.state_dict().items()})
+        if len(self.snapshots) > self.settings["n_snapshots"]:
+            self.snapshots = self.snapshots[1::2]
+            self.snapshot_stride *= 2
 
     def production_controllers(self):
-        """The controllers :meth:`sample` mixes: the stored snapshots, or the current controller if there are none."""
-        if not self.snapshots:
-            return [self.controller]
+        """The controllers :meth:`sample` mixes: the stored snapshots and the current controller."""
         controllers = []
         for state in self.snapshots:
             controller = Controller(self.controller.dimension, hidden=self.settings["hidden"], n_layers=self.settings["n_layers"])
             controller.load_state_dict(state)
             controllers.append(controller)
-        return controllers
+        return controllers + [self.controller]
 
     # ------------------------------------------------------------------ production
     def sample(self, n_samples, batch_size=None):
         """``n_samples`` independent samples with exact Boltzmann importance weights (bias frozen).
 
-        The chains come from the uniform mixture of the last ``n_snapshots`` controller snapshots
-        (taken every ``snapshot_interval`` training iterations) and are weighted by the mixture's
+        The chains come from the uniform mixture of the controller snapshots (spread over the
+        training, see ``n_snapshots``) and are weighted by the mixture's
         exact path density (:func:`~openmm_flowplugin.diffusion.chain.run_chains`): a sampler trained
         with a well-tempered bias keeps moving between basins as hills are added, and the mixture
         averages over that motion instead of depending on where the last iteration happened to be.
@@ -389,7 +397,7 @@ class DiffusionSampler:
             corrector=None if self.corrector is None else self.corrector.state_dict(),
             corrector_optimizer=None if self.corrector is None else self.corrector_optimizer.state_dict(),
             buffer=self.buffer.state_dict(), bias=None if self.bias is None else self.bias.state_dict(),
-            history=[dict(h) for h in self.history], snapshots=list(self.snapshots),
+            history=[dict(h) for h in self.history], snapshots=list(self.snapshots), snapshot_stride=self.snapshot_stride,
         )
 
     def save_checkpoint(self, path):
@@ -428,6 +436,7 @@ class DiffusionSampler:
         self._evaluations_before = int(state["energy_evaluations"]) - self.energy.n_evaluations
         self.history = list(state["history"])
         self.snapshots = list(state["snapshots"])
+        self.snapshot_stride = int(state["snapshot_stride"])
 
 
 def hamiltonian_digest(system):

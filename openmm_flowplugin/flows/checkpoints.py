@@ -168,9 +168,8 @@ def load_plain_payload(path, expected_format, kind):
 def _read_payload(path):
     """(config, state_dict, metadata) of a checkpoint file, or CheckpointError naming what is wrong with the file."""
     payload = load_plain_payload(path, FORMAT, "flow")
-    missing = []
     config = payload["config"]
-    missing += [f"config[{key!r}]" for key, kind in _CONFIG_KEYS.items() if not isinstance(config.get(key), kind)]
+    missing = [f"config[{key!r}]" for key, kind in _CONFIG_KEYS.items() if not isinstance(config.get(key), kind)]
     if missing:
         raise CheckpointError(f"{path} is corrupt: {', '.join(missing)} missing or of the wrong type.")
     return config, payload["state_dict"], payload["metadata"]
