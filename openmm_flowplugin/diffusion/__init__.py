@@ -4,6 +4,7 @@ discretized chain (Adjoint Sampling; Adjoint Schrödinger Bridge Sampling; WT-AS
 
 from .bias import WellTemperedBias
 from .chain import Chains, DivergedTrainingError, run_chains
+from .coordinates import CartesianSpace, InternalCoordinateSpace
 from .networks import Controller, Corrector
 from .sampler import DiffusionSampler, DiffusionSamples
 from .schedule import NoiseSchedule
@@ -13,6 +14,8 @@ __all__ = [
     "DiffusionSamples",
     "WellTemperedBias",
     "NoiseSchedule",
+    "CartesianSpace",
+    "InternalCoordinateSpace",
     "Controller",
     "Corrector",
     "Chains",

@@ -35,6 +35,7 @@ from ..errors import InvalidInputError
 from ..proposals.streams import checked_root_seed, torch_generator
 from .buffer import ReplayBuffer
 from .chain import DivergedTrainingError, run_chains
+from .coordinates import CartesianSpace
 from .networks import Controller, Corrector
 from .schedule import NoiseSchedule
 
@@ -111,6 +112,9 @@ class DiffusionSampler:
     training_batch_size : int
         Buffer rows per gradient step.
     learning_rate : float
+    coordinates : CartesianSpace or InternalCoordinateSpace, optional
+        The sampler's variables: flattened Cartesian positions (default) or standardized internal
+        coordinates (:mod:`.coordinates`; molecules). The schedule's scales are in these units.
     max_gradient_norm : float or None
         Clip each ∇u(X_K) (1/nm, u = U/kT) to this norm in the regression target (default 20): early
         chains end far from the target where forces are huge, and unclipped targets make the drift
@@ -138,13 +142,16 @@ class DiffusionSampler:
 
     def __init__(self, molecular_system, bias=None, schedule=None, hidden=128, n_layers=3, batch_size=256, buffer_size=None,
                  n_adjoint_steps=50, n_corrector_steps=50, training_batch_size=256, learning_rate=3e-4, max_gradient_norm=20.0,
-                 n_snapshots=10, snapshot_interval=10, seed=None, platform=None):
+                 n_snapshots=10, snapshot_interval=10, coordinates=None, seed=None, platform=None):
         self.molecular_system = molecular_system
         self.bias = bias
         self.schedule = schedule if schedule is not None else NoiseSchedule(2.0, 0.01, 100)
         if not isinstance(self.schedule, NoiseSchedule):
             raise InvalidInputError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}.")
         self.n_atoms = molecular_system.system.getNumParticles()
+        self.coordinates = coordinates if coordinates is not None else CartesianSpace(self.n_atoms)
+        if self.coordinates.n_atoms != self.n_atoms:
+            raise InvalidInputError(f"the coordinate space is for {self.coordinates.n_atoms} atoms, {molecular_system.name!r} has {self.n_atoms}.")
         self.energy = OpenMMEnergy(molecular_system.system, molecular_system.temperature, platform=platform)
         self.kT = self.energy.kT
         if bias is not None:
@@ -162,8 +169,9 @@ class DiffusionSampler:
             max_gradient_norm=None if max_gradient_norm is None else float(max_gradient_norm), seed=checked_root_seed(seed),
             n_snapshots=_positive(n_snapshots, "n_snapshots"), snapshot_interval=_positive(snapshot_interval, "snapshot_interval"),
             kT=self.kT, hamiltonian=hamiltonian_digest(molecular_system.system), has_bias=bias is not None,
+            coordinates=self.coordinates.describe(),
         )
-        dimension = 3 * self.n_atoms
+        dimension = self.coordinates.dimension
         # torch's layer initialisers draw from the global generator: seed it from our stream inside a fork,
         # so the networks are reproducible and the caller's global state is left as it was.
         with torch.random.fork_rng(devices=[]):
@@ -189,21 +197,36 @@ class DiffusionSampler:
 
     _evaluations_before = 0
 
-    def _energies(self, x_flat):
-        u, forces = self.energy.energy_and_forces(x_flat.reshape(-1, self.n_atoms, 3))
-        return torch.from_numpy(u), torch.from_numpy(-forces).reshape(len(u), -1)
+    def _energies(self, z):
+        """Reduced target energies u_z = u(x(z)) − log|dx/dz| and their gradients in z (float64)."""
+        if isinstance(self.coordinates, CartesianSpace):
+            u, forces = self.energy.energy_and_forces(z.reshape(-1, self.n_atoms, 3))
+            return torch.from_numpy(u), torch.from_numpy(-forces).reshape(len(u), -1)
+        z = z.detach().to(torch.float64).requires_grad_(True)
+        x, log_volume = self.coordinates.to_positions(z)
+        u = self.energy(x) - log_volume
+        finite = torch.isfinite(u)
+        gradient = torch.zeros_like(z)
+        if finite.any():
+            (gradient,) = torch.autograd.grad(u[finite].sum(), z)
+        u = torch.where(finite, u.detach(), torch.full_like(u.detach(), math.inf))
+        return u, torch.where(finite[:, None], gradient, torch.zeros_like(gradient))
+
+    def positions(self, z):
+        """Positions (batch, n_atoms, 3) in nm of the sampler's variables ``z`` (batch, d)."""
+        return self.coordinates.to_positions(z)[0]
 
     def _bias_reduced(self, x_flat, gradient=False):
         """βV(s(x)) and optionally its gradient, float64."""
         if self.bias is None:
             zero = torch.zeros(len(x_flat), dtype=torch.float64)
             return (zero, torch.zeros_like(x_flat)) if gradient else zero
-        x = x_flat.detach().to(torch.float64).reshape(-1, self.n_atoms, 3).requires_grad_(gradient)
-        value = self.bias(x) / self.kT
+        z = x_flat.detach().to(torch.float64).requires_grad_(gradient)
+        value = self.bias(self.positions(z)) / self.kT
         if not gradient:
             return value.detach()
-        (grad,) = torch.autograd.grad(value.sum(), x)
-        return value.detach(), grad.reshape(len(x_flat), -1)
+        (grad,) = torch.autograd.grad(value.sum(), z)
+        return value.detach(), torch.nan_to_num(grad, nan=0.0)
 
     # ------------------------------------------------------------------ training
     def warm_start(self, positions):
@@ -216,7 +239,8 @@ class DiffusionSampler:
         """
         from ..units import nanometers
 
-        x = torch.as_tensor(nanometers(positions)).reshape(-1, 3 * self.n_atoms)
+        x = torch.as_tensor(nanometers(positions)).reshape(-1, self.n_atoms, 3)
+        x = x.reshape(len(x), -1) if isinstance(self.coordinates, CartesianSpace) else self.coordinates.from_positions_to_z(x)
         u, gradient = self._energies(x)
         valid = torch.isfinite(u)
         self.n_invalid += int((~valid).sum())
@@ -248,7 +272,7 @@ class DiffusionSampler:
         log_weights = -(u + bias_reduced) + chains.log_path_ratio
         self.buffer.add(x_initial=chains.x_initial[valid], x_final=chains.x_final[valid], energy_gradient=self._clipped(gradient[valid]))
         if self.bias is not None and deposit:
-            x = chains.x_final[valid].reshape(-1, self.n_atoms, 3)
+            x = self.positions(chains.x_final[valid])
             self.bias.deposit(self.bias.cv_values(x).detach().numpy())
         return dict(buffer_ess=effective_sample_size(log_weights.numpy()), n_invalid=n_invalid)
 
@@ -377,8 +401,9 @@ class DiffusionSampler:
                 self.n_samples_drawn += 1
                 u, _ = self._energies(chains.x_final)
                 parts.append((chains.x_final, u, chains.log_path_ratio - u))
-        x = torch.cat([p[0] for p in parts]).reshape(-1, self.n_atoms, 3)
-        u = torch.cat([p[1] for p in parts]).numpy()
+        z = torch.cat([p[0] for p in parts])
+        x, log_volume = self.coordinates.to_positions(z)
+        u = (torch.cat([p[1] for p in parts]) + log_volume).numpy()  # the physical u = U/kT (u_z = u − log|dx/dz|)
         log_weights = torch.cat([p[2] for p in parts]).numpy()
         log_weights = np.where(np.isfinite(u), log_weights, -np.inf)
         cv_values = bias = None

@@ -1,0 +1,162 @@
+"""The spaces a diffusion sampler can run in: Cartesian coordinates, or standardized internal coordinates.
+
+A space maps the sampler's variables z (batch, d) to positions (batch, n_atoms, 3) in nm and gives the
+log volume factor, so that the sampler's target in z, π_z(z) ∝ π(x(z)) · |dx/dz|, has the Boltzmann
+distribution as its image. Weights computed in z are then exact for positions.
+
+:class:`InternalCoordinateSpace` is made for molecules: z are bond lengths, angles and torsions of
+the package's Z-matrix (:class:`~openmm_flowplugin.geometry.InternalCoordinateTransform`), each
+standardized by its mean and spread in reference configurations (e.g. a short MD run), so one noise
+scale suits stiff bonds and floppy torsions. The rigid motions are left out (the target is the
+rotation- and translation-invariant density; positions come out in the Z-matrix's standard frame).
+Torsions are periodic but z is a real line: the target on z extends each torsion's density to the
+line with image weights g(τ̃) = N(τ̃ − μ; 0, w²) / Σ_n N(τ̃ − μ + 2πn; 0, w²), which sum to one over the
+images of each angle, so the wrapped torsions follow the Boltzmann distribution exactly.
+
+Examples
+--------
+>>> import torch
+>>> from openmm_flowplugin import systems
+>>> ala2 = systems.get("alanine_dipeptide_vacuum")
+>>> space = InternalCoordinateSpace.from_positions(ala2.topology, ala2.positions_nm[None].repeat(4, 0) + 0.001 * torch.randn(4, 22, 3).numpy())
+>>> space.dimension
+60
+>>> x, log_volume = space.to_positions(torch.zeros(2, 60, dtype=torch.float64))
+>>> x.shape, log_volume.shape
+(torch.Size([2, 22, 3]), torch.Size([2]))
+"""
+
+__all__ = ["CartesianSpace", "InternalCoordinateSpace"]
+
+import math
+
+import numpy as np
+import torch
+
+from ..errors import InvalidInputError
+from ..geometry import InternalCoordinateTransform
+from ..geometry.internal import InternalCoordinates
+
+_N_IMAGES = 3  # images on each side: with w <= pi the neglected terms are below exp(-(2*pi*4)^2 / (2 pi^2)) ~ 1e-14
+
+
+class CartesianSpace:
+    """z = flattened Cartesian positions (nm); no volume factor."""
+
+    kind = "cartesian"
+
+    def __init__(self, n_atoms):
+        self.n_atoms = int(n_atoms)
+        self.dimension = 3 * self.n_atoms
+
+    def to_positions(self, z):
+        """Positions (batch, n_atoms, 3) and log |dx/dz| (zeros)."""
+        return z.reshape(len(z), self.n_atoms, 3), torch.zeros(len(z), dtype=z.dtype, device=z.device)
+
+    def describe(self):
+        """Plain-data description (checkpoints compare it on resume)."""
+        return dict(kind=self.kind, n_atoms=self.n_atoms)
+
+
+class InternalCoordinateSpace:
+    """Standardized bonds, angles and torsions of a molecule (dimension 3N − 6).
+
+    Parameters
+    ----------
+    transform : InternalCoordinateTransform
+    mean, scale : array_like, shape=(3N − 6,)
+        Per-coordinate centre and spread (bonds nm, angles and torsions rad), bonds first, then angles,
+        then torsions, in the transform's order.
+    image_width : float
+        w of the torsion image weights (rad); at most π.
+    """
+
+    kind = "internal"
+
+    def __init__(self, transform, mean, scale, image_width=math.pi):
+        self.transform = transform
+        self.n_atoms = transform.n_atoms
+        self.dimension = transform.dim
+        self.mean = torch.as_tensor(np.asarray(mean, dtype=np.float64))
+        self.scale = torch.as_tensor(np.asarray(scale, dtype=np.float64))
+        if self.mean.shape != (self.dimension,) or self.scale.shape != (self.dimension,) or not torch.all(self.scale > 0):
+            raise InvalidInputError(f"mean and scale need {self.dimension} entries, scale > 0.")
+        if not 0 < image_width <= math.pi:
+            raise InvalidInputError(f"image_width must be in (0, pi], got {image_width!r}.")
+        self.image_width = float(image_width)
+        self._splits = (transform.n_bonds, transform.n_angles, transform.n_torsions)
+
+    @classmethod
+    def from_positions(cls, topology, positions, min_scale=(1e-3, 1e-2, 1e-2)):
+        """Standardize with the mean and spread of reference configurations (circular statistics for torsions).
+
+        Parameters
+        ----------
+        topology : openmm.app.Topology or mdtraj.Topology
+            Its bonds define the Z-matrix.
+        positions : array_like, shape=(n, n_atoms, 3)
+            nm; at least two configurations.
+        min_scale : tuple of float
+            Lower bounds of the spreads of bonds (nm), angles and torsions (rad).
+        """
+        transform = InternalCoordinateTransform.from_topology(topology)
+        x = torch.as_tensor(np.asarray(positions, dtype=np.float64))
+        if x.ndim != 3 or len(x) < 2 or x.shape[1:] != (transform.n_atoms, 3):
+            raise InvalidInputError(f"need reference positions of shape (n >= 2, {transform.n_atoms}, 3), got {tuple(x.shape)}.")
+        ic, _, _ = transform.to_internal(x)
+        means, scales = [], []
+        for values, floor in ((ic.bonds, min_scale[0]), (ic.angles, min_scale[1])):
+            means.append(values.mean(0))
+            scales.append(torch.clamp(values.std(0), min=floor))
+        sin, cos = torch.sin(ic.torsions).mean(0), torch.cos(ic.torsions).mean(0)
+        means.append(torch.atan2(sin, cos))
+        resultant = torch.clamp(torch.sqrt(sin**2 + cos**2), min=1e-12, max=1.0)
+        scales.append(torch.clamp(torch.sqrt(-2.0 * torch.log(resultant)), min=min_scale[2], max=math.pi))
+        return cls(transform, torch.cat(means).numpy(), torch.cat(scales).numpy())
+
+    def _unstandardize(self, z):
+        q = self.mean.to(z) + self.scale.to(z) * z
+        bonds, angles, torsions = torch.split(q, self._splits, dim=-1)
+        return bonds, angles, torsions
+
+    def to_positions(self, z):
+        """Positions (batch, n_atoms, 3) in the standard frame and log of the target's volume factor, differentiable.
+
+        The factor is |dx/dq| (bonds² and sin(angle) of the Z-matrix) · ∏ scale · ∏ g(torsion images).
+        Bonds ≤ 0 or angles outside (0, π) give NaN positions (the energy bridge scores them +inf: weight 0).
+        """
+        bonds, angles, torsions = self._unstandardize(z)
+        valid = (bonds > 0).all(-1) & (angles > 0).all(-1) & (angles < math.pi).all(-1)
+        safe_bonds = torch.where(valid[:, None], bonds, torch.ones_like(bonds))
+        safe_angles = torch.where(valid[:, None], angles, torch.full_like(angles, 0.5 * math.pi))
+        x = self.transform.to_cartesian(InternalCoordinates(safe_bonds, safe_angles, torsions))
+        x = torch.where(valid[:, None, None], x, torch.full_like(x, float("nan")))
+        log_volume = (InternalCoordinateTransform.log_det_jacobian(safe_bonds, safe_angles) + torch.log(self.scale.to(z)).sum()
+                      + self._log_image_weights(torsions))
+        return x, log_volume
+
+    def _log_image_weights(self, torsions):
+        return self.log_image_weight_terms(torsions).sum(-1)
+
+    def log_image_weight_terms(self, torsions):
+        """log g of each torsion (batch, n_torsions): over the images τ + 2πn of one angle the g sum to one."""
+        n_b, n_a, _ = self._splits
+        offset = torsions - self.mean[n_b + n_a:].to(torsions)
+        shifts = 2.0 * math.pi * torch.arange(-_N_IMAGES, _N_IMAGES + 1, dtype=torsions.dtype, device=torsions.device)
+        log_terms = -0.5 * ((offset[..., None] + shifts) / self.image_width) ** 2
+        return -0.5 * (offset / self.image_width) ** 2 - torch.logsumexp(log_terms, -1)
+
+    def from_positions_to_z(self, x):
+        """z of positions (batch, n_atoms, 3), torsions on their principal branch around the mean."""
+        ic, _, _ = self.transform.to_internal(torch.as_tensor(x, dtype=torch.float64))
+        n_b, n_a, _ = self._splits
+        torsions = ic.torsions
+        mean_t = self.mean[n_b + n_a:]
+        torsions = mean_t + torch.remainder(torsions - mean_t + math.pi, 2 * math.pi) - math.pi
+        q = torch.cat([ic.bonds, ic.angles, torsions], -1)
+        return (q - self.mean) / self.scale
+
+    def describe(self):
+        """Plain-data description (checkpoints compare it on resume)."""
+        return dict(kind=self.kind, n_atoms=self.n_atoms, bonds=[list(b) for b in self.transform.bond_graph],
+                    mean=self.mean.tolist(), scale=self.scale.tolist(), image_width=self.image_width)

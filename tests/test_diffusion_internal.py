@@ -1,0 +1,109 @@
+"""The diffusion sampler in standardized internal coordinates: exact torsion free energies of a 5-atom chain."""
+
+import math
+
+import numpy as np
+import openmm
+import pytest
+import torch
+from openmm import app, unit
+
+from openmm_flowplugin.analysis import basin_free_energy_difference
+from openmm_flowplugin.diffusion import DiffusionSampler, NoiseSchedule, WellTemperedBias
+from openmm_flowplugin.diffusion.coordinates import InternalCoordinateSpace
+from openmm_flowplugin.errors import InvalidInputError
+from openmm_flowplugin.geometry import Torsion
+from openmm_flowplugin.systems import MolecularSystem
+
+TORSIONS = ((0, 1, 2, 3, 3, 3.0), (1, 2, 3, 4, 2, 4.0))  # atoms, periodicity, k (kJ/mol)
+KT = 2.494338785445972
+
+
+def _chain():
+    """Five carbons in a chain: stiff bonds and angles, a 3-fold and a 2-fold torsion (exact torsion marginals)."""
+    system = openmm.System()
+    topology = app.Topology()
+    residue = topology.addResidue("CHN", topology.addChain())
+    atoms = [topology.addAtom(f"C{i}", app.element.carbon, residue) for i in range(5)]
+    for _ in range(5):
+        system.addParticle(12.0)
+    bonds, angles, torsions = openmm.HarmonicBondForce(), openmm.HarmonicAngleForce(), openmm.PeriodicTorsionForce()
+    for i in range(4):
+        bonds.addBond(i, i + 1, 0.15, 2.0e5)
+        topology.addBond(atoms[i], atoms[i + 1])
+    for i in range(3):
+        angles.addAngle(i, i + 1, i + 2, 1.91, 400.0)
+    for a, b, c, d, n, k in TORSIONS:
+        torsions.addTorsion(a, b, c, d, n, 0.0, k)
+    for force in (bonds, angles, torsions):
+        system.addForce(force)
+    x = np.zeros((5, 3))
+    for i in range(1, 5):  # a zig-zag in the xy plane (trans)
+        x[i] = x[i - 1] + 0.15 * np.array([math.sin(0.955), (-1) ** i * math.cos(0.955), 0.0])
+    return MolecularSystem(name="chain5", system=system, topology=topology, positions=unit.Quantity(x, unit.nanometer),
+                           temperature=300.0 * unit.kelvin)
+
+
+def _reference_positions(chain, n=200, seed=0):
+    integrator = openmm.LangevinMiddleIntegrator(300.0, 5.0, 0.0005)
+    integrator.setRandomNumberSeed(seed + 1)
+    context = openmm.Context(chain.system, integrator, openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions(chain.positions)
+    context.setVelocitiesToTemperature(300.0, seed + 1)
+    frames = []
+    for _ in range(n):
+        integrator.step(40)
+        frames.append(context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer))
+    return np.array(frames)
+
+
+def _exact_probability(n, k, low, high):
+    tau = np.linspace(-math.pi, math.pi, 20001)
+    density = np.exp(-k * (1 + np.cos(n * tau)) / KT)
+    inside = (tau >= low) & (tau < high)
+    return np.trapezoid(density * inside, tau) / np.trapezoid(density, tau)
+
+
+def test_image_weights_sum_to_one_over_the_images_and_positions_round_trip():
+    chain = _chain()
+    space = InternalCoordinateSpace.from_positions(chain.topology, _reference_positions(chain, n=50))
+    tau = torch.linspace(-math.pi, math.pi, 7, dtype=torch.float64)[:, None].repeat(1, 2)
+    total = sum(torch.exp(space.log_image_weight_terms(tau + 2 * math.pi * n)) for n in range(-6, 7))  # per torsion
+    assert torch.allclose(total, torch.ones_like(total), atol=1e-12)
+    assert not torch.allclose(torch.exp(space.log_image_weight_terms(tau)), torch.ones_like(total))  # each image alone is not 1
+    x = torch.as_tensor(_reference_positions(chain, n=5, seed=3))
+    z = space.from_positions_to_z(x)
+    back, _ = space.to_positions(z)
+    aligned_in, _ = space.to_positions(space.from_positions_to_z(back))
+    assert torch.allclose(back, aligned_in, atol=1e-10)
+    with pytest.raises(InvalidInputError, match="reference positions of shape"):
+        InternalCoordinateSpace.from_positions(chain.topology, x[:1])
+
+
+def test_internal_coordinate_sampler_gives_exact_torsion_free_energies():
+    chain = _chain()
+    frames = _reference_positions(chain)
+    space = InternalCoordinateSpace.from_positions(chain.topology, frames)
+    bias = WellTemperedBias([Torsion(0, 1, 2, 3), Torsion(1, 2, 3, 4)], lower=(-math.pi, -math.pi), upper=(math.pi, math.pi),
+                            n_nodes=(64, 64), hill_width=0.3, hill_height=0.02, bias_factor=6.0, temperature=300.0, periodic=True)
+    sampler = DiffusionSampler(chain, bias=bias, coordinates=space, schedule=NoiseSchedule(3.0, 0.05, 40), hidden=64, n_layers=2,
+                               batch_size=128, n_adjoint_steps=40, training_batch_size=128, seed=0)
+    sampler.warm_start(frames)
+    sampler.train(80)
+    samples = sampler.sample(6000)
+    assert np.all(np.isfinite(samples.reduced_energies[np.isfinite(samples.log_weights)]))
+    # the 3-fold torsion's gauche+ well against the whole plane, and the 2-fold torsion's wells against each other
+    basins = {"all": [(-math.pi, math.pi), (-math.pi, math.pi)], "gauche": [(0.4, 1.7), (-math.pi, math.pi)]}
+    first = basin_free_energy_difference(samples.cv_values, samples.log_weights, basins, "all", "gauche", 300.0)
+    exact_first = -KT * math.log(_exact_probability(3, 3.0, 0.4, 1.7))
+    assert abs(first.value - exact_first) < 4 * first.error, (first, exact_first)
+    wells = {"minus": [(-math.pi, math.pi), (-math.pi, 0.0)], "plus_core": [(-math.pi, math.pi), (1.0, 2.2)]}
+    second = basin_free_energy_difference(samples.cv_values, samples.log_weights, wells, "minus", "plus_core", 300.0)
+    exact_second = -KT * math.log(_exact_probability(2, 4.0, 1.0, 2.2) / _exact_probability(2, 4.0, -math.pi, 0.0))
+    assert abs(second.value - exact_second) < 4 * second.error, (second, exact_second)
+    assert samples.n_effective > 20
+    # control: the unweighted (biased) samples miss at least one of the two values by far more than their error
+    flat = np.zeros(len(samples.log_weights))
+    unweighted = [basin_free_energy_difference(samples.cv_values, flat, basins, "all", "gauche", 300.0),
+                  basin_free_energy_difference(samples.cv_values, flat, wells, "minus", "plus_core", 300.0)]
+    assert max(abs(u.value - e) / u.error for u, e in zip(unweighted, (exact_first, exact_second))) > 4
