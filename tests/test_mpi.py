@@ -44,9 +44,9 @@ def _skip_reason():
 pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
 
 
-def _run(args, ranks, cwd, timeout=120, check=True):
-    """Run the script (or, with ``args[0] == "cli"``, the CLI) on ``ranks`` ranks; return the completed process."""
-    command = [str(BIN / "openmm-flowplugin"), *args[1:]] if args[0] == "cli" else [sys.executable, str(SCRIPT), *args]
+def _run(args, ranks, cwd, timeout=120, check=True, script=SCRIPT):
+    """Run ``script`` (or, with ``args[0] == "cli"``, the CLI) on ``ranks`` ranks; return the completed process."""
+    command = [str(BIN / "openmm-flowplugin"), *args[1:]] if args[0] == "cli" else [sys.executable, str(script), *args]
     if ranks > 1:
         command = [_mpirun(), "-n", str(ranks), *command]
     env = dict(os.environ, OPENMM_CPU_THREADS="1", OPENMM_FLOWPLUGIN_TORCH_THREADS="1", OMP_NUM_THREADS="1",
@@ -193,6 +193,151 @@ def test_sample_command_on_two_ranks_then_resumed_on_one(tmp_path):
     fresh = _run(["cli", "sample", "alanine_dipeptide_vacuum", "--temperatures", "300,400", "--iterations", "2", "--md-steps", "10",
                   "--proposals", "5", "--seed", "3", *options], 2, tmp_path, timeout=180)
     assert "2 iterations stored in run.nc" in fresh.stdout
+    # Rank 0 alone prints the summary: one line per state and one closing line, not one set per rank
+    assert fresh.stdout.count("state 0 (300.0 K)") == fresh.stdout.count("state 1 (400.0 K)") == 1
+    assert fresh.stdout.count("iterations stored in") == 1
     resumed = _run(["cli", "sample", "--resume", "--iterations", "4", "-o", "run.nc", "--no-progress", "--platform", "Reference"],
                    1, tmp_path, timeout=180)
     assert "n_proposed=20" in resumed.stdout and "4 iterations stored in run.nc" in resumed.stdout
+    # An existing output without --overwrite: refused once (rank 0 checks, the others wait for its abort), untouched
+    refused = _run(["cli", "sample", "alanine_dipeptide_vacuum", "--temperatures", "300,400", "--iterations", "2", "--md-steps", "10",
+                    "--proposals", "5", *options], 2, tmp_path, timeout=180, check=False)
+    assert refused.returncode != 0 and refused.stdout.count("already exists") == 1, refused.stdout[-2000:]
+    assert _stored_iterations(tmp_path / "run.nc") == 4
+    # --overwrite on 2 ranks: rank 0 alone removes the old run, before it creates the new one; no rank races it
+    replaced = _run(["cli", "sample", "alanine_dipeptide_vacuum", "--temperatures", "300,400", "--iterations", "2", "--md-steps", "10",
+                     "--proposals", "5", "--seed", "4", "--overwrite", *options], 2, tmp_path, timeout=180)
+    assert replaced.stdout.count("2 iterations stored in run.nc") == 1 and replaced.stdout.count("state 0 (300.0 K)") == 1
+    assert "n_proposed=10" in replaced.stdout and _stored_iterations(tmp_path / "run.nc") == 2  # a new run, not the old one
+
+
+def _stored_iterations(storage):
+    from openmmtools.multistate import MultiStateReporter
+
+    reporter = MultiStateReporter(str(storage), open_mode="r")
+    try:
+        return reporter.read_last_iteration()
+    finally:
+        reporter.close()
+
+
+# ---------------------------------------------------------------------------- TimewarpMove across ranks
+TW_ITERATIONS, TW_KILLED_AFTER, TW_PROPOSALS, TW_CONTROL_ITERATIONS = 120, 60, 10, 60
+TW_R0 = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [2.0, 0.0, 0.0]])  # harmonic_oscillator(n_particles=3): the wells, nm
+
+
+def _tw_trajectory(storage):
+    """Stored positions (n_iterations + 1, n_states, 3 atoms, 3) nm, by thermodynamic state."""
+    from openmmtools.multistate import MultiStateReporter
+
+    reporter = MultiStateReporter(str(storage), open_mode="r")
+    try:
+        frames = []
+        for iteration in range(reporter.read_last_iteration() + 1):
+            sampler_states = reporter.read_sampler_states(iteration)
+            frame = np.zeros((len(KELVINS), 3, 3))
+            for replica, state in enumerate(reporter.read_replica_thermodynamic_states(iteration)):
+                frame[state] = sampler_states[replica].positions._value
+            frames.append(frame)
+        statistics = [m.statistics for m in reporter.read_mcmc_moves()]
+    finally:
+        reporter.close()
+    return np.array(frames), statistics
+
+
+def _tw_rows(record, tags):
+    """(stream, step, proposed positions, batch start, rank) of every proposal the runs ``tags`` used."""
+    rows = []
+    for path in sorted(Path(record).glob("draws_*.json")):
+        if path.stem.split("_")[1] in tags:
+            rank = int(path.stem.rsplit("rank", 1)[1])
+            rows += [(tuple(stream), step, tuple(x), start, rank) for stream, step, x, start in json.loads(path.read_text())]
+    return rows
+
+
+def _batches_with_gaps(rows):
+    """Batches (stream, start) whose steps are not start, start + 1, ...: a batch left, then used again later."""
+    steps = {}
+    for stream, step, _, start, _ in rows:
+        steps.setdefault((stream, start), []).append(step)
+    return [key for key, used in steps.items() if sorted(used) != list(range(key[1], key[1] + len(used)))]
+
+
+@pytest.fixture(scope="module")
+def timewarp(tmp_path_factory):
+    """TimewarpMove (random-weight ConditionalFlow, 3 wells, no MD): one process; 2 ranks killed, resumed on 1;
+    and the control, 2 ranks that do not exchange the prefetch record."""
+    work = tmp_path_factory.mktemp("mpi_timewarp")
+    common = ["--system", "timewarp", "--proposals", str(TW_PROPOSALS), "--record", "record"]
+    _run([*common, "--storage", "one.nc", "--iterations", str(TW_ITERATIONS), "--tag", "one", "--summary", "one.json"], 1, work)
+    killed = _run([*common, "--storage", "two.nc", "--iterations", str(TW_ITERATIONS), "--die-after", str(TW_KILLED_AFTER),
+                   "--tag", "killed"], 2, work, check=False)
+    _run([*common, "--storage", "two.nc", "--iterations", str(TW_ITERATIONS), "--resume", "--tag", "resumed",
+          "--summary", "resumed.json"], 1, work)
+    _run([*common, "--storage", "control.nc", "--iterations", str(TW_CONTROL_ITERATIONS), "--tag", "control",
+          "--no-prefetch-sync"], 2, work)
+    return work, killed
+
+
+def test_timewarp_on_two_ranks_then_resumed_on_one_is_the_single_process_chain(timewarp):
+    """Prefetched batches are exact across ranks: the chain is bit for bit the single-process one.
+
+    Control: without the prefetch record in the exchanged statistics, a rank reuses a batch it drew
+    before another rank moved the state's stream on (its origin is again the current positions), and the
+    chain leaves the single-process one: still exact in distribution (the reused draws were never used),
+    but the result would depend on the number of ranks.
+    """
+    work, killed = timewarp
+    assert killed.returncode != 0
+    resumed = json.loads((work / "resumed.json").read_text())
+    assert (resumed["ranks"], resumed["start_iteration"], resumed["iterations"]) == (1, TW_KILLED_AFTER, TW_ITERATIONS)
+    (x_one, stored_one), (x_two, stored_two) = _tw_trajectory(work / "one.nc"), _tw_trajectory(work / "two.nc")
+    assert x_two.shape == x_one.shape == (TW_ITERATIONS + 1, len(KELVINS), 3, 3)
+    # Up to the crash, bit for bit. The resumed run starts from positions stored in float32: the restored move
+    # recognises its batch's origin at that precision and draws the batch again from its stream key, at the
+    # rounded positions, so the continuation agrees to float32 rounding (same acceptances, same statistics).
+    assert np.array_equal(x_two[: TW_KILLED_AFTER + 1], x_one[: TW_KILLED_AFTER + 1])
+    assert np.abs(x_two - x_one).max() < 1e-5
+    assert not np.array_equal(x_one[1:], x_one[:-1])  # the chain moves
+    # Statistics, prefetch keys and the flow's cost (a batch drawn again after the resume is not counted twice);
+    # the origin digests of the last batches differ in the float32 rounding of the continuation.
+    def without_digest(statistics):
+        return [dict(s, prefetch={k: v for k, v in s["prefetch"].items() if k != "origin_sha256"}) for s in statistics]
+
+    assert stored_two == resumed["statistics"] and stored_one == json.loads((work / "one.json").read_text())["statistics"]
+    assert without_digest(stored_two) == without_digest(stored_one)
+    for statistics in stored_two:
+        assert statistics["n_proposed"] == statistics["n_drawn"] == TW_ITERATIONS * TW_PROPOSALS
+        assert 0 < statistics["n_accepted"] < statistics["n_proposed"] and statistics["n_invalid"] == 0
+        assert statistics["prefetch"] is not None
+    x_control, _ = _tw_trajectory(work / "control.nc")
+    assert not np.array_equal(x_control, x_one[: TW_CONTROL_ITERATIONS + 1])
+    assert _batches_with_gaps(_tw_rows(work / "record", {"control"}))  # the stale batch that made it leave
+
+
+def test_timewarp_uses_no_proposal_twice_across_ranks(timewarp):
+    work, _ = timewarp
+    rows = _tw_rows(work / "record", {"killed", "resumed"})
+    assert {r for *_, r in _tw_rows(work / "record", {"killed"})} == {0, 1}
+    keys = [(stream, step) for stream, step, *_ in rows]
+    assert len(keys) == len(set(keys)) == 3 * TW_ITERATIONS * TW_PROPOSALS  # every step of every state once
+    assert len({x for _, _, x, _, _ in rows}) == len(rows)  # no proposed configuration twice
+    for stream in {s for s, *_ in rows}:
+        assert sorted(step for s, step, *_ in rows if s == stream) == list(range(TW_ITERATIONS * TW_PROPOSALS))
+        assert {r for s, *_, r in _tw_rows(work / "record", {"killed"}) if s == stream} == {0, 1}  # each state on both ranks
+    assert not _batches_with_gaps(rows)  # each batch used from its start, in order, never resumed after another
+
+
+def test_timewarp_per_state_averages_are_exact_on_two_ranks(timewarp):
+    """Centre fixed at the wells' centre: E sum_i |x_i - r0_i|^2 = 3 (N - 1) kT / K in each state (5 standard errors)."""
+    from pymbar import timeseries
+
+    work, _ = timewarp
+    positions, _ = _tw_trajectory(work / "two.nc")
+    d2 = ((positions[1:] - TW_R0) ** 2).sum((2, 3))  # (iterations, states)
+    exact = 3 * (len(TW_R0) - 1) * 0.00831446261815324 * KELVINS / SPRING
+    errors = np.array([d2[:, k].std(ddof=1) * np.sqrt(timeseries.statistical_inefficiency(d2[:, k]) / len(d2))
+                       for k in range(len(KELVINS))])
+    z = (d2.mean(0) - exact) / errors
+    assert np.all(np.abs(z) < 5), (d2.mean(0), exact, errors)
+    assert abs((d2[:, 0].mean() - exact[2]) / errors[0]) > 5  # control: another state's value is resolved as wrong

@@ -1,4 +1,4 @@
-"""Command-line interface: ``openmm-flowplugin systems | simulate | train | evaluate | sample | md | solvation | diffuse | demo``.
+"""Command-line interface: ``openmm-flowplugin systems | simulate | train | train-timewarp | evaluate | sample | md | solvation | diffuse | demo``.
 
 One module per command. User errors (unknown system, missing or wrong file, shape mismatch, an
 existing output, an option value out of range) print one line and exit with status 2, without a
@@ -18,6 +18,7 @@ from .simulate_command import simulate
 from .solvation_command import solvation
 from .systems_command import systems_command
 from .train_command import train
+from .train_timewarp_command import train_timewarp
 
 
 class _OneLineErrors(click.Group):
@@ -47,7 +48,7 @@ def main():
     """Learned samplers for OpenMM: Boltzmann generators on ready-made systems."""
 
 
-for _command in (systems_command, simulate, train, evaluate, sample, md, solvation, diffuse, demo):
+for _command in (systems_command, simulate, train, train_timewarp, evaluate, sample, md, solvation, diffuse, demo):
     main.add_command(_command)
 
 if __name__ == "__main__":  # pragma: no cover

@@ -63,6 +63,34 @@ def _mpi_comm():
     return mpiplus.get_mpicomm()
 
 
+def _is_rank0():
+    comm = _mpi_comm()
+    return comm is None or comm.rank == 0
+
+
+def _on_rank0(function, *args):
+    """Run ``function(*args)`` on rank 0 only, while the other ranks wait (under ``mpirun``).
+
+    For checks and removals of existing output: every rank checking or deleting files that rank 0 is about
+    to create races it. An error is raised on rank 0 alone (``_user_errors`` reports it once and aborts the
+    job); the other ranks wait for that abort instead of reporting it again.
+    """
+    comm = _mpi_comm()
+    if comm is None:
+        return function(*args)
+    error = None
+    if comm.rank == 0:
+        try:
+            function(*args)
+        except Exception as raised:  # reported by rank 0 below, after the others know
+            error = raised
+    if comm.bcast(error is not None, root=0):
+        if comm.rank == 0:
+            raise error
+        comm.barrier()  # rank 0 never joins: it aborts the job
+    return None
+
+
 def _stored_state0_energies(reporter, n_iterations):
     """Reduced potentials in state 0 at stored iterations 1..n_iterations."""
     if n_iterations < 1:
@@ -192,8 +220,7 @@ def sample(molecular_system_options, flow_path, iterations, md_steps, proposals,
             stored = _check_resume(output, settings, given, molecular_system, flow_path)
         run_settings = None
     else:
-        for path in (output, checkpoint_file):
-            check_output_path(path, overwrite)
+        _on_rank0(lambda: [check_output_path(path, overwrite) for path in (output, checkpoint_file)])
         if flow_path is None:
             raise InvalidInputError("--flow is required: a flow checkpoint (.pt) or a system name that ships one, e.g. alanine_dipeptide_vacuum.")
         defaults = {"temperatures": [kelvin(molecular_system.temperature)],
@@ -231,9 +258,8 @@ def _new_sampler(molecular_system, flow_path, run, stored, output, checkpoint_fi
     cls = getattr(multistate, stored["sampler"])
     sampler = cls(mcmc_moves=move, number_of_iterations=iterations, online_analysis_interval=None)
     states = [molecular_system.thermodynamic_state(temperature=t * unit.kelvin) for t in run["temperatures"]]
-    if overwrite:
-        for path in (output, checkpoint_file):
-            path.unlink(missing_ok=True)
+    if overwrite:  # rank 0 alone removes the old run (it alone writes the storage); the others wait for it
+        _on_rank0(lambda: [path.unlink(missing_ok=True) for path in (output, checkpoint_file)])
     output.parent.mkdir(parents=True, exist_ok=True)
     reporter = multistate.MultiStateReporter(str(output), checkpoint_interval=checkpoint_interval)
     sampler.create(states, [molecular_system.sampler_state() for _ in states], reporter, metadata={_TAG: json.dumps(stored)})
@@ -275,8 +301,8 @@ def _run(sampler, iterations, progress):
     comm = _mpi_comm()
     energies = _stored_state0_energies(sampler._reporter, sampler.iteration) if comm is None or comm.rank == 0 else []
     every = max(1, iterations // 100)
-    with tqdm(total=iterations, initial=sampler.iteration, unit="it", file=sys.stderr,
-              disable=None if progress is None else not progress) as bar, package_threads():
+    disable = (None if progress is None else not progress) if comm is None or comm.rank == 0 else True  # one bar, rank 0's
+    with tqdm(total=iterations, initial=sampler.iteration, unit="it", file=sys.stderr, disable=disable) as bar, package_threads():
         while sampler.iteration < iterations:
             sampler.run(1)
             energies.append(_state0_energy(sampler))
@@ -288,6 +314,8 @@ def _run(sampler, iterations, progress):
 
 
 def _summary(sampler, stored, output):
+    if not _is_rank0():  # every rank holds the same statistics (openmmtools gathers them): print them once
+        return
     for k, (move, kelvin) in enumerate(zip(_flow_moves(sampler), stored["temperatures"])):
         click.echo(f"state {k} ({kelvin:.1f} K): flow acceptance {move.fraction_accepted:.3f} "
                    f"({move.n_accepted} of n_proposed={move.n_proposed}, {move.n_invalid} invalid)")

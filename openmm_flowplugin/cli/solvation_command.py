@@ -73,14 +73,21 @@ def solvation(preset, smiles, mol2, frcmod, prmtop, inpcrd, method, nodes, train
         raise InvalidInputError("--method neural-ti handles uncharged Lennard-Jones solutes (--preset lj or lj-paper) in this "
                                 "version; use --method mbar for molecules.")
     system = solvation_system(preset, **options)
+    from ..freeenergy.mbar_route import _mpi_comm
+
+    comm = _mpi_comm()
+    if comm is not None and method != "mbar":
+        raise InvalidInputError("under mpirun only --method mbar runs (its replica exchange is distributed over the ranks); "
+                                "run neural TI in one process.")
+    echo = click.echo if comm is None or comm.rank == 0 else (lambda *args, **kwargs: None)  # rank 0 reports, once
     if method in ("mbar", "both"):
         result = solvation_free_energy(system, output, n_iterations=iterations, md_steps=md_steps, timestep=timestep,
                                        checkpoint_interval=checkpoint_interval, equilibration_iterations=equilibration,
                                        platform=platform, progress=progress)
-        click.echo(result.to_markdown())
+        echo(result.to_markdown())
     if method in ("neural-ti", "both"):
         neural_ti_free_energy(system, output, n_samples=samples, n_train_steps=train_steps, nodes=nodes, n_iterations=iterations,
                               md_steps=md_steps, timestep=timestep, equilibration_iterations=equilibration,
                               checkpoint_interval=checkpoint_interval, platform=platform, progress=progress)
-        click.echo((Path(output) / "neural_ti.md").read_text())
-    click.echo(f"results in {output}/")
+        echo((Path(output) / "neural_ti.md").read_text())
+    echo(f"results in {output}/")

@@ -101,7 +101,7 @@ def train_timewarp(model, pairs, n_steps=1000, batch_size=64, learning_rate=1e-3
         called, training resumes from it (same data, seed and settings, else CheckpointError).
     checkpoint_every : int
     progress : bool
-        Show a progress bar.
+        Show a progress bar with the latest loss.
 
     Returns
     -------
@@ -133,8 +133,8 @@ def train_timewarp(model, pairs, n_steps=1000, batch_size=64, learning_rate=1e-3
     model.requires_grad_(True)
     model.train()
     try:
-        with package_threads():
-            for step in tqdm(range(start, int(n_steps)), desc="train timewarp", disable=not progress, initial=start, total=int(n_steps)):
+        with package_threads(), tqdm(total=int(n_steps), initial=start, desc="train timewarp", disable=not progress) as bar:
+            for step in range(start, int(n_steps)):
                 generator = torch_generator(seed, step)
                 index = torch.randint(len(data_t), (int(batch_size),), generator=generator)
                 a, b = data_t[index], data_lag[index]
@@ -148,6 +148,8 @@ def train_timewarp(model, pairs, n_steps=1000, batch_size=64, learning_rate=1e-3
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 100.0)
                 optimizer.step()
                 history.append(float(loss.detach()))
+                bar.set_postfix_str(f"loss {history[-1]:.3f}", refresh=False)
+                bar.update()
                 if checkpoint is not None and ((step + 1) % int(checkpoint_every) == 0 or step + 1 == int(n_steps)):
                     _write(model, optimizer, history, checkpoint, settings, step + 1)
     finally:

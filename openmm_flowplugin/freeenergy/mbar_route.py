@@ -142,8 +142,10 @@ def run_leg(leg, storage, n_iterations, md_steps=500, timestep=2.0, collision_ra
         raise InvalidInputError(f"n_iterations {n_iterations} is not a multiple of checkpoint_interval {checkpoint_interval}: "
                                 "a resume would repeat iterations; change one of them.")
     record = _leg_record(leg, md_steps, timestep_fs, rate, equilibration_iterations)
+    comm = _mpi_comm()
+    exists = storage.exists() if comm is None else comm.bcast(storage.exists() if comm.rank == 0 else None, root=0)
     with quiet_banners(), contextlib.redirect_stdout(sys.stderr):  # openmmtools prints citations
-        if storage.exists():
+        if exists:  # rank 0's answer, read before it creates anything (a rank asking later would see its new file)
             stored, done = _stored_record(storage)
             if stored != record:
                 what = "not written by openmm_flowplugin" if stored is None else f"for {stored['system']!r} ({stored['leg']} leg)"
@@ -171,10 +173,19 @@ def run_leg(leg, storage, n_iterations, md_steps=500, timestep=2.0, collision_ra
                 sampler.minimize()
                 if equilibration_iterations:
                     sampler.equilibrate(int(equilibration_iterations))
-            _run_with_progress(sampler, n_iterations, f"{leg.name} leg", progress)
+            _run_with_progress(sampler, n_iterations, f"{leg.name} leg", progress if comm is None or comm.rank == 0 else False)
             return sampler.iteration
         finally:
             sampler._reporter.close()
+            if comm is not None:
+                comm.barrier()  # the storage is closed (by rank 0, its only writer) before any rank reads it
+
+
+def _mpi_comm():
+    """openmmtools' MPI communicator under ``mpirun`` (None in a single process)."""
+    import mpiplus
+
+    return mpiplus.get_mpicomm()
 
 
 def _run_with_progress(sampler, n_iterations, label, progress):

@@ -170,10 +170,16 @@ def solvation_free_energy(solvation_system, output_dir, n_iterations=500, md_ste
                     collision_rate=str(collision_rate))
     result = SolvationResult(solvation_system.name, delta_g, error, temperature, legs, costs, settings,
                              solvation_system.reduced_units, dudl)
-    (output_dir / "results.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
-    (output_dir / "results.md").write_text(result.to_markdown())
-    _plot_overlaps(legs, output_dir / "overlap.png")
-    write_dudl_plot(output_dir)
+    from .mbar_route import _mpi_comm
+
+    comm = _mpi_comm()
+    if comm is None or comm.rank == 0:  # under mpirun every rank holds the result; rank 0 writes it
+        (output_dir / "results.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
+        (output_dir / "results.md").write_text(result.to_markdown())
+        _plot_overlaps(legs, output_dir / "overlap.png")
+        write_dudl_plot(output_dir)
+    if comm is not None:
+        comm.barrier()
     return result
 
 

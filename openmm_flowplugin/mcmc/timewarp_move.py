@@ -18,7 +18,23 @@ register_loader()  # stored moves find their conditional flow again through this
 
 
 def _sha256(positions):
-    return hashlib.sha256(np.ascontiguousarray(positions, dtype=np.float64).tobytes()).hexdigest()
+    """Digest of ``positions`` rounded to float32, the precision of openmmtools' stored positions: a run resumed
+    from storage recognises the state a batch was drawn from (and draws that batch again, from its positions)."""
+    return hashlib.sha256(np.ascontiguousarray(positions, dtype=np.float32).tobytes()).hexdigest()
+
+
+def prefetch_size(n_accepted, n_proposed, maximum):
+    """Timewarp's batch size ``ceil(log 0.1 / log(1 - p))`` (an acceptance within it with probability 0.9), at most ``maximum``.
+
+    ``p = (n_accepted + 1) / (n_proposed + 2)`` is the acceptance so far (Laplace's rule: never 0 or 1).
+
+    Examples
+    --------
+    >>> prefetch_size(0, 0, 100), prefetch_size(1, 98, 100), prefetch_size(5, 10, 100)
+    (4, 100, 4)
+    """
+    p = (n_accepted + 1.0) / (n_proposed + 2.0)
+    return int(min(maximum, max(1, math.ceil(math.log(0.1) / math.log1p(-p)))))
 
 
 class _Prefetch:
@@ -33,6 +49,14 @@ class _Prefetch:
         self.origin = None if origin is None else np.array(origin, dtype=np.float64)
         self.origin_sha256 = None if origin is None else _sha256(origin)
         self.x, self.log_hastings, self.version = x, log_hastings, version
+        self.restored = False  # described by a stored or another rank's record: already drawn (and counted) once
+
+    @classmethod
+    def from_record(cls, record):
+        """The batch described by ``record`` (see :attr:`record`), to be drawn again at its origin."""
+        batch = cls(record["stream"], record["start"], record["size"], None)
+        batch.origin_sha256, batch.restored = str(record["origin_sha256"]), True
+        return batch
 
     @property
     def record(self):
@@ -86,7 +110,9 @@ class TimewarpMove(FlowMCMove):
         As :class:`~openmm_flowplugin.mcmc.FlowMCMove` (``n_invalid``: non-finite positions, energy or
         Hastings term, each rejected).
     n_prefetched : int
-        Proposals drawn ahead, used or discarded (the flow's cost).
+        Proposals drawn ahead, used or discarded (the flow's cost in one process). A batch drawn again, by
+        another MPI rank or after a resume, from the same stream key is not counted twice, so the count
+        is the same for any number of ranks.
 
     Notes
     -----
@@ -117,6 +143,34 @@ class TimewarpMove(FlowMCMove):
         self.n_prefetched = 0
         self._prefetch = None
 
+    # ------------------------------------------------------------------ statistics
+    @property
+    def statistics(self):
+        """As :attr:`FlowMCMove.statistics <openmm_flowplugin.mcmc.FlowMCMove.statistics>`, plus ``n_prefetched``
+        and ``prefetch`` (the current batch's stream key and origin digest, plain data, or None).
+
+        Both ride along because openmmtools synchronises statistics between MPI ranks after each
+        propagation: the rank that applies a state's move next knows which batch the last rank drew, and
+        uses its own copy of it only if it is that batch; otherwise it draws the batch again from its
+        stream key, so the chain is the single-process one whatever the number of ranks.
+        """
+        statistics = super().statistics
+        prefetch = getattr(self, "_prefetch", None)
+        statistics.update(n_prefetched=getattr(self, "n_prefetched", 0), prefetch=None if prefetch is None else prefetch.record)
+        return statistics
+
+    @statistics.setter
+    def statistics(self, value):
+        FlowMCMove.statistics.fset(self, value)
+        self.n_prefetched = int(value.get("n_prefetched", getattr(self, "n_prefetched", 0)))
+        if "prefetch" not in value:
+            return
+        record, local = value["prefetch"], getattr(self, "_prefetch", None)
+        if record is None:
+            self._prefetch = None
+        elif local is None or local.record != _Prefetch.from_record(record).record:
+            self._prefetch = _Prefetch.from_record(record)  # another rank's batch: drawn again here, from its stream key
+
     def _propose_positions(self, positions):
         """The next unused proposal drawn from ``positions``, and its log Hastings term."""
         self._pending = 0 if self._pending is None else self._pending + 1  # steps taken in this apply
@@ -125,9 +179,10 @@ class TimewarpMove(FlowMCMove):
         if not self._usable(batch, positions, step):
             batch = self._prefetch = _Prefetch(self.stream, step, self._batch_size(), positions)
         if batch.x is None or batch.version != proposal_version(self.proposal):
+            again = batch.x is None and batch.origin_sha256 is not None and batch.restored  # same key, same draws
             batch.x, batch.log_hastings = self._draw(positions, batch.start, batch.size)
             batch.version = proposal_version(self.proposal)
-            self.n_prefetched += batch.size
+            self.n_prefetched += 0 if again else batch.size
         i = step - batch.start
         return batch.x[i], float(batch.log_hastings[i])
 
@@ -156,8 +211,7 @@ class TimewarpMove(FlowMCMove):
     def _batch_size(self):
         if not self.adaptive_batch_size:
             return self.sample_batch_size
-        p = (self.n_accepted + 1.0) / (self.n_proposed + 2.0)  # acceptance so far (Laplace's rule: never 0 or 1)
-        return int(min(self.sample_batch_size, max(1, math.ceil(math.log(0.1) / math.log1p(-p)))))
+        return prefetch_size(self.n_accepted, self.n_proposed, self.sample_batch_size)
 
     # ------------------------------------------------------------------ copies and storage
     def __getstate__(self, _with_proposal=True, **kwargs):
@@ -171,7 +225,5 @@ class TimewarpMove(FlowMCMove):
         self.adaptive_batch_size = bool(state.get("adaptive_batch_size", False))
         self.n_prefetched = int(state.get("n_prefetched", 0))
         record = state.get("prefetch")
-        self._prefetch = None
-        if record is not None:  # drawn again, from the same stream key, when the state is still its origin
-            self._prefetch = _Prefetch(record["stream"], record["start"], record["size"], None)
-            self._prefetch.origin_sha256 = str(record["origin_sha256"])
+        # drawn again, from the same stream key, when the state is still its origin
+        self._prefetch = None if record is None else _Prefetch.from_record(record)

@@ -7,8 +7,13 @@ moves used to ``DIR/draws_<tag>_rank<r>.json`` as ``[stream, index in stream, pr
 With ``--die-after K`` rank 0 kills itself (SIGKILL) in the middle of iteration K + 1, as a crash would.
 
 Systems: ``harmonic`` (one particle in a well, a GaussianProposal, no MD: the run is a deterministic
-function of the seeds, so different rank counts and resumes must store identical trajectories) and
-``alanine`` (the shipped flow, Langevin MD + flow moves: a smoke run).
+function of the seeds, so different rank counts and resumes must store identical trajectories),
+``timewarp`` (three particles in wells, a TimewarpMove with a random-weight ConditionalFlow saved to
+``tw_flow.pt`` in the working directory, no MD: deterministic too) and ``alanine`` (the shipped flow,
+Langevin MD + flow moves: a smoke run). For ``timewarp`` each recorded row gains the stream position at
+which the proposal's batch was drawn (``[stream, step, positions, batch start]``). ``--no-prefetch-sync``
+(a control) drops the prefetch record from the statistics openmmtools exchanges between ranks, as
+TimewarpMove did before it sent it.
 """
 
 import argparse
@@ -24,10 +29,11 @@ from openmm import unit
 from openmmtools import cache, mcmc, multistate
 
 from openmm_flowplugin import load_flow, systems
-from openmm_flowplugin.mcmc import FlowMCMove
+from openmm_flowplugin.mcmc import FlowMCMove, TimewarpMove
 from openmm_flowplugin.proposals import GaussianProposal
 
 HARMONIC_TEMPERATURES = (300.0, 400.0, 533.0)
+TIMEWARP_FLOW = "tw_flow.pt"
 ALANINE_TEMPERATURES = (300.0, 400.0, 500.0, 600.0)
 
 _draws = []  # (stream, index, positions) used by this rank's moves since the last flush
@@ -55,6 +61,43 @@ def _spy_on_proposals():
 
     FlowMCMove._propose_positions = recording
 
+    timewarp_original = TimewarpMove._propose_positions
+
+    def timewarp_recording(self, positions):
+        if _die["armed"]:
+            os.kill(os.getpid(), signal.SIGKILL)
+        proposed, log_q_ratio = timewarp_original(self, positions)
+        step = self.n_drawn + self._pending
+        _draws.append([list(self.stream), int(step), np.asarray(proposed).ravel().tolist(), int(self._prefetch.start)])
+        return proposed, log_q_ratio
+
+    TimewarpMove._propose_positions = timewarp_recording
+
+
+def _drop_prefetch_sync():
+    """Control: the statistics openmmtools exchanges between ranks without the prefetch record."""
+    prop = TimewarpMove.statistics
+    TimewarpMove.statistics = property(prop.fget, lambda self, value: prop.fset(self, {k: v for k, v in value.items() if k != "prefetch"}))
+
+
+def _timewarp_flow():
+    """A deliberately poor random-weight ConditionalFlow for the 3-particle oscillator, written once, loaded."""
+    import torch
+
+    from openmm_flowplugin.flows import ConditionalFlow, load_conditional_flow, save_conditional_flow
+
+    ho = systems.get("harmonic_oscillator", n_particles=3)
+    if not os.path.exists(TIMEWARP_FLOW):
+        torch.manual_seed(0)
+        flow = ConditionalFlow.for_system(ho, n_layers=2, hidden=(16,), context_features=8, step_scale=0.05)
+        with torch.no_grad():
+            for name, parameter in flow.named_parameters():
+                if name != "log_step":
+                    parameter.add_(0.1 * torch.randn_like(parameter))
+        save_conditional_flow(flow, TIMEWARP_FLOW + f".{os.getpid()}")
+        os.replace(TIMEWARP_FLOW + f".{os.getpid()}", TIMEWARP_FLOW)  # atomic: both ranks may write it
+    return ho, load_conditional_flow(TIMEWARP_FLOW, system=ho)
+
 
 def _flush(record, tag, rank):
     if record is None:
@@ -81,6 +124,10 @@ def _new_sampler(args):
         proposal = GaussianProposal(ho.positions_nm, 0.1, seed=args.seed + 1)
         move = FlowMCMove(proposal, n_proposals=args.proposals, seed=args.seed, sample_batch_size=16)
         molecular_system, kelvins, scheme = ho, HARMONIC_TEMPERATURES, "swap-neighbors"
+    elif args.system == "timewarp":
+        ho, flow = _timewarp_flow()
+        move = TimewarpMove(flow, n_proposals=args.proposals, seed=args.seed, topology=ho.topology, sample_batch_size=64)
+        molecular_system, kelvins, scheme = ho, HARMONIC_TEMPERATURES, "swap-neighbors"
     else:
         ala = systems.get("alanine_dipeptide_vacuum")
         flow = load_flow("alanine_dipeptide_vacuum", system=ala)
@@ -103,7 +150,7 @@ def _flow_moves(sampler):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--system", choices=("harmonic", "alanine"), default="harmonic")
+    parser.add_argument("--system", choices=("harmonic", "timewarp", "alanine"), default="harmonic")
     parser.add_argument("--storage", required=True)
     parser.add_argument("--iterations", type=int, required=True, help="total iterations (also when resuming)")
     parser.add_argument("--proposals", type=int, default=5)
@@ -115,10 +162,13 @@ def main():
     parser.add_argument("--tag", default="run")
     parser.add_argument("--die-after", type=int, default=None)
     parser.add_argument("--summary", default=None)
+    parser.add_argument("--no-prefetch-sync", action="store_true")
     args = parser.parse_args()
 
     rank, size = _rank()
     _spy_on_proposals()
+    if args.no_prefetch_sync:
+        _drop_prefetch_sync()
     if args.resume:
         # A closed reporter: from_storage reads it on every rank, then opens it for appending on rank 0 only.
         # (Opening it with open_mode="a" here would open it for writing on every rank: HDF error under MPI.)

@@ -1,0 +1,133 @@
+"""First measurement: TimewarpMove (exact MH with a learned conditional proposal) against plain MD, alanine dipeptide in vacuum.
+
+One process, one torch thread, CPU time by ``time.process_time``:
+
+1. training data: Langevin MD (1 fs, 1/ps, Reference platform), ``--md-ps`` ps, a frame every ``--stride`` fs;
+2. training: a ConditionalFlow trained by likelihood on pairs ``--lag`` frames apart for ``--train-seconds`` CPU
+   seconds (resumed through a checkpoint every 200 steps, so Adam's state is kept);
+3. sampling, each method given ``--budget`` CPU seconds from the last training frame:
+   (a) plain MD as in 1, a frame every 10 fs; (b) TimewarpMove alone, ``--n-proposals`` MH steps per apply (state
+   recorded after each apply), adaptive prefetch of at most ``--batch`` proposals.
+
+Reported: acceptance; effective samples per CPU-second (N / g, g the statistical inefficiency from pymbar) of
+sin/cos of phi and psi (the smallest of the four) and of the C7ax/alpha_L indicator 0 < phi < 2.5 rad; basin
+transitions (changes of that indicator) per CPU-second; the phi > 0 population. Costs of 1 and 2 are reported
+separately. Prints a markdown table.
+
+    python benchmarks/bench_timewarp.py [--md-ps 100] [--train-seconds 180] [--budget 90]
+"""
+
+import argparse
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import openmm
+import torch
+from openmm import app, unit
+from openmmtools import cache, mcmc
+from pymbar import timeseries
+
+from openmm_flowplugin import systems
+from openmm_flowplugin.analysis.evaluation import backbone_dihedrals
+from openmm_flowplugin.flows import ConditionalFlow, train_timewarp, trajectory_pairs
+from openmm_flowplugin.mcmc import TimewarpMove
+
+PHI_BASIN = (0.0, 2.5)
+
+
+def ess(series):
+    series = np.asarray(series, dtype=np.float64)
+    if len(series) < 3 or np.ptp(series) == 0:
+        return float("nan")
+    return len(series) / timeseries.statistical_inefficiency(series)
+
+
+def summary(name, positions, cpu, topology, acceptance=float("nan")):
+    phi, psi = backbone_dihedrals(positions, topology)
+    smooth = min(ess(f(a)) for f in (np.sin, np.cos) for a in (phi, psi))
+    basin = (phi > PHI_BASIN[0]) & (phi < PHI_BASIN[1])
+    return dict(name=name, n=len(positions), cpu=cpu, acceptance=acceptance, ess_angles=smooth / cpu, ess_basin=ess(basin) / cpu,
+                transitions=int(np.sum(basin[1:] != basin[:-1])) / cpu, phi_positive=float(np.mean(phi > 0)))
+
+
+def md(molecular_system, positions, budget, stride_steps, seed):
+    integrator = openmm.LangevinMiddleIntegrator(molecular_system.temperature, 1.0 / unit.picosecond, 1.0 * unit.femtosecond)
+    integrator.setRandomNumberSeed(seed)
+    simulation = app.Simulation(molecular_system.topology, molecular_system.system, integrator, openmm.Platform.getPlatformByName("Reference"))
+    simulation.context.setPositions(positions)
+    simulation.context.setVelocitiesToTemperature(molecular_system.temperature, seed)
+    frames, start = [], time.process_time()
+    while time.process_time() - start < budget:
+        simulation.step(stride_steps)
+        frames.append(simulation.context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer))
+    return np.array(frames), time.process_time() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--md-ps", type=float, default=100.0, help="training MD, ps")
+    parser.add_argument("--stride", type=int, default=100, help="fs between training frames")
+    parser.add_argument("--lag", type=int, default=10, help="tau in training frames")
+    parser.add_argument("--train-seconds", type=float, default=180.0)
+    parser.add_argument("--budget", type=float, default=90.0, help="CPU seconds per sampling method")
+    parser.add_argument("--n-proposals", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+    ala = systems.get("alanine_dipeptide_vacuum")
+    from openmm_flowplugin.simulation.md import simulate
+
+    start = time.process_time()
+    trajectory = simulate(ala, int(args.md_ps * 1000), report_interval=args.stride, equilibration_steps=5000, platform="Reference",
+                          seed=args.seed, progress=False)
+    data_cpu = time.process_time() - start
+    print(f"training MD: {trajectory.n_frames} frames ({args.md_ps:g} ps) in {data_cpu:.1f} CPU s")
+
+    pairs = trajectory_pairs(trajectory.xyz.astype(np.float64), args.lag)
+    flow = ConditionalFlow.for_system(ala, n_layers=args.layers, hidden=(args.hidden, args.hidden), context_features=64, step_scale=0.01)
+    checkpoint = Path(tempfile.mkdtemp()) / "train.pt"
+    start, steps = time.process_time(), 0
+    while time.process_time() - start < args.train_seconds:
+        steps += 200
+        history = train_timewarp(flow, pairs, n_steps=steps, batch_size=128, learning_rate=1e-3, seed=args.seed, checkpoint=checkpoint,
+                                 checkpoint_every=200, progress=False)
+    train_cpu = time.process_time() - start
+    print(f"training: {steps} steps on {len(pairs[0])} pairs (lag {args.lag * args.stride} fs) in {train_cpu:.1f} CPU s; "
+          f"loss first/last 100: {np.mean(history[:100]):.1f} / {np.mean(history[-100:]):.1f} nats")
+
+    start_positions = trajectory.xyz[-1].astype(np.float64) * unit.nanometer
+    frames, cpu = md(ala, start_positions, args.budget, 10, args.seed)
+    rows = [summary("MD (1 fs, frame every 10 fs)", frames, cpu, ala.mdtraj_topology)]
+
+    move = TimewarpMove(flow, n_proposals=args.n_proposals, sample_batch_size=args.batch, adaptive_batch_size=True, seed=args.seed,
+                        topology=ala.topology)
+    sampler = mcmc.MCMCSampler(ala.thermodynamic_state(), ala.sampler_state(start_positions), move)
+    context_cache = cache.ContextCache(platform=openmm.Platform.getPlatformByName("Reference"))
+    frames, start = [], time.process_time()
+    while time.process_time() - start < args.budget:
+        sampler.run(1, context_cache=context_cache)
+        frames.append(sampler.sampler_state.positions.value_in_unit(unit.nanometer))
+    cpu = time.process_time() - start
+    rows.append(summary(f"TimewarpMove ({args.n_proposals} MH steps/apply)", np.array(frames), cpu, ala.mdtraj_topology,
+                        move.fraction_accepted))
+    print(f"TimewarpMove: {move.n_proposed} proposals, {move.n_accepted} accepted, {move.n_invalid} invalid, {move.n_prefetched} drawn")
+
+    print("\n| method | frames | CPU s | acceptance | ESS/CPU-s sin/cos phi,psi (min) | ESS/CPU-s basin | transitions/CPU-s | phi>0 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['name']} | {r['n']} | {r['cpu']:.0f} | {r['acceptance']:.3f} | {r['ess_angles']:.3g} | {r['ess_basin']:.3g} | "
+              f"{r['transitions']:.3g} | {r['phi_positive']:.3f} |")
+    ratio = rows[1]["ess_angles"] / rows[0]["ess_angles"]
+    print(f"\nTimewarp / MD, ESS per CPU-second of phi/psi (sin, cos; min): {ratio:.3g} "
+          f"(sampling only; training data {data_cpu:.0f} s and training {train_cpu:.0f} s not counted)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""``openmm-flowplugin train-timewarp``: a conditional flow p(x(t+tau) | x(t)) from MD pairs, checkpointed, resumable."""
+
+import sys
+
+import click
+
+from ..errors import InvalidInputError
+from ._common import FINITE_POSITIVE, POSITIVE_INT, _load_trajectories, _user_errors, load_system, system_options
+
+_HELP = """Train a Timewarp-style conditional flow for SYSTEM on pairs of frames --lag frames apart.
+
+Each -d trajectory (any format mdtraj reads; repeatable) is a separate run of SYSTEM: pairs never span two
+trajectories. The flow is written to --output; use it with openmm_flowplugin.mcmc.TimewarpMove (exact
+Metropolis-Hastings) or openmm_flowplugin.mcmc.explore_biased (biased exploration), see docs/timewarp.md.
+With --checkpoint FILE the model, optimizer and losses are written every --checkpoint-every steps; if FILE
+exists, training resumes from it (same data and settings) and continues to --steps in total.
+"""
+
+
+def _widths(ctx, param, value):
+    try:
+        widths = tuple(int(h) for h in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"give comma-separated integer widths, e.g. 64,64; got {value!r}.") from None
+    if min(widths) < 1:
+        raise click.BadParameter(f"widths must be integers >= 1, got {value!r}.")
+    return widths
+
+
+@click.command("train-timewarp", help=_HELP)
+@system_options
+@click.option("--data", "-d", multiple=True, required=True, type=click.Path(dir_okay=False), help="MD trajectory (repeatable).")
+@click.option("--lag", required=True, type=POSITIVE_INT, help="tau, in saved frames of the trajectories.")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Conditional flow file (.pt) to write.")
+@click.option("--steps", default=2000, show_default=True, type=POSITIVE_INT, help="Optimisation steps in total (also with a resumed checkpoint).")
+@click.option("--batch-size", default=64, show_default=True, type=POSITIVE_INT)
+@click.option("--learning-rate", default=1e-3, show_default=True, type=FINITE_POSITIVE)
+@click.option("--layers", default=8, show_default=True, type=click.IntRange(min=2), help="Affine couplings (positions and velocities alternate).")
+@click.option("--hidden", default="64,64", show_default=True, callback=_widths, help="Hidden widths of each coupling's MLP.")
+@click.option("--context-features", default=64, show_default=True, type=POSITIVE_INT, help="Width of the embedding of x(t).")
+@click.option("--step-scale", default=0.02, show_default=True, type=FINITE_POSITIVE, help="Initial displacement per centred coordinate, nm (learned).")
+@click.option("--no-rotations", is_flag=True, help="Do not augment pairs by random rigid rotations.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--checkpoint", default=None, type=click.Path(dir_okay=False), help="Training checkpoint to write, and to resume from if it exists.")
+@click.option("--checkpoint-every", default=100, show_default=True, type=POSITIVE_INT, help="Steps between checkpoints.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --output.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar with the loss on stderr [default: when stderr is a terminal].")
+@_user_errors
+def train_timewarp(molecular_system_options, data, lag, output, steps, batch_size, learning_rate, layers, hidden, context_features,
+                   step_scale, no_rotations, seed, checkpoint, checkpoint_every, overwrite, progress):
+    from pathlib import Path
+
+    import torch
+
+    from ..flows.conditional import ConditionalFlow
+    from ..flows.conditional_io import save_conditional_flow
+    from ..flows.conditional_training import train_timewarp as train, trajectory_pairs
+    from ..outputs import check_output_path
+
+    if checkpoint is not None and Path(checkpoint).resolve() == Path(output).resolve():
+        raise InvalidInputError("--checkpoint and --output must be different files (the checkpoint also holds the optimizer).")
+    check_output_path(output, overwrite)  # refuse an existing output before training
+    molecular_system = load_system(molecular_system_options)
+    trajectories = [_load_trajectories([path], molecular_system) for path in data]
+    longest = max(len(frames) for frames in trajectories)
+    if lag >= longest:
+        raise InvalidInputError(f"--lag {lag} frames is too long: the longest trajectory has {longest} frames, so there is no pair; "
+                                "pass a smaller --lag or longer trajectories.")
+    pairs = trajectory_pairs(trajectories, lag)
+    command = " ".join(["openmm-flowplugin"] + sys.argv[1:])
+    with torch.random.fork_rng():  # initial weights from --seed, without touching torch's global stream
+        torch.manual_seed(seed)
+        flow = ConditionalFlow.for_system(molecular_system, n_layers=layers, hidden=hidden, context_features=context_features,
+                                          step_scale=step_scale, dtype=torch.float64,
+                                          metadata=dict(training_command=command, lag_frames=int(lag), n_pairs=len(pairs[0]),
+                                                        n_trajectories=len(trajectories)))
+    if progress is None:
+        progress = sys.stderr.isatty()
+    resumed = f" (resumed from {checkpoint})" if checkpoint is not None and Path(checkpoint).is_file() else ""
+    history = train(flow, pairs, n_steps=steps, batch_size=batch_size, learning_rate=learning_rate, rotations=not no_rotations,
+                    seed=seed, checkpoint=checkpoint, checkpoint_every=checkpoint_every, progress=progress)
+    save_conditional_flow(flow, output, overwrite=overwrite)
+    tail = history[-min(len(history), 100):]
+    click.echo(f"{len(pairs[0])} pairs from {len(trajectories)} trajectories; loss (nats per pair, mean of the last {len(tail)} "
+               f"steps) {sum(tail) / len(tail):.3f}{resumed}; wrote {output}")
