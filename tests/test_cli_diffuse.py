@@ -58,3 +58,31 @@ def test_bad_input_is_one_line(tmp_path, args, message):
     result = run(*args, *SMALL, "--iterations", "1", "-o", str(tmp_path / "out"))
     assert result.exit_code == 2 and message in result.output, result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_internal_coordinates_on_a_molecule(tmp_path):
+    out = tmp_path / "ala"
+    result = run("--system", "alanine_dipeptide_vacuum", "--cv", "phi:4,6,8,14", "--cv", "psi:6,8,14,16", "--coordinates", "internal",
+                 "--sigma-max", "3", "--sigma-min", "0.05", *SMALL, "--iterations", "2", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["coordinates"] == "internal" and results["md_steps_for_standardization"] == 200 * 50
+    assert results["settings"]["coordinates"]["kind"] == "internal"
+    # the standardization MD and its warm start count: 10,000 MD steps + 200 warm-start energies + 2 x 16 + 64
+    assert results["energy_evaluations"] == 10_000 + 200 + 2 * 16 + 64
+    energies = np.load(out / "samples.npz")["reduced_energies"]
+    assert np.isfinite(energies).any() and np.nanmedian(energies[np.isfinite(energies)]) < 1e4  # molecules, not noise
+
+
+def test_constrained_systems_are_refused():
+    import dataclasses
+
+    from openmm_flowplugin import systems
+    from openmm_flowplugin.diffusion import DiffusionSampler
+    from openmm_flowplugin.errors import InvalidInputError
+
+    ala2 = systems.get("alanine_dipeptide_vacuum")
+    system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(ala2.system))
+    system.addConstraint(0, 1, 0.109)
+    with pytest.raises(InvalidInputError, match="1 constraints.*constraints=None"):
+        DiffusionSampler(dataclasses.replace(ala2, system=system))

@@ -17,8 +17,10 @@ Everything goes to OUTPUT: checkpoint.pt (run the command again to resume or ext
 results.json/results.md, fes.png (reweighted FES, and the well-tempered estimate labelled approximate),
 samples.npz and bias.xml (the frozen bias as an OpenMM CustomCVForce).
 
-The controller is an MLP on Cartesian coordinates, sized for small systems (the 2D test systems, a few atoms);
-molecules such as alanine dipeptide train, but their exact weights stay degenerate in CPU budgets (see the docs).
+--coordinates internal (molecules) runs the sampler on standardized Z-matrix bonds, angles and torsions, standardized
+on a short MD run that also warm-starts it (use e.g. --sigma-max 3 --sigma-min 0.05, standardized units); the default,
+cartesian, suits the 2D test systems and a few atoms. The weights are exact either way; for alanine dipeptide they
+stay degenerate in CPU budgets (see docs/diffusion.md).
 """
 
 
@@ -37,6 +39,8 @@ molecules such as alanine dipeptide train, but their exact weights stay degenera
 @click.option("--gamma", default=8.0, show_default=True, type=click.FloatRange(min=1.0, min_open=True), help="Bias factor γ.")
 @click.option("--hill-height", default=0.02, show_default=True, type=FINITE_POSITIVE, help="kJ/mol per hill (one per chain end point).")
 @click.option("--hill-width", default=0.2, show_default=True, type=FINITE_POSITIVE, help="Hill width in the CVs' units.")
+@click.option("--coordinates", type=click.Choice(["cartesian", "internal"]), default="cartesian", show_default=True,
+              help="The sampler's variables: Cartesian positions, or standardized internal coordinates (molecules).")
 @click.option("--max-gradient-norm", default=20.0, show_default=True, type=FINITE_POSITIVE,
               help="Clip of each |grad u| (1/nm, u = U/kT) in the training target; the weights stay exact.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Root seed of every random stream.")
@@ -44,7 +48,7 @@ molecules such as alanine dipeptide train, but their exact weights stay degenera
 @click.option("--progress/--no-progress", default=None, help="Progress bar (loss, buffer ESS, bias height) [default: on a terminal].")
 @_user_errors
 def diffuse(molecular_system_options, cv_specs, grid_specs, basin_specs, output, iterations, samples, batch_size, steps, sigma_max,
-            sigma_min, gamma, hill_height, hill_width, max_gradient_norm, seed, platform, progress):
+            sigma_min, gamma, hill_height, hill_width, coordinates, max_gradient_norm, seed, platform, progress):
     import sys
 
     from ..diffusion.workflow import diffusion_free_energy_surface, parse_basin, parse_cv
@@ -71,7 +75,8 @@ def diffuse(molecular_system_options, cv_specs, grid_specs, basin_specs, output,
     results = diffusion_free_energy_surface(molecular_system, cvs, output, grid_ranges=grid_ranges, basins=basins, n_iterations=iterations,
                                             n_samples=samples, bias_factor=gamma, hill_height=hill_height, hill_width=hill_width,
                                             sigma_max=sigma_max, sigma_min=sigma_min, n_steps=steps, batch_size=batch_size, seed=seed,
-                                            platform=platform, progress=progress, max_gradient_norm=max_gradient_norm)
+                                            platform=platform, progress=progress, max_gradient_norm=max_gradient_norm,
+                                            coordinates=coordinates)
     from pathlib import Path
 
     click.echo((Path(output) / "results.md").read_text())

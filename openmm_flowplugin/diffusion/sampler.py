@@ -149,6 +149,10 @@ class DiffusionSampler:
         if not isinstance(self.schedule, NoiseSchedule):
             raise InvalidInputError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}.")
         self.n_atoms = molecular_system.system.getNumParticles()
+        if molecular_system.system.getNumConstraints():
+            raise InvalidInputError(f"{molecular_system.name!r} has {molecular_system.system.getNumConstraints()} constraints, but the diffusion "
+                                    "sampler moves every degree of freedom (its weights are for the unconstrained density): build the "
+                                    "System without constraints (e.g. createSystem(..., constraints=None)).")
         self.coordinates = coordinates if coordinates is not None else CartesianSpace(self.n_atoms)
         if self.coordinates.n_atoms != self.n_atoms:
             raise InvalidInputError(f"the coordinate space is for {self.coordinates.n_atoms} atoms, {molecular_system.name!r} has {self.n_atoms}.")

@@ -92,7 +92,7 @@ def _grid(cvs, grid_ranges, hill_width):
 def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges=None, basins=None, n_iterations=200,
                                   n_samples=8000, bias_factor=8.0, hill_height=0.02, hill_width=0.2, sigma_max=1.5,
                                   sigma_min=0.02, n_steps=50, batch_size=128, seed=0, platform=None, progress=None,
-                                  **sampler_options):
+                                  coordinates="cartesian", md_frames=200, md_interval=50, **sampler_options):
     """Train (or resume) a CV-biased diffusion sampler, draw weighted samples, write the FES and basin ΔF.
 
     Parameters
@@ -113,6 +113,12 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
     sigma_max, sigma_min : float
         Noise schedule, nm.
     seed : int
+    coordinates : {"cartesian", "internal"}
+        The sampler's variables. ``"internal"`` (molecules) standardizes the Z-matrix coordinates on
+        ``md_frames`` frames of a Langevin run (1 fs steps, ``md_interval`` steps apart, from the
+        system's positions), which also warm-start the replay buffer; its steps count as energy
+        evaluations. ``sigma_max``/``sigma_min`` are then in standardized units (e.g. 3.0 and 0.05).
+    md_frames, md_interval : int
     platform : str, optional
     progress : bool, optional
     **sampler_options
@@ -136,8 +142,19 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
     grid = _grid(cvs, dict(grid_ranges or {}), hill_width)
     bias = WellTemperedBias(list(cvs.values()), hill_width=hill_width, hill_height=hill_height, bias_factor=bias_factor,
                             temperature=molecular_system.temperature, **grid)
+    space, frames, md_evaluations = None, None, 0
+    if coordinates == "internal":
+        from .coordinates import InternalCoordinateSpace
+
+        frames = _md_frames(molecular_system, md_frames, md_interval, seed, platform)
+        md_evaluations = md_frames * md_interval
+        space = InternalCoordinateSpace.from_positions(molecular_system.topology, frames)
+    elif coordinates != "cartesian":
+        raise InvalidInputError(f"coordinates must be 'cartesian' or 'internal', got {coordinates!r}.")
     sampler = DiffusionSampler(molecular_system, bias=bias, schedule=NoiseSchedule(sigma_max, sigma_min, n_steps), batch_size=batch_size,
-                               seed=seed, platform=platform, **sampler_options)
+                               seed=seed, platform=platform, coordinates=space, **sampler_options)
+    if frames is not None and not (output_dir / "checkpoint.pt").exists():
+        sampler.warm_start(frames)
     start = time.process_time()
     sampler.train(n_iterations, checkpoint=output_dir / "checkpoint.pt", progress=progress)
     samples = sampler.sample(n_samples)
@@ -161,7 +178,8 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
     results = dict(
         system=molecular_system.name, cvs={name: repr(cv) for name, cv in cvs.items()}, cv_units=dict(zip(names, units)),
         iterations=sampler.iteration, samples=int(n_samples), ess_fraction=samples.ess_fraction, n_effective=samples.n_effective,
-        energy_evaluations=sampler.n_energy_evaluations, invalid_energies=sampler.n_invalid,
+        energy_evaluations=sampler.n_energy_evaluations + md_evaluations, md_steps_for_standardization=md_evaluations,
+        coordinates=coordinates, invalid_energies=sampler.n_invalid,
         cpu_seconds_this_process=time.process_time() - start, bias_max_kJ_per_mol=bias.max_value, n_hills=bias.n_hills,
         basins=basin_results, estimator="exact importance weights on the discretized chain (main result)",
         well_tempered_estimate="F = -gamma/(gamma-1) V: approximate (exact only at convergence), in fes.png only",
@@ -197,3 +215,21 @@ def _markdown(results):
             probabilities = ", ".join(f"{k} {v:.4f}" for k, v in value["probabilities"].items())
             lines.append(f"| {pair} | {value['delta_f_kJ_per_mol']:.3f} ± {value['error_kJ_per_mol']:.3f} | {probabilities} |")
     return "\n".join(lines) + "\n"
+
+
+def _md_frames(molecular_system, n_frames, interval, seed, platform):
+    """Positions (n_frames, n_atoms, 3) nm of a Langevin run at the system's temperature (1 fs, friction 1/ps)."""
+    from openmm import unit
+
+    from ..platforms import select_platform
+
+    integrator = openmm.LangevinMiddleIntegrator(molecular_system.temperature, 1.0 / unit.picosecond, 0.001 * unit.picoseconds)
+    integrator.setRandomNumberSeed(int(seed) % 2**31 + 1)
+    context = openmm.Context(molecular_system.system, integrator, select_platform(molecular_system.system, platform, purpose="md"))
+    context.setPositions(molecular_system.positions)
+    context.setVelocitiesToTemperature(molecular_system.temperature, int(seed) % 2**31 + 1)
+    frames = []
+    for _ in range(n_frames):
+        integrator.step(interval)
+        frames.append(context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer))
+    return np.array(frames)
