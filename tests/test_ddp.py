@@ -7,9 +7,6 @@ tolerance is the rounding of a different summation order. Control: one process s
 ends elsewhere, so the comparison resolves a missing gradient exchange. docs/cluster.md shows the same loop.
 """
 
-import os
-import socket
-
 import numpy as np
 import pytest
 import torch
@@ -58,29 +55,24 @@ def _step(model, batch):
     optimizer.step()
 
 
-def _worker(rank, world_size, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _worker(rank, world_size, out):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    # a rendezvous file, not a TCP port picked in advance (another process could take the port meanwhile)
+    dist.init_process_group("gloo", init_method=f"file://{out}.rendezvous", rank=rank, world_size=world_size)
     try:
         flow = _flow()
         model = torch.nn.parallel.DistributedDataParallel(NegativeLogLikelihood(flow))
         share = BATCH // world_size
         _step(model, [t[rank * share:(rank + 1) * share] for t in _batch()])  # this rank's half of the batch
         torch.save({k: v.detach().clone() for k, v in flow.state_dict().items()}, f"{out}.rank{rank}")
+        dist.barrier()  # neither rank tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_one_step_on_two_processes_equals_one_process_on_the_whole_batch(tmp_path):
     out = str(tmp_path / "params")
-    mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, out), nprocs=2, join=True)
     ranks = [torch.load(f"{out}.rank{r}", weights_only=True) for r in (0, 1)]
     whole, half = _flow(), _flow()
     _step(NegativeLogLikelihood(whole), _batch())
