@@ -1,7 +1,7 @@
 """The spaces a diffusion sampler can run in: Cartesian coordinates, or standardized internal coordinates.
 
 A space maps the sampler's variables z (batch, d) to positions (batch, n_atoms, 3) in nm and gives the
-log volume factor, so that the sampler's target in z, π_z(z) ∝ π(x(z)) · |dx/dz|, has the Boltzmann
+log volume factor, so that the sampler's target in z, π_z(z) ∝ π(x(z)) · J(z), J the volume factor of x(z), has the Boltzmann
 distribution as its image. Weights computed in z are then exact for positions.
 
 :class:`InternalCoordinateSpace` is made for molecules: z are bond lengths, angles and torsions of
@@ -50,7 +50,7 @@ class CartesianSpace:
         self.dimension = 3 * self.n_atoms
 
     def to_positions(self, z):
-        """Positions (batch, n_atoms, 3) and log |dx/dz| (zeros)."""
+        """Positions (batch, n_atoms, 3) and the log volume factor (zeros)."""
         return z.reshape(len(z), self.n_atoms, 3), torch.zeros(len(z), dtype=z.dtype, device=z.device)
 
     def describe(self):
@@ -122,7 +122,7 @@ class InternalCoordinateSpace:
     def to_positions(self, z):
         """Positions (batch, n_atoms, 3) in the standard frame and log of the target's volume factor, differentiable.
 
-        The factor is |dx/dq| (bonds² and sin(angle) of the Z-matrix) · ∏ scale · ∏ g(torsion images).
+        The factor is the Z-matrix volume element (bonds² and sin(angle)) · ∏ scale · ∏ g(torsion images).
         Bonds ≤ 0 or angles outside (0, π) give NaN positions (the energy bridge scores them +inf: weight 0).
         """
         bonds, angles, torsions = self._unstandardize(z)

@@ -202,7 +202,7 @@ class DiffusionSampler:
     _evaluations_before = 0
 
     def _energies(self, z):
-        """Reduced target energies u_z = u(x(z)) − log|dx/dz| and their gradients in z (float64)."""
+        """Reduced target energies u_z = u(x(z)) − log J(z) (J the volume factor) and their gradients in z (float64)."""
         if isinstance(self.coordinates, CartesianSpace):
             u, forces = self.energy.energy_and_forces(z.reshape(-1, self.n_atoms, 3))
             return torch.from_numpy(u), torch.from_numpy(-forces).reshape(len(u), -1)
@@ -407,7 +407,7 @@ class DiffusionSampler:
                 parts.append((chains.x_final, u, chains.log_path_ratio - u))
         z = torch.cat([p[0] for p in parts])
         x, log_volume = self.coordinates.to_positions(z)
-        u = (torch.cat([p[1] for p in parts]) + log_volume).numpy()  # the physical u = U/kT (u_z = u − log|dx/dz|)
+        u = (torch.cat([p[1] for p in parts]) + log_volume).numpy()  # the physical u = U/kT (u_z = u − log J)
         log_weights = torch.cat([p[2] for p in parts]).numpy()
         log_weights = np.where(np.isfinite(u), log_weights, -np.inf)
         cv_values = bias = None
