@@ -4,7 +4,11 @@ One process, one torch thread, CPU time by ``time.process_time``:
 
 1. training data: Langevin MD (1 fs, 1/ps, Reference platform), ``--md-ps`` ps, a frame every ``--stride`` fs;
 2. training: a ConditionalFlow trained by likelihood on pairs ``--lag`` frames apart for ``--train-seconds`` CPU
-   seconds (resumed through a checkpoint every 200 steps, so Adam's state is kept);
+   seconds (resumed through a checkpoint every 200 steps, so Adam's state is kept); then, if ``--finetune-seconds``,
+   Timewarp's acceptance loss plus the likelihood through the energy bridge (``fine_tune_acceptance``);
+2b. diagnosis: log alpha of 300 proposals from training frames split into -du, the velocity term
+   log N(v') - log N(v) and the density term log p(x, v | x', v') - log p(x', v' | x, v) (median, 10-90 %), and the
+   expected squared jump in (phi, psi) per proposal, E[min(1, alpha) (dphi^2 + dpsi^2)], against MD's over one training-frame interval (at least 10 fs);
 3. sampling, each method given ``--budget`` CPU seconds from the last training frame:
    (a) plain MD as in 1, a frame every 10 fs; (b) TimewarpMove alone, ``--n-proposals`` MH steps per apply (state
    recorded after each apply), adaptive prefetch of at most ``--batch`` proposals.
@@ -14,7 +18,7 @@ sin/cos of phi and psi (the smallest of the four) and of the C7ax/alpha_L indica
 transitions (changes of that indicator) per CPU-second; the phi > 0 population. Costs of 1 and 2 are reported
 separately. Prints a markdown table.
 
-    python benchmarks/bench_timewarp.py [--md-ps 100] [--train-seconds 180] [--budget 90]
+    python benchmarks/bench_timewarp.py [--md-ps 100] [--train-seconds 180] [--finetune-seconds 0] [--budget 90]
 """
 
 import argparse
@@ -32,8 +36,11 @@ from pymbar import timeseries
 
 from openmm_flowplugin import systems
 from openmm_flowplugin.analysis.evaluation import backbone_dihedrals
+from openmm_flowplugin.bridge.energy import OpenMMEnergy
 from openmm_flowplugin.flows import ConditionalFlow, train_timewarp, trajectory_pairs
+from openmm_flowplugin.flows.conditional_training import fine_tune_acceptance
 from openmm_flowplugin.mcmc import TimewarpMove
+from openmm_flowplugin.proposals.conditional import standard_normal_log_prob
 
 PHI_BASIN = (0.0, 2.5)
 
@@ -51,6 +58,27 @@ def summary(name, positions, cpu, topology, acceptance=float("nan")):
     basin = (phi > PHI_BASIN[0]) & (phi < PHI_BASIN[1])
     return dict(name=name, n=len(positions), cpu=cpu, acceptance=acceptance, ess_angles=smooth / cpu, ess_basin=ess(basin) / cpu,
                 transitions=int(np.sum(basin[1:] != basin[:-1])) / cpu, phi_positive=float(np.mean(phi > 0)))
+
+
+def wrapped(angle):
+    return (angle + np.pi) % (2 * np.pi) - np.pi
+
+
+def log_alpha_terms(flow, energy, starts, topology, seed):
+    """The three terms of log alpha for one proposal from each start, and E[min(1, alpha) (dphi^2 + dpsi^2)] (rad^2)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        x = torch.as_tensor(starts)
+        v = torch.randn(len(x), flow.dim, generator=generator, dtype=torch.float64)
+        x_new, v_new, log_forward = flow.sample(x, v, generator=generator)
+        terms = {"-du": (energy(x) - energy(x_new)).numpy(),
+                 "velocity": (standard_normal_log_prob(v_new) - standard_normal_log_prob(v)).numpy(),
+                 "density": (flow.log_prob(x, v, x_new, v_new) - log_forward).numpy()}
+    terms["log alpha"] = sum(terms.values())
+    acceptance = np.exp(np.minimum(np.nan_to_num(terms["log alpha"], nan=-np.inf), 0.0))
+    (phi, psi), (phi_new, psi_new) = backbone_dihedrals(starts, topology), backbone_dihedrals(x_new.numpy(), topology)
+    jump = float(np.mean(acceptance * (wrapped(phi_new - phi) ** 2 + wrapped(psi_new - psi) ** 2)))
+    return terms, float(np.mean(acceptance)), jump
 
 
 def md(molecular_system, positions, budget, stride_steps, seed):
@@ -72,6 +100,7 @@ def main():
     parser.add_argument("--stride", type=int, default=100, help="fs between training frames")
     parser.add_argument("--lag", type=int, default=10, help="tau in training frames")
     parser.add_argument("--train-seconds", type=float, default=180.0)
+    parser.add_argument("--finetune-seconds", type=float, default=0.0, help="CPU seconds of acceptance fine-tuning after training")
     parser.add_argument("--budget", type=float, default=90.0, help="CPU seconds per sampling method")
     parser.add_argument("--n-proposals", type=int, default=20)
     parser.add_argument("--batch", type=int, default=64)
@@ -101,6 +130,27 @@ def main():
     train_cpu = time.process_time() - start
     print(f"training: {steps} steps on {len(pairs[0])} pairs (lag {args.lag * args.stride} fs) in {train_cpu:.1f} CPU s; "
           f"loss first/last 100: {np.mean(history[:100]):.1f} / {np.mean(history[-100:]):.1f} nats")
+
+    energy = OpenMMEnergy(ala.system, ala.temperature, platform="Reference")
+    if args.finetune_seconds > 0:
+        start = time.process_time()
+        fine_tune_acceptance(flow, pairs, energy, n_steps=20, batch_size=64, seed=args.seed, progress=False)
+        per_step = (time.process_time() - start) / 20
+        n_more = max(1, int((args.finetune_seconds - (time.process_time() - start)) / per_step))
+        accepted = fine_tune_acceptance(flow, pairs, energy, n_steps=n_more, batch_size=64, seed=args.seed + 1, progress=False)
+        print(f"fine-tuning: {20 + n_more} steps in {time.process_time() - start:.1f} CPU s; training-start acceptance, "
+              f"last 100 steps: {np.mean(accepted[-100:]):.3g}")
+    xyz = trajectory.xyz.astype(np.float64)
+    terms, acceptance, jump = log_alpha_terms(flow, energy, xyz[:: max(1, len(xyz) // 300)][:300], ala.mdtraj_topology, args.seed)
+    print("log alpha = -du + velocity + density, over 300 proposals from training frames: median [10 %, 90 %]")
+    for name, value in terms.items():
+        value = value[np.isfinite(value)]
+        print(f"  {name}: {np.median(value):.3g} [{np.quantile(value, 0.1):.3g}, {np.quantile(value, 0.9):.3g}]")
+    phi, psi = backbone_dihedrals(xyz, ala.mdtraj_topology)
+    k = max(1, 10 // args.stride)
+    md_jump = np.mean(wrapped(phi[k:] - phi[:-k]) ** 2 + wrapped(psi[k:] - psi[:-k]) ** 2)
+    print(f"mean acceptance {acceptance:.3g}; E[min(1, alpha) (dphi^2 + dpsi^2)] per proposal {jump:.3g} rad^2 "
+          f"(MD per {k * args.stride} fs: {md_jump:.3g} rad^2)")
 
     start_positions = trajectory.xyz[-1].astype(np.float64) * unit.nanometer
     frames, cpu = md(ala, start_positions, args.budget, 10, args.seed)
