@@ -137,12 +137,7 @@ def train_timewarp(model, pairs, n_steps=1000, batch_size=64, learning_rate=1e-3
         with package_threads(), tqdm(total=int(n_steps), initial=start, desc="train timewarp", disable=not progress) as bar:
             for step in range(start, int(n_steps)):
                 generator = torch_generator(seed, step)
-                index = torch.randint(len(data_t), (int(batch_size),), generator=generator)
-                a, b = data_t[index], data_lag[index]
-                if rotations:
-                    rotation = random_rotations(len(a), generator, dtype)
-                    a, b = a @ rotation, b @ rotation
-                v = torch.randn(len(a), 2, model.dim, generator=generator, dtype=torch.float64).to(dtype)
+                a, b, v = _minibatch(data_t, data_lag, batch_size, generator, rotations, model.dim)
                 loss = -model.log_prob(b, v[:, 1], a, v[:, 0]).mean()
                 optimizer.zero_grad()
                 loss.backward()
@@ -221,12 +216,7 @@ def fine_tune_acceptance(model, pairs, energy, n_steps=500, batch_size=64, likel
 
     def step_loss(history):
         generator = torch_generator(seed, next(counter))
-        index = torch.randint(len(data_t), (int(batch_size),), generator=generator)
-        a, b = data_t[index], data_lag[index]
-        if rotations:
-            rotation = random_rotations(len(a), generator, dtype)
-            a, b = a @ rotation, b @ rotation
-        v = torch.randn(len(a), 2, model.dim, generator=generator, dtype=torch.float64).to(dtype)
+        a, b, v = _minibatch(data_t, data_lag, batch_size, generator, rotations, model.dim)
         nll = -model.log_prob(b, v[:, 1], a, v[:, 0]).mean()
         x_new, v_new, log_forward = model.sample(a, v[:, 0], generator=generator)
         log_reverse = model.log_prob(a, v[:, 0], x_new, v_new)
@@ -274,3 +264,15 @@ def _resume(model, optimizer, history, path, settings):
     optimizer.load_state_dict(training["optimizer"])
     history.extend(training["losses"])
     return int(training["step"])
+
+
+def _minibatch(data_t, data_lag, batch_size, generator, rotations, dim):
+    """Pairs drawn with replacement, the same random rotation on both frames of a pair, and fresh v, v′ ~ N(0, I)."""
+    dtype = data_t.dtype
+    index = torch.randint(len(data_t), (int(batch_size),), generator=generator)
+    a, b = data_t[index], data_lag[index]
+    if rotations:
+        rotation = random_rotations(len(a), generator, dtype)
+        a, b = a @ rotation, b @ rotation
+    v = torch.randn(len(a), 2, dim, generator=generator, dtype=torch.float64).to(dtype)
+    return a, b, v
