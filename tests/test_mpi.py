@@ -341,3 +341,29 @@ def test_timewarp_per_state_averages_are_exact_on_two_ranks(timewarp):
     z = (d2.mean(0) - exact) / errors
     assert np.all(np.abs(z) < 5), (d2.mean(0), exact, errors)
     assert abs((d2[:, 0].mean() - exact[2]) / errors[0]) > 5  # control: another state's value is resolved as wrong
+
+
+def test_a_user_error_on_every_rank_is_printed_once(tmp_path):
+    (tmp_path / "other.nc").write_text("")  # not this run's storage: every rank refuses it alike
+    result = _run(["cli", "sample", "alanine_dipeptide_vacuum", "--temperatures", "300,400", "--iterations", "1", "--md-steps", "5",
+                   "--proposals", "2", "--flow", "alanine_dipeptide_vacuum", "--platform", "Reference", "--no-progress",
+                   "--resume", "-o", "other.nc"], 2, tmp_path, timeout=120, check=False)
+    assert result.returncode != 0
+    assert result.stdout.count("error:") == 1, result.stdout[-2000:]
+
+
+def test_a_user_error_after_mpi_starts_is_printed_once_and_ends_every_rank(tmp_path):
+    script = tmp_path / "fail_everywhere.py"
+    script.write_text(
+        "from mpi4py import MPI\n"
+        "from openmm_flowplugin.cli._common import _user_errors\n"
+        "from openmm_flowplugin.errors import InvalidInputError\n"
+        "@_user_errors\n"
+        "def command():\n"
+        "    MPI.COMM_WORLD.Barrier()\n"
+        "    raise InvalidInputError(f'bad input seen by rank {MPI.COMM_WORLD.Get_rank()}')\n"
+        "command()\n")
+    result = _run(["--no-arguments-used"], 2, tmp_path, timeout=60, check=False, script=script)
+    assert result.returncode != 0
+    assert result.stdout.count("error: bad input seen by rank 0") == 1, result.stdout[-2000:]
+    assert "seen by rank 1" not in result.stdout  # rank 0 aborted the job before rank 1's grace period ended

@@ -2,7 +2,9 @@
 
 import functools
 import math
+import os
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -12,6 +14,8 @@ from ..errors import InvalidInputError, UserInputError
 # The package's own user-error types (bad values, names, files) and the environment's file errors print as one
 # line; anything else is a bug or a broken setup and keeps its traceback.
 USER_ERRORS = (UserInputError, OSError)
+#: How long a rank other than 0 waits before printing a user error under MPI (rank 0's abort usually comes first).
+_MPI_ERROR_GRACE_SECONDS = 3.0
 
 #: Counts that must be integers >= 1 (steps, batch sizes, samples...).
 POSITIVE_INT = click.IntRange(min=1)
@@ -40,13 +44,34 @@ def _user_errors(command):
             return command(*args, **kwargs)
         except USER_ERRORS as error:
             message = " ".join(str(error).split()) or type(error).__name__  # one line, whatever the message
-            click.echo(f"error: {message}", err=True)
+            rank, size = _mpi_rank_and_size()
             mpi = sys.modules.get("mpi4py.MPI")  # under mpirun the other ranks would wait forever for this one
-            if mpi is not None and mpi.COMM_WORLD.Get_size() > 1:
+            if rank > 0 and mpi is None:
+                sys.exit(2)  # before MPI starts every rank runs the same code on the same input: rank 0 says it
+            if rank > 0:
+                # Bad input usually fails on every rank alike: rank 0 prints it and aborts the job first; a
+                # rank that fails alone still gets to say why after this pause.
+                time.sleep(_MPI_ERROR_GRACE_SECONDS)
+            click.echo(f"error: {message}", err=True)
+            if mpi is not None and size > 1:
                 mpi.COMM_WORLD.Abort(2)
             sys.exit(2)
 
     return wrapper
+
+
+def _mpi_rank_and_size():
+    """This process's MPI rank and the job size: from mpi4py if it is loaded, else from the launcher's environment."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is not None:
+        return mpi.COMM_WORLD.Get_rank(), mpi.COMM_WORLD.Get_size()
+    for rank_name, size_name in (("PMI_RANK", "PMI_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE")):  # MPICH, Open MPI
+        if rank_name in os.environ:
+            try:
+                return int(os.environ[rank_name]), int(os.environ.get(size_name, "1"))
+            except ValueError:
+                break
+    return 0, 1
 
 
 _FILE = click.Path(dir_okay=False)
