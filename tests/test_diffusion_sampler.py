@@ -103,7 +103,7 @@ def test_a_uniform_bias_changes_no_reweighted_average(trained):
     assert np.allclose(normalised, normalised_shifted, rtol=1e-12, atol=0)
     # the exact weights do not involve the bias at all: a constant added to the grid changes none of them
     before = sampler.sample(64)
-    sampler.n_samples_drawn -= 1
+    sampler.n_sample_batches -= 1
     sampler.bias.values = sampler.bias.values + 3.0
     sampler.bias._coefficients = None
     after = sampler.sample(64)
@@ -222,3 +222,30 @@ def test_warm_start_fills_the_buffer_with_md_configurations_and_counts_their_ene
     assert torch.equal(sampler.buffer.data["x_final"], torch.as_tensor(md[1:].reshape(39, 3)))
     sampler.train(1)
     assert len(sampler.buffer) == 39 + 16 and sampler.n_energy_evaluations == 56
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(max_gradient_norm=-1.0), "max_gradient_norm must be a finite number > 0"),
+    (dict(learning_rate=float("nan")), "learning_rate must be a finite number > 0"),
+    (dict(n_adjoint_steps=-1), "n_adjoint_steps must be an integer >= 0"),
+])
+def test_bad_sampler_settings_are_refused(overrides, message):
+    with pytest.raises(InvalidInputError, match=message):
+        _sampler(systems.get("double_well_2d"), None, **overrides)
+
+
+def test_a_seedless_sampler_resumes_the_stored_seed_and_never_overwrites_another_run(tmp_path):
+    molecular_system = systems.get("double_well_2d")
+    small = dict(batch_size=16, n_adjoint_steps=1, training_batch_size=16)
+    checkpoint = tmp_path / "run.pt"
+    first = _sampler(molecular_system, None, seed=None, **small)
+    first.train(2, checkpoint=checkpoint)
+    resumed = _sampler(molecular_system, None, seed=None, **small)
+    resumed.train(3, checkpoint=checkpoint)  # seed=None adopts the stored seed instead of refusing "other settings"
+    assert resumed.settings["seed"] == first.settings["seed"] and resumed.iteration == 3
+    other = _sampler(molecular_system, None, seed=11, **small)
+    other.train(1)
+    with pytest.raises(InvalidInputError, match="another run's checkpoint"):
+        other.train(2, checkpoint=checkpoint)
+    with pytest.raises(InvalidInputError, match="batch_size must be a positive integer"):
+        other.sample(8, batch_size=-1)

@@ -21,6 +21,7 @@ True
 __all__ = ["FreeEnergySurface", "BasinFreeEnergy", "free_energy_surface", "basin_free_energy_difference", "fes_error"]
 
 import dataclasses
+import math
 import warnings
 
 import numpy as np
@@ -41,7 +42,9 @@ class FreeEnergySurface:
     free_energy : numpy.ndarray
         −kT ln(p_b / bin volume) − min; ``nan`` in bins without weight.
     error : numpy.ndarray
-        Bootstrap standard error of ``free_energy`` (``nan`` where it is).
+        Bootstrap standard error of ``free_energy`` (``nan`` where it is; ``inf`` for bins some
+        replicas leave empty). Replicas are shifted by the full sample's minimum, so the minimum bin
+        has an error too.
     probability : numpy.ndarray
         Weighted bin probabilities (over the samples inside the grid).
     """
@@ -59,7 +62,7 @@ class FreeEnergySurface:
 
 @dataclasses.dataclass
 class BasinFreeEnergy:
-    """ΔF = F(B) − F(A) = −kT ln(P_B / P_A) in kJ/mol with its bootstrap standard error."""
+    """ΔF = F(B) − F(A) = −kT ln(P_B / P_A) in kJ/mol with its bootstrap standard error (``inf`` if a replica leaves a basin empty)."""
 
     value: float
     error: float
@@ -81,6 +84,8 @@ def _checked(cv_values, log_weights):
 
 
 def _bootstrap(n, n_bootstrap, seed, statistic):
+    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, (int, np.integer)) or n_bootstrap < 2:
+        raise InvalidInputError(f"n_bootstrap must be an integer >= 2, got {n_bootstrap!r}.")
     rng = numpy_generator(seed, 0)
     return np.array([statistic(rng.integers(0, n, n)) for _ in range(n_bootstrap)])
 
@@ -125,7 +130,9 @@ def free_energy_surface(cv_values, log_weights, bins, temperature, n_bootstrap=2
     replicas = _bootstrap(len(s), n_bootstrap, seed, lambda index: surface(index)[0] - minimum)
     with warnings.catch_warnings():  # bins empty in every replica: nan, said in the docstring
         warnings.simplefilter("ignore", RuntimeWarning)
-        error = np.nanstd(replicas, axis=0) if n_bootstrap > 1 else np.full(f.shape, np.nan)
+        error = np.nanstd(replicas, axis=0)
+    # a bin that some replicas leave empty is too sparse for a finite error bar
+    error = np.where(np.isfinite(f) & np.isnan(replicas).any(axis=0), np.inf, error)
     return FreeEnergySurface(edges=edges, free_energy=f - minimum, error=error, probability=probability)
 
 
@@ -171,7 +178,9 @@ def basin_free_energy_difference(cv_values, log_weights, basins, first, second, 
         raise InvalidInputError(f"basin {first!r} or {second!r} holds no weighted sample: ΔF cannot be estimated.")
     replicas = _bootstrap(len(s), n_bootstrap, seed, delta)
     total = w.sum()
-    return BasinFreeEnergy(value=float(value), error=float(np.std(replicas[np.isfinite(replicas)])),
+    # replicas that leave a basin empty mean it is too sparsely sampled for a finite error bar
+    error = float(np.std(replicas)) if np.isfinite(replicas).all() else math.inf
+    return BasinFreeEnergy(value=float(value), error=error,
                            probabilities={name: float(w[inside[name]].sum() / total) for name in (first, second)})
 
 

@@ -68,6 +68,8 @@ def diffuse(molecular_system_options, cv_specs, grid_specs, basin_specs, output,
             raise InvalidInputError(f"--grid {spec!r}: name one of the CVs {sorted(cvs)} and give LO < HI.")
         grid_ranges[name] = (lo, hi)
     basins = dict(parse_basin(spec) for spec in basin_specs)
+    if len(basins) != len(basin_specs):
+        raise InvalidInputError(f"two --basin options share a name: {[parse_basin(spec)[0] for spec in basin_specs]}.")
     if len(basins) == 1:
         raise InvalidInputError("give at least two --basin options (ΔF is between basins), or none.")
     molecular_system = load_system(molecular_system_options)

@@ -85,7 +85,7 @@ class WellTemperedBias:
             raise InvalidInputError(f"a periodic grid must span [-pi, pi] on both axes, got lower={self.lower}, upper={self.upper}.")
         self.spacing = (self.upper - self.lower) / (np.asarray(self.n_nodes) - 1)
         self.hill_width = np.broadcast_to(np.asarray(hill_width, dtype=np.float64), (2,)).copy()
-        if not np.all(self.hill_width > 0):
+        if not np.all(np.isfinite(self.hill_width) & (self.hill_width > 0)):
             raise InvalidInputError(f"hill_width must be positive, got {hill_width!r}.")
         too_coarse = self.spacing > 0.5 * self.hill_width
         if too_coarse.any():
@@ -93,6 +93,8 @@ class WellTemperedBias:
             raise InvalidInputError(f"the grid is too coarse for the hill width: spacing {self.spacing} > half the width "
                                     f"{0.5 * self.hill_width}; use at least n_nodes={tuple(int(n) for n in needed)}.")
         self.hill_height = float(in_unit(hill_height, unit.kilojoule_per_mole, "hill_height"))
+        if not (math.isfinite(self.hill_height) and self.hill_height > 0):
+            raise InvalidInputError(f"hill_height must be a finite energy > 0, got {hill_height!r}.")
         self.bias_factor = float(bias_factor)
         if not self.bias_factor > 1.0:
             raise InvalidInputError(f"bias_factor must be > 1, got {bias_factor!r}.")

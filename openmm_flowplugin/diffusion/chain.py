@@ -59,10 +59,11 @@ def run_chains(controller, schedule, n_chains, generator):
     ----------
     controller : Controller or sequence of Controller
         u_θ(t, x) on flattened coordinates of dimension ``controller.dimension``. Several controllers
-        (e.g. snapshots taken during training) define their uniform mixture: chain i follows
-        controller i mod J, and the weights use the mixture's path density (1/J) Σ_j p₀ ∏ F_j —
-        every controller's drift is evaluated along every chain (J times the cost of one), which makes
-        the weights exact for the mixture and bounded by J times those of the best component.
+        (e.g. snapshots taken during training) define a mixture: chain i follows controller i mod J,
+        and the weights use the path density of what was drawn, Σ_j (n_j/n) p₀ ∏ F_j with n_j the
+        chains of component j in this call (the balance heuristic of multiple importance sampling) —
+        every controller's drift is evaluated along every chain (J times the cost of one). Each call's
+        weights are exact on their own, whatever n and J.
     schedule : NoiseSchedule
     n_chains : int
     generator : torch.Generator
@@ -96,7 +97,10 @@ def run_chains(controller, schedule, n_chains, generator):
         log_backward += schedule.log_backward(x, x_next, k)
         log_forward += torch.stack([schedule.log_forward(x_next, m, k) for m in means])
         x = x_next
-    log_mixture = torch.logsumexp(log_forward, 0) - math.log(n_components)
+    # The density the chains were drawn from: each component weighted by its share of this batch (the
+    # balance heuristic), so every batch is exact on its own, also when n_chains is not a multiple of J.
+    share = torch.bincount(component, minlength=n_components).to(torch.float64) / n_chains
+    log_mixture = torch.logsumexp(log_forward + torch.log(share)[:, None], 0)
     return Chains(x_initial=x_initial, x_final=x, log_path_ratio=log_backward - log_mixture)
 
 

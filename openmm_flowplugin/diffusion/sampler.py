@@ -165,12 +165,14 @@ class DiffusionSampler:
                                             f"{self.n_atoms} atoms (indices 0..{self.n_atoms - 1}).")
         if bias is not None and not math.isclose(bias.kT, self.kT, rel_tol=1e-9):
             raise InvalidInputError(f"the bias was built for kT = {bias.kT:.4f} kJ/mol but the system's is {self.kT:.4f} kJ/mol.")
+        self._seed_given = seed is not None
         self.settings = dict(
             schedule=self.schedule.as_dict(), hidden=int(hidden), n_layers=int(n_layers), batch_size=_positive(batch_size, "batch_size"),
             buffer_size=_positive(buffer_size if buffer_size is not None else 50 * batch_size, "buffer_size"),
-            n_adjoint_steps=int(n_adjoint_steps), n_corrector_steps=int(n_corrector_steps),
-            training_batch_size=_positive(training_batch_size, "training_batch_size"), learning_rate=float(learning_rate),
-            max_gradient_norm=None if max_gradient_norm is None else float(max_gradient_norm), seed=checked_root_seed(seed),
+            n_adjoint_steps=_count(n_adjoint_steps, "n_adjoint_steps"), n_corrector_steps=_count(n_corrector_steps, "n_corrector_steps"),
+            training_batch_size=_positive(training_batch_size, "training_batch_size"), learning_rate=_finite_positive(learning_rate, "learning_rate"),
+            max_gradient_norm=None if max_gradient_norm is None else _finite_positive(max_gradient_norm, "max_gradient_norm"),
+            seed=checked_root_seed(seed),
             n_snapshots=_positive(n_snapshots, "n_snapshots"), snapshot_interval=_positive(snapshot_interval, "snapshot_interval"),
             kT=self.kT, hamiltonian=hamiltonian_digest(molecular_system.system), has_bias=bias is not None,
             coordinates=self.coordinates.describe(),
@@ -186,7 +188,7 @@ class DiffusionSampler:
         self.corrector_optimizer = None if self.corrector is None else torch.optim.Adam(self.corrector.parameters(), lr=learning_rate)
         self.buffer = ReplayBuffer(self.settings["buffer_size"])
         self.iteration = 0
-        self.n_samples_drawn = 0
+        self.n_sample_batches = 0
         self.n_invalid = 0
         self.n_warm_start = 0
         self.history = []
@@ -273,7 +275,7 @@ class DiffusionSampler:
             raise DivergedTrainingError(f"all {len(u)} chain end points of iteration {self.iteration} have non-finite energies; "
                                         "lower sigma_max or the learning rate, or resume from an earlier checkpoint.")
         bias_reduced = self._bias_reduced(chains.x_final)
-        log_weights = -(u + bias_reduced) + chains.log_path_ratio
+        log_weights = torch.where(torch.isfinite(u), -(u + bias_reduced) + chains.log_path_ratio, torch.full_like(u, -math.inf))
         self.buffer.add(x_initial=chains.x_initial[valid], x_final=chains.x_final[valid], energy_gradient=self._clipped(gradient[valid]))
         if self.bias is not None and deposit:
             x = self.positions(chains.x_final[valid])
@@ -334,8 +336,11 @@ class DiffusionSampler:
         """
         from tqdm.auto import tqdm
 
-        if checkpoint is not None and Path(checkpoint).exists() and self.iteration == 0:
-            self.load_checkpoint(checkpoint)
+        if checkpoint is not None and Path(checkpoint).exists():
+            if self.iteration == 0:
+                self.load_checkpoint(checkpoint)
+            else:
+                self._check_own_checkpoint(checkpoint)
         bar = tqdm(total=n_iterations, initial=self.iteration, desc="diffusion sampler", disable=not progress)
         with package_threads():
             while self.iteration < n_iterations:
@@ -374,10 +379,11 @@ class DiffusionSampler:
     def production_controllers(self):
         """The controllers :meth:`sample` mixes: the stored snapshots and the current controller."""
         controllers = []
-        for state in self.snapshots:
-            controller = Controller(self.controller.dimension, hidden=self.settings["hidden"], n_layers=self.settings["n_layers"])
-            controller.load_state_dict(state)
-            controllers.append(controller)
+        with torch.random.fork_rng(devices=[]):  # the layers' initialisers draw from torch's global generator: leave it alone
+            for state in self.snapshots:
+                controller = Controller(self.controller.dimension, hidden=self.settings["hidden"], n_layers=self.settings["n_layers"])
+                controller.load_state_dict(state)
+                controllers.append(controller)
         return controllers + [self.controller]
 
     # ------------------------------------------------------------------ production
@@ -395,14 +401,14 @@ class DiffusionSampler:
         -------
         DiffusionSamples
         """
-        batch_size = batch_size or self.settings["batch_size"]
+        batch_size = self.settings["batch_size"] if batch_size is None else _positive(batch_size, "batch_size")
         parts = []
         controllers = self.production_controllers()
         with package_threads():
             for start in range(0, _positive(n_samples, "n_samples"), batch_size):
-                generator = torch_generator(self.settings["seed"], _SAMPLE, self.n_samples_drawn)
+                generator = torch_generator(self.settings["seed"], _SAMPLE, self.n_sample_batches)
                 chains = run_chains(controllers, self.schedule, min(batch_size, n_samples - start), generator)
-                self.n_samples_drawn += 1
+                self.n_sample_batches += 1
                 u, _ = self._energies(chains.x_final)
                 parts.append((chains.x_final, u, chains.log_path_ratio - u))
         z = torch.cat([p[0] for p in parts])
@@ -420,7 +426,7 @@ class DiffusionSampler:
     def state_dict(self):
         """Everything needed to resume, as plain data (tensors, numbers, strings, lists, dicts)."""
         return dict(
-            format=CHECKPOINT_FORMAT, settings=dict(self.settings), iteration=self.iteration, n_samples_drawn=self.n_samples_drawn,
+            format=CHECKPOINT_FORMAT, settings=dict(self.settings), iteration=self.iteration, n_sample_batches=self.n_sample_batches,
             n_invalid=self.n_invalid, n_warm_start=self.n_warm_start, energy_evaluations=self.n_energy_evaluations,
             controller=self.controller.state_dict(), controller_optimizer=self.controller_optimizer.state_dict(),
             corrector=None if self.corrector is None else self.corrector.state_dict(),
@@ -436,6 +442,13 @@ class DiffusionSampler:
         torch.save(self.state_dict(), temporary)
         os.replace(temporary, path)
 
+    def _check_own_checkpoint(self, path):
+        """Refuse to write over a checkpoint of another run (or of a later point of this one)."""
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        stored = state.get("settings", {}) if isinstance(state, dict) else {}
+        if stored != self.settings or int(state.get("iteration", -1)) > self.iteration:
+            raise InvalidInputError(f"{path} holds another run's checkpoint (or a later one of this run); give another path.")
+
     def load_checkpoint(self, path):
         """Resume from a checkpoint of the same system and settings (plain data only: ``weights_only`` loading)."""
         try:
@@ -448,6 +461,8 @@ class DiffusionSampler:
         if stored.get("hamiltonian") != self.settings["hamiltonian"]:
             raise InvalidInputError(f"{path} was trained for another system (its Hamiltonian differs from {self.molecular_system.name!r}'s); "
                                     "give another checkpoint path.")
+        if not self._seed_given and "seed" in stored:  # seed=None: continue the stored run's streams
+            self.settings["seed"] = stored["seed"]
         differs = sorted(key for key in self.settings if stored.get(key) != self.settings[key])
         if differs:
             raise InvalidInputError(f"{path} was trained with other settings ({', '.join(differs)}); use the same ones to resume, "
@@ -460,7 +475,7 @@ class DiffusionSampler:
         self.buffer.load_state_dict(state["buffer"])
         if self.bias is not None:
             self.bias.load_state_dict(state["bias"])
-        self.iteration, self.n_samples_drawn = int(state["iteration"]), int(state["n_samples_drawn"])
+        self.iteration, self.n_sample_batches = int(state["iteration"]), int(state["n_sample_batches"])
         self.n_invalid, self.n_warm_start = int(state["n_invalid"]), int(state["n_warm_start"])
         self._evaluations_before = int(state["energy_evaluations"]) - self.energy.n_evaluations
         self.history = list(state["history"])
@@ -471,6 +486,18 @@ class DiffusionSampler:
 def hamiltonian_digest(system):
     """sha256 of the serialized System (every force and parameter): a checkpoint's system identity."""
     return hashlib.sha256(openmm.XmlSerializer.serialize(system).encode()).hexdigest()
+
+
+def _count(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise InvalidInputError(f"{name} must be an integer >= 0, got {value!r}.")
+    return int(value)
+
+
+def _finite_positive(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not (math.isfinite(value) and value > 0):
+        raise InvalidInputError(f"{name} must be a finite number > 0, got {value!r}.")
+    return float(value)
 
 
 def _positive(value, name):

@@ -61,9 +61,9 @@ class NoiseSchedule:
         self.sigma_max = float(in_unit(sigma_max, unit.nanometer, "sigma_max"))
         self.sigma_min = float(in_unit(sigma_min, unit.nanometer, "sigma_min"))
         self.source_scale = float(in_unit(source_scale, unit.nanometer, "source_scale"))
-        if not (self.sigma_max > self.sigma_min > 0.0):
-            raise InvalidInputError(f"need sigma_max > sigma_min > 0, got sigma_max={self.sigma_max}, sigma_min={self.sigma_min}.")
-        if not self.source_scale >= 0.0:
+        if not (math.isfinite(self.sigma_max) and self.sigma_max > self.sigma_min > 0.0):
+            raise InvalidInputError(f"need finite sigma_max > sigma_min > 0, got sigma_max={self.sigma_max}, sigma_min={self.sigma_min}.")
+        if not (math.isfinite(self.source_scale) and self.source_scale >= 0.0):
             raise InvalidInputError(f"source_scale must be >= 0 nm, got {self.source_scale}.")
         if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < 2:
             raise InvalidInputError(f"n_steps must be an integer >= 2, got {n_steps!r}.")
