@@ -249,3 +249,17 @@ def test_a_seedless_sampler_resumes_the_stored_seed_and_never_overwrites_another
         other.train(2, checkpoint=checkpoint)
     with pytest.raises(InvalidInputError, match="batch_size must be a positive integer"):
         other.sample(8, batch_size=-1)
+
+
+def test_bootstrap_settings_and_sparse_basins():
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=(500, 2))
+    edges = [np.linspace(-3, 3, 7)] * 2
+    assert np.isnan(free_energy_surface(s, np.zeros(500), edges, 300.0, n_bootstrap=0).error).all()
+    with pytest.raises(InvalidInputError, match="n_bootstrap must be 0"):
+        free_energy_surface(s, np.zeros(500), edges, 300.0, n_bootstrap=1)
+    # a basin holding two samples: some replicas leave it empty, so its error bar is infinite, not small
+    basins = {"A": [(-9, 9), (-9, 9)], "B": [(2.6, 9), (-9, 9)]}
+    assert ((s[:, 0] >= 2.6).sum()) <= 3
+    sparse = basin_free_energy_difference(s, np.zeros(500), basins, "A", "B", 300.0, seed=1)
+    assert np.isfinite(sparse.value) and sparse.error == math.inf

@@ -84,8 +84,8 @@ def _checked(cv_values, log_weights):
 
 
 def _bootstrap(n, n_bootstrap, seed, statistic):
-    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, (int, np.integer)) or n_bootstrap < 2:
-        raise InvalidInputError(f"n_bootstrap must be an integer >= 2, got {n_bootstrap!r}.")
+    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, (int, np.integer)) or n_bootstrap == 1 or n_bootstrap < 0:
+        raise InvalidInputError(f"n_bootstrap must be 0 (no error bars) or an integer >= 2, got {n_bootstrap!r}.")
     rng = numpy_generator(seed, 0)
     return np.array([statistic(rng.integers(0, n, n)) for _ in range(n_bootstrap)])
 
@@ -101,6 +101,7 @@ def free_energy_surface(cv_values, log_weights, bins, temperature, n_bootstrap=2
         Bin edges per CV.
     temperature : float or Quantity
     n_bootstrap : int
+        Bootstrap replicas (>= 2), or 0 for no error bars (``nan``).
     seed : int
         Root seed of the bootstrap's random stream.
 
@@ -127,6 +128,8 @@ def free_energy_surface(cv_values, log_weights, bins, temperature, n_bootstrap=2
     if np.isnan(f).all():
         raise InvalidInputError("no weighted sample falls inside the bins: widen them.")
     minimum = np.nanmin(f)
+    if n_bootstrap == 0:
+        return FreeEnergySurface(edges=edges, free_energy=f - minimum, error=np.full(f.shape, np.nan), probability=probability)
     replicas = _bootstrap(len(s), n_bootstrap, seed, lambda index: surface(index)[0] - minimum)
     with warnings.catch_warnings():  # bins empty in every replica: nan, said in the docstring
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -176,10 +179,10 @@ def basin_free_energy_difference(cv_values, log_weights, basins, first, second, 
     value = delta(np.arange(len(s)))
     if not np.isfinite(value):
         raise InvalidInputError(f"basin {first!r} or {second!r} holds no weighted sample: ΔF cannot be estimated.")
-    replicas = _bootstrap(len(s), n_bootstrap, seed, delta)
     total = w.sum()
+    replicas = _bootstrap(len(s), n_bootstrap, seed, delta) if n_bootstrap else np.array([np.nan])
     # replicas that leave a basin empty mean it is too sparsely sampled for a finite error bar
-    error = float(np.std(replicas)) if np.isfinite(replicas).all() else math.inf
+    error = math.nan if not n_bootstrap else float(np.std(replicas)) if np.isfinite(replicas).all() else math.inf
     return BasinFreeEnergy(value=float(value), error=error,
                            probabilities={name: float(w[inside[name]].sum() / total) for name in (first, second)})
 
