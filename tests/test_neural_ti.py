@@ -86,7 +86,7 @@ def test_exact_path_estimate_agrees_with_widom_insertion(leg, tmp_path):
     amortized, amortized_error = nti.amortized_delta_f(leg, samples, phi, n_points=64, platform="Reference")
     assert math.isfinite(amortized) and amortized_error > 0
     path = nti.exact_path_leg(leg, phi, nodes=6)
-    run_leg(path, tmp_path / "path.nc", 100, md_steps=50, timestep=20.0, checkpoint_interval=1, platform="Reference",
+    run_leg(path, tmp_path / "path.nc", 200, md_steps=50, timestep=20.0, checkpoint_interval=1, platform="Reference",
             progress=False, equilibration_iterations=5)
     exact = analyze_leg(tmp_path / "path.nc")
     mu_widom, se_widom = widom_mu(solvation_system("lj", n_particles=36, density=0.5, reduced_temperature=1.5, cutoff=2.0))
