@@ -274,12 +274,14 @@ class DiffusionSampler:
         if not valid.any():
             raise DivergedTrainingError(f"all {len(u)} chain end points of iteration {self.iteration} have non-finite energies; "
                                         "lower sigma_max or the learning rate, or resume from an earlier checkpoint.")
-        bias_reduced = self._bias_reduced(chains.x_final)
-        log_weights = torch.where(torch.isfinite(u), -(u + bias_reduced) + chains.log_path_ratio, torch.full_like(u, -math.inf))
+        bias_reduced, cvs = torch.zeros_like(u), None
+        if self.bias is not None:  # positions and CVs once: for the weights and for the hills
+            cvs = self.bias.cv_values(self.positions(chains.x_final)).detach()
+            bias_reduced = self.bias.of_cvs(cvs).detach() / self.kT
+        log_weights = torch.where(valid, -(u + bias_reduced) + chains.log_path_ratio, torch.full_like(u, -math.inf))
         self.buffer.add(x_initial=chains.x_initial[valid], x_final=chains.x_final[valid], energy_gradient=self._clipped(gradient[valid]))
-        if self.bias is not None and deposit:
-            x = self.positions(chains.x_final[valid])
-            self.bias.deposit(self.bias.cv_values(x).detach().numpy())
+        if cvs is not None and deposit:
+            self.bias.deposit(cvs[valid].numpy())
         return dict(buffer_ess=effective_sample_size(log_weights.numpy()), n_invalid=n_invalid)
 
     def _adjoint_loss(self, generator):
