@@ -155,7 +155,7 @@ def jump_cost(name, platform, flow, args):
         for interval in args.intervals:
             integrator = FlowMCIntegrator(ala.temperature, 1.0, 0.001, flow, jump_interval=interval, mode=mode, seed=interval,
                                           system=ala.system, topology=ala.topology)
-            integrator._buffer._draw = _timed(integrator._buffer._draw, batches.setdefault((mode, interval), []))
+            integrator._draws._buffer._draw = _timed(integrator._draws._buffer._draw, batches.setdefault((mode, interval), []))
             runs[mode, interval] = make_simulation(ala, integrator, platform, 3, properties)
     share, log_prob = proposal_costs(flow, ala)
     blocks = {key: [] for key in runs}  # (CPU s, CPU s in batch sampling, jumps) per round

@@ -75,9 +75,9 @@ def test_deep_copy_jumps_shares_the_proposal_and_keeps_settings_statistics_and_p
 def test_copies_draw_from_their_own_stream():
     ho, integrator = oscillator_integrator(jump_interval=1)
     duplicate = copy.deepcopy(integrator)
-    original_draws = integrator._buffer.draws(0, 3)[0]
-    assert not np.array_equal(duplicate._buffer.draws(0, 3)[0], original_draws)
-    assert np.array_equal(copy.deepcopy(integrator)._buffer.stream, (1,))
+    original_draws = integrator._draws._buffer.draws(0, 3)[0]
+    assert not np.array_equal(duplicate._draws._buffer.draws(0, 3)[0], original_draws)
+    assert np.array_equal(copy.deepcopy(integrator)._draws._buffer.stream, (1,))
 
 
 def test_integrator_move_and_mcmc_sampler_jump():

@@ -79,3 +79,17 @@ def test_train_timewarp_user_errors_are_one_line(trajectories, tmp_path):
     (tmp_path / "exists.pt").write_text("x")
     _assert_user_error(runner.invoke(main, ["train-timewarp", "alanine_dipeptide_vacuum", "-d", a, "--lag", "1",
                                             "-o", str(tmp_path / "exists.pt")]), "already exists")
+
+
+def test_md_takes_a_conditional_flow_one_proposal_per_jump(trajectories, tmp_path):
+    runner = CliRunner()
+    flow = str(tmp_path / "tw.pt")
+    trained = runner.invoke(main, ["train-timewarp", "alanine_dipeptide_vacuum", "-d", trajectories[0], "--lag", "2", *SMALL,
+                                   "--steps", "5", "-o", flow])
+    assert trained.exit_code == 0, trained.output
+    md = ["md", "alanine_dipeptide_vacuum", "--flow", flow, "--steps", "40", "--interval", "20", "--jump-interval", "10",
+          "--platform", "Reference", "--seed", "1", "--log", str(tmp_path / "log.csv")]
+    result = runner.invoke(main, md)
+    assert result.exit_code == 0, result.output
+    assert "40 steps; flow jumps accepted" in result.output and "of 4 " in result.output  # a jump every 10 steps
+    _assert_user_error(runner.invoke(main, md + ["--proposals", "2", "--overwrite"]), "one proposal per jump")

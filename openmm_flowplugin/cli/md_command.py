@@ -22,7 +22,7 @@ continues to --steps in total, cutting the trajectory and logs back to the check
 
 @click.command(help=_HELP)
 @system_options
-@click.option("--flow", "flow_path", required=True, help="Flow checkpoint (.pt), or a system name that ships one.")
+@click.option("--flow", "flow_path", required=True, help="Flow checkpoint (.pt), or a system name that ships one; a conditional flow (train-timewarp) makes one proposal per jump.")
 @click.option("--steps", required=True, type=POSITIVE_INT, help="Total MD steps (with --resume: the total to reach).")
 @click.option("--interval", default=1000, show_default=True, type=POSITIVE_INT, help="Steps between log rows and frames.")
 @click.option("--jump-interval", default=100, show_default=True, type=POSITIVE_INT, help="MD steps between jump attempts.")
@@ -46,7 +46,7 @@ def md(molecular_system_options, flow_path, steps, interval, jump_interval, prop
        platform, trajectory, log, jump_log, checkpoint, checkpoint_interval, resume, overwrite, progress):
     from openmm import app, unit
 
-    from ..flows.checkpoints import load_flow
+    from ..flows.conditional_io import load_proposal_flow
     from ..integrators import FlowMCIntegrator
     from ..outputs import check_output_path
     from ..platforms import select_platform
@@ -77,7 +77,7 @@ def md(molecular_system_options, flow_path, steps, interval, jump_interval, prop
     if problem:
         raise InvalidInputError(problem)
     temperature = kelvin(molecular_system.temperature) if temperature is None else float(temperature)
-    flow = load_flow(flow_path, system=molecular_system)
+    flow = load_proposal_flow(flow_path, system=molecular_system)
     integrator = FlowMCIntegrator(temperature * unit.kelvin, friction / unit.picosecond, timestep * unit.femtosecond, flow,
                                   jump_interval=jump_interval, n_proposals=proposals, system=molecular_system.system,
                                   topology=molecular_system.topology, seed=seed)

@@ -133,3 +133,30 @@ def load_conditional_flow(path, system=None, cache=True):
             "for this molecule or train one."
         )
     return flow
+
+
+def is_conditional_checkpoint(path):
+    """Whether ``path`` is a file holding a conditional flow (its ``format``), without building the model."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not ours to judge here: the loader that takes it names what is wrong
+        return False
+    return isinstance(payload, dict) and payload.get("format") == FORMAT
+
+
+def load_proposal_flow(name_or_path, system=None):
+    """A Boltzmann generator or a conditional flow, whichever the checkpoint holds (for ``md``-style callers).
+
+    Examples
+    --------
+    >>> load_proposal_flow("alanine_dipeptide_vacuum").__class__.__name__
+    'BoltzmannGenerator'
+    """
+    from .checkpoints import load_flow
+
+    if is_conditional_checkpoint(name_or_path):
+        return load_conditional_flow(name_or_path, system=system)
+    return load_flow(name_or_path, system=system)

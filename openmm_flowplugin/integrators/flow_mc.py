@@ -8,20 +8,12 @@ accept/reject evaluated on the device by a ``CustomIntegrator`` program.
 
 __all__ = ["FlowMCIntegrator"]
 
-import math
 
 import numpy as np
 import openmm
 
-from ..proposals.buffer import ProposalBuffer
-from ..proposals.protocol import (
-    align_to_current,
-    check_proposal_fingerprint,
-    check_proposal_methods,
-    checked_count,
-    proposal_n_atoms,
-    single_log_prob,
-)
+from ..proposals.protocol import check_proposal_fingerprint, checked_count, proposal_n_atoms
+from ._draws import ConditionalDraws, IndependentDraws, is_conditional
 from ..units import friction_per_ps, kelvin, kT, timestep_ps
 from .programs import GHMCProgram, add_ghmc_step, add_ghmc_variables
 from ..errors import InvalidInputError, InvalidTypeError
@@ -148,10 +140,17 @@ class FlowMCIntegrator(openmm.CompoundIntegrator):
         ``sample(n) -> (x, log_q)`` and ``log_prob(x) -> log_q`` with ``x`` of shape=(n, n_atoms, 3) in nm
         (see :mod:`openmm_flowplugin.proposals`). ``rigid_invariant = True`` proposals are aligned onto
         the current configuration with :func:`~openmm_flowplugin.proposals.kabsch_align`.
+        Or a *conditional* (Timewarp-style) proposal with ``propose(x, n, generator) -> (x', h)`` and
+        ``n_atoms``, e.g. a :class:`~openmm_flowplugin.flows.ConditionalFlow`
+        (:mod:`openmm_flowplugin.proposals.conditional`): each jump draws one proposal from the
+        configuration it starts from and accepts with probability ``min(1, exp(u - u' + h))``, ``h`` the
+        proposal's log Hastings term (auxiliary velocities drawn afresh for every jump).
     jump_interval : int
         MD steps between jump attempts (default 100).
     n_proposals : int
-        Proposals per jump attempt, applied as consecutive Metropolis-Hastings steps (default 1).
+        Proposals per jump attempt, applied as consecutive Metropolis-Hastings steps (default 1). A
+        conditional proposal makes one per jump (others are refused: proposal 2 would have to come from
+        the state after proposal 1, which only the device knows).
     system : openmm.System, optional
         If given, atom count, constraints and fingerprint are checked at construction; otherwise the
         atom count and constraints are checked on the first :meth:`step`, before any jump.
@@ -160,10 +159,12 @@ class FlowMCIntegrator(openmm.CompoundIntegrator):
     sample_batch_size : int
         Proposals drawn per ``proposal.sample`` call and used in turn (default 512): flows sample a
         batch for little more than the cost of one. Exact, since proposals do not depend on the state
-        (see :class:`~openmm_flowplugin.proposals.ProposalBuffer`).
+        (see :class:`~openmm_flowplugin.proposals.ProposalBuffer`). Unused by a conditional proposal,
+        which draws from the state of each jump (a batch drawn ahead would be stale after the MD between jumps).
     seed : int, optional
         Root seed of the proposal stream: draw ``k`` comes from batch ``k // sample_batch_size`` drawn
-        with the generator of ``(seed, *stream, DRAWS, batch)`` (:mod:`~openmm_flowplugin.proposals.streams`).
+        with the generator of ``(seed, *stream, DRAWS, batch)`` (:mod:`~openmm_flowplugin.proposals.streams`);
+        a conditional proposal draws jump ``k`` with the generator of ``(seed, *stream, DRAWS, k)``.
         Default: a fresh seed from the OS. The device's own random numbers (Langevin noise, acceptance
         uniforms) are seeded by :meth:`setRandomNumberSeed`, as in OpenMM.
     mode : {"langevin", "exact"}
@@ -212,7 +213,10 @@ class FlowMCIntegrator(openmm.CompoundIntegrator):
     invariant. After an accepted jump, ``mode="langevin"`` carries LangevinMiddle's full-step velocity
     across it (``v <- v + dt/2 (f(x) - f(x')) / m``), which of the treatments measured adds the least
     bias (none measurable on harmonic wells at 1-4 fs); ``mode="exact"`` redraws velocities from
-    Maxwell-Boltzmann at ``kT``, exact for GHMC.
+    Maxwell-Boltzmann at ``kT``, exact for GHMC. A conditional proposal is drawn from the snapshot
+    (the jump's own starting configuration) and loaded with ``log q(x) - log q(x') = h``, its log Hastings
+    term, so the device's test is ``min(1, exp(u - u' + h))``: one exact Metropolis-Hastings step on
+    positions and the proposal's auxiliary velocities (:mod:`openmm_flowplugin.proposals.conditional`).
 
     *Temperature.* ``kT`` and the friction of the jump program are read from the MD integrator
     (``getIntegrator(0)``) before every program step, so a temperature set by anyone, e.g. openmmtools'
@@ -286,15 +290,23 @@ class FlowMCIntegrator(openmm.CompoundIntegrator):
         temperature = kelvin(temperature)
         friction, timestep = friction_per_ps(friction), timestep_ps(timestep)
         jump_interval, n_proposals = checked_count("jump_interval", jump_interval), checked_count("n_proposals", n_proposals)
-        check_proposal_methods(proposal)
         self.proposal = proposal
         self.jump_interval, self.n_proposals = jump_interval, n_proposals
-        self.n_atoms = proposal_n_atoms(proposal)
+        self.conditional = is_conditional(proposal)
+        if self.conditional and n_proposals != 1:
+            raise InvalidInputError(
+                f"A conditional proposal makes one proposal per jump (n_proposals=1), got n_proposals={n_proposals}: a "
+                "second proposal would have to come from the state after the first, which only the device knows. Use "
+                "a shorter jump_interval for more jumps.")
+        self.n_atoms = proposal_n_atoms(proposal) if not self.conditional else int(proposal.n_atoms)
         self._respects_constraints = bool(getattr(proposal, "respects_constraints", False))
         self._validated = False
         self._until = None
         self.stream, self._n_copies = (), 0  # a deep copy draws from stream + (copy number,)
-        self._buffer = ProposalBuffer(proposal, sample_batch_size, n_atoms=self.n_atoms, seed=seed, stream=self.stream)
+        if self.conditional:
+            self._draws = ConditionalDraws(proposal, self.n_atoms, seed, self.stream)
+        else:
+            self._draws = IndependentDraws(proposal, sample_batch_size, self.n_atoms, seed, self.stream)
         if mode == "exact":
             self._md = GHMCProgram(temperature, friction, timestep)
         else:
@@ -376,8 +388,8 @@ class FlowMCIntegrator(openmm.CompoundIntegrator):
     # --- statistics -----------------------------------------------------------------------------------
     @property
     def sample_batch_size(self):
-        """Proposals drawn per ``proposal.sample`` call."""
-        return self._buffer.batch_size
+        """Proposals drawn per ``proposal.sample`` call (1 for a conditional proposal)."""
+        return self._draws.batch_size
 
     @property
     def n_proposed(self):
@@ -406,7 +418,7 @@ class FlowMCIntegrator(openmm.CompoundIntegrator):
     @property
     def seed(self):
         """Root seed of the proposal stream (given, or drawn from the OS at construction)."""
-        return self._buffer.seed
+        return self._draws.seed
 
     @property
     def acceptance_rate(self):
@@ -465,8 +477,7 @@ class FlowMCIntegrator(openmm.CompoundIntegrator):
         copy = type(self)(**arguments)
         copy.stream, copy._n_copies = self.stream + (self._n_copies,), 0
         self._n_copies += 1
-        copy._buffer = ProposalBuffer(self.proposal, self.sample_batch_size, n_atoms=self.n_atoms, seed=self.seed,
-                                      stream=copy.stream)
+        copy._draws = self._draws.for_stream(copy.stream)
         copy.statistics = self.statistics
         put = copy._jump.setGlobalVariableByName
         put("fmc_until_jump", self._jump.getGlobalVariableByName("fmc_until_jump"))  # the jump phase
@@ -547,14 +558,10 @@ class FlowMCIntegrator(openmm.CompoundIntegrator):
     def _load_proposals(self):
         x = np.array(self._jump.getPerDofVariableByName("fmc_x_snap"), dtype=np.float64)
         position = int(self._jump.getGlobalVariableByName("fmc_n_drawn"))  # in the Context: resumes never replay
-        x_new, log_q_new = self._buffer.draws(position, self.n_proposals)
+        x_new, log_ratio, ok = self._draws.draw(x, position, self.n_proposals)
         self._jump.setGlobalVariableByName("fmc_n_drawn", float(position + self.n_proposals))
-        log_q_cur = single_log_prob(self.proposal, x)
-        x_new = align_to_current(self.proposal, x_new, x)
-        ok = np.isfinite(x_new).all(axis=(1, 2)) & np.isfinite(log_q_new) & math.isfinite(log_q_cur)
         for j in range(self.n_proposals):
-            # log q relative to log q(current) keeps the device's numbers small in any precision
             self._jump.setGlobalVariableByName(f"fmc_ok{j}", float(ok[j]))
-            self._jump.setGlobalVariableByName(f"fmc_log_q{j}", float(log_q_new[j] - log_q_cur) if ok[j] else 0.0)
+            self._jump.setGlobalVariableByName(f"fmc_log_q{j}", float(log_ratio[j]))
             self._jump.setPerDofVariableByName(f"fmc_x_prop{j}", x_new[j] if ok[j] else x)
         self._jump.setGlobalVariableByName("fmc_jump_ready", 1.0)

@@ -1,0 +1,84 @@
+"""Where :class:`~openmm_flowplugin.integrators.FlowMCIntegrator` gets its proposals for one jump.
+
+Both sources return what the jump program loads: proposed positions, each one's log proposal ratio
+``r`` such that the device accepts with probability ``min(1, exp(u - u' - r))``, and whether it is
+usable (finite). ``position`` is the stream position stored in the Context (``fmc_n_drawn``), so a
+resumed run continues the stream instead of replaying it.
+
+- :class:`IndependentDraws`: proposals that do not depend on the state (flows, Gaussians), drawn in
+  batches by a :class:`~openmm_flowplugin.proposals.ProposalBuffer`; ``r = log q(x') - log q(x)``.
+- :class:`ConditionalDraws`: Timewarp-style proposals ``propose(x, n, generator)``
+  (:mod:`openmm_flowplugin.proposals.conditional`), one per jump, drawn from the snapshot itself;
+  ``r = -h``, ``h`` the proposal's log Hastings term.
+"""
+
+import math
+
+import numpy as np
+
+from ..errors import InvalidInputError
+from ..proposals.buffer import ProposalBuffer
+from ..proposals.protocol import align_to_current, check_proposal_methods, single_log_prob
+from ..proposals.streams import DRAWS, checked_root_seed, torch_generator
+
+
+def is_conditional(proposal):
+    """Whether ``proposal`` proposes from the current state (has ``propose(x, n, generator)``)."""
+    return callable(getattr(proposal, "propose", None))
+
+
+class IndependentDraws:
+    """Draws of a state-independent proposal, ``sample_batch_size`` per ``proposal.sample`` call."""
+
+    def __init__(self, proposal, batch_size, n_atoms, seed, stream):
+        check_proposal_methods(proposal)
+        self.proposal, self.n_atoms = proposal, n_atoms
+        self._buffer = ProposalBuffer(proposal, batch_size, n_atoms=n_atoms, seed=seed, stream=stream)
+
+    @property
+    def seed(self):
+        return self._buffer.seed
+
+    @property
+    def batch_size(self):
+        return self._buffer.batch_size
+
+    def for_stream(self, stream):
+        """The same proposal and seed, drawing from another stream (a deep copy's)."""
+        return IndependentDraws(self.proposal, self.batch_size, self.n_atoms, self.seed, stream)
+
+    def draw(self, x, position, n):
+        x_new, log_q_new = self._buffer.draws(position, n)
+        log_q_cur = single_log_prob(self.proposal, x)
+        x_new = align_to_current(self.proposal, x_new, x)
+        ok = np.isfinite(x_new).all(axis=(1, 2)) & np.isfinite(log_q_new) & math.isfinite(log_q_cur)
+        # relative to log q(current): keeps the device's numbers small in any precision
+        return x_new, np.where(ok, log_q_new - log_q_cur, 0.0), ok
+
+
+class ConditionalDraws:
+    """One draw per jump from ``proposal.propose(x_snapshot, 1, generator)``.
+
+    Draw ``k`` of the stream uses ``torch_generator(seed, *stream, DRAWS, k)``. No batches are drawn
+    ahead: MD moves the state between jumps, so a batch drawn at one jump is stale at the next.
+    """
+
+    batch_size = 1
+
+    def __init__(self, proposal, n_atoms, seed, stream):
+        self.proposal, self.n_atoms = proposal, n_atoms
+        self.seed, self.stream = checked_root_seed(seed), tuple(stream)
+
+    def for_stream(self, stream):
+        return ConditionalDraws(self.proposal, self.n_atoms, self.seed, stream)
+
+    def draw(self, x, position, n):
+        generator = torch_generator(self.seed, *self.stream, DRAWS, position)
+        x_new, log_hastings = self.proposal.propose(x, n, generator=generator)
+        x_new, log_hastings = np.asarray(x_new, dtype=np.float64), np.asarray(log_hastings, dtype=np.float64)
+        if x_new.shape != (n, *x.shape) or log_hastings.shape != (n,):
+            raise InvalidInputError(
+                f"proposal.propose(x, {n}) returned positions {x_new.shape} and log Hastings terms {log_hastings.shape}; "
+                f"expected {(n, *x.shape)} and ({n},).")
+        ok = np.isfinite(x_new).all(axis=(1, 2)) & np.isfinite(log_hastings)
+        return x_new, np.where(ok, -log_hastings, 0.0), ok
