@@ -107,3 +107,15 @@ def test_internal_coordinate_sampler_gives_exact_torsion_free_energies():
     unweighted = [basin_free_energy_difference(samples.cv_values, flat, basins, "all", "gauche", 300.0),
                   basin_free_energy_difference(samples.cv_values, flat, wells, "minus", "plus_core", 300.0)]
     assert max(abs(u.value - e) / u.error for u, e in zip(unweighted, (exact_first, exact_second))) > 4
+
+
+def test_cartesian_component_cvs_are_refused_in_internal_coordinates():
+    from openmm_flowplugin.geometry import CartesianComponent
+
+    chain = _chain()
+    space = InternalCoordinateSpace.from_positions(chain.topology, _reference_positions(chain, n=20))
+    bias = WellTemperedBias([CartesianComponent(0, "x"), CartesianComponent(4, "x")], lower=(-1.0, -1.0), upper=(1.0, 1.0),
+                            n_nodes=(48, 48), hill_width=0.1, hill_height=0.02, bias_factor=6.0, temperature=300.0)
+    with pytest.raises(InvalidInputError, match="orientation"):
+        DiffusionSampler(chain, bias=bias, coordinates=space)
+    DiffusionSampler(chain, bias=bias)  # in Cartesian coordinates they are fine

@@ -32,10 +32,11 @@ from .._threads import package_threads
 from ..analysis.weights import effective_sample_size
 from ..bridge import OpenMMEnergy
 from ..errors import InvalidInputError
+from ..geometry.collective_variables import CartesianComponent
 from ..proposals.streams import checked_root_seed, torch_generator
 from .buffer import ReplayBuffer
 from .chain import DivergedTrainingError, run_chains
-from .coordinates import CartesianSpace
+from .coordinates import CartesianSpace, InternalCoordinateSpace
 from .networks import Controller, Corrector
 from .schedule import NoiseSchedule
 
@@ -116,7 +117,8 @@ class DiffusionSampler:
         The sampler's variables: flattened Cartesian positions (default) or standardized internal
         coordinates (:mod:`.coordinates`; molecules). The schedule's scales are in these units.
     max_gradient_norm : float or None
-        Clip each ∇u(X_K) (1/nm, u = U/kT) to this norm in the regression target (default 20): early
+        Clip each ∇u(X_K) (u = U/kT; per nm in Cartesian coordinates, per standardized unit in internal
+        coordinates) to this norm in the regression target (default 20): early
         chains end far from the target where forces are huge, and unclipped targets make the drift
         overshoot and training diverge. Only training sees it; the weights stay exact. ``None``: no clip.
     n_snapshots, snapshot_interval : int
@@ -163,6 +165,11 @@ class DiffusionSampler:
                 if max(cv.atoms) >= self.n_atoms:
                     raise InvalidInputError(f"the CV {cv!r} reads atom {max(cv.atoms)}, but {molecular_system.name!r} has "
                                             f"{self.n_atoms} atoms (indices 0..{self.n_atoms - 1}).")
+                if isinstance(self.coordinates, InternalCoordinateSpace) and isinstance(cv, CartesianComponent):
+                    raise InvalidInputError(
+                        f"the CV {cv!r} is a Cartesian component, which depends on the molecule's position and orientation; "
+                        "internal coordinates sample neither (positions come out in the Z-matrix's standard frame). Use "
+                        "distances, angles or torsions, or the default Cartesian coordinates.")
         if bias is not None and not math.isclose(bias.kT, self.kT, rel_tol=1e-9):
             raise InvalidInputError(f"the bias was built for kT = {bias.kT:.4f} kJ/mol but the system's is {self.kT:.4f} kJ/mol.")
         self._seed_given = seed is not None
