@@ -84,3 +84,12 @@ def test_wrong_molecule_is_refused():
     other = ConditionalFlow.for_system(systems.get("harmonic_oscillator", n_particles=4), n_layers=2, hidden=(4,))
     with pytest.raises(InvalidInputError, match="another molecule"):
         integrator_for(other)
+
+
+def test_a_conditional_proposal_without_n_atoms_is_refused():
+    class NoAtomCount:
+        def propose(self, x, n, generator=None):
+            return np.repeat(np.asarray(x)[None], n, axis=0), np.zeros(n)
+
+    with pytest.raises(TypeError, match="n_atoms"):
+        integrator_for(NoAtomCount())

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, InvalidTypeError
 from ..proposals.buffer import ProposalBuffer
 from ..proposals.protocol import align_to_current, check_proposal_methods, single_log_prob
 from ..proposals.streams import DRAWS, checked_root_seed, torch_generator
@@ -25,6 +25,15 @@ from ..proposals.streams import DRAWS, checked_root_seed, torch_generator
 def is_conditional(proposal):
     """Whether ``proposal`` proposes from the current state (has ``propose(x, n, generator)``)."""
     return callable(getattr(proposal, "propose", None))
+
+
+def conditional_n_atoms(proposal):
+    """A conditional proposal's ``n_atoms`` (it cannot be sampled without a state to learn it from)."""
+    n_atoms = getattr(proposal, "n_atoms", None)
+    if isinstance(n_atoms, bool) or not isinstance(n_atoms, (int, np.integer)) or n_atoms < 1:
+        raise InvalidTypeError(f"the conditional proposal {type(proposal).__name__} needs an integer n_atoms attribute "
+                               f"(the atoms it moves), got {n_atoms!r}.")
+    return int(n_atoms)
 
 
 class IndependentDraws:

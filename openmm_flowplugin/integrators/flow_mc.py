@@ -13,7 +13,7 @@ import numpy as np
 import openmm
 
 from ..proposals.protocol import check_proposal_fingerprint, checked_count, proposal_n_atoms
-from ._draws import ConditionalDraws, IndependentDraws, is_conditional
+from ._draws import ConditionalDraws, IndependentDraws, conditional_n_atoms, is_conditional
 from ..units import friction_per_ps, kelvin, kT, timestep_ps
 from .programs import GHMCProgram, add_ghmc_step, add_ghmc_variables
 from ..errors import InvalidInputError, InvalidTypeError
@@ -298,7 +298,7 @@ class FlowMCIntegrator(openmm.CompoundIntegrator):
                 f"A conditional proposal makes one proposal per jump (n_proposals=1), got n_proposals={n_proposals}: a "
                 "second proposal would have to come from the state after the first, which only the device knows. Use "
                 "a shorter jump_interval for more jumps.")
-        self.n_atoms = proposal_n_atoms(proposal) if not self.conditional else int(proposal.n_atoms)
+        self.n_atoms = conditional_n_atoms(proposal) if self.conditional else proposal_n_atoms(proposal)
         self._respects_constraints = bool(getattr(proposal, "respects_constraints", False))
         self._validated = False
         self._until = None
