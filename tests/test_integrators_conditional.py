@@ -40,10 +40,11 @@ def run(integrator, n_steps, seed=3):
     return out - out.mean(axis=1, keepdims=True) + HO.positions_nm.mean(axis=0)
 
 
-def test_conditional_jumps_are_exact():
-    integrator = integrator_for(random_flow())
+@pytest.mark.parametrize("jump_interval", [1, 3])
+def test_conditional_jumps_are_exact(jump_interval):
+    integrator = integrator_for(random_flow(), jump_interval=jump_interval)
     x = run(integrator, 20000)
-    assert integrator.n_proposed == 19999 and integrator.n_invalid == 0  # the first step takes the first snapshot
+    assert integrator.n_proposed == 20000 // jump_interval - (jump_interval == 1) and integrator.n_invalid == 0
     assert 0.03 < integrator.acceptance_rate < 0.6
     z = z_scores(x)
     assert np.abs(z).max() < N_SIGMA, np.round(z, 1)
@@ -93,3 +94,38 @@ def test_a_conditional_proposal_without_n_atoms_is_refused():
 
     with pytest.raises(TypeError, match="n_atoms"):
         integrator_for(NoAtomCount())
+
+
+def test_a_checkpoint_resumes_the_proposal_stream_and_a_moved_state_defers_the_jump():
+    flow = random_flow()
+
+    def simulation(integrator):
+        integrator.setRandomNumberSeed(7)  # the same device noise: Reference checkpoints keep no random state
+        context = openmm.Context(HO.system, integrator, openmm.Platform.getPlatformByName("Reference"))
+        context.setPositions(HO.positions)
+        context.setVelocitiesToTemperature(300 * unit.kelvin, 1)
+        return context
+
+    first = integrator_for(flow, jump_interval=4, mode="langevin")
+    context = simulation(first)
+    first.step(203)  # ends on a jump step, so the run after the checkpoint is reproducible bit for bit
+    checkpoint = context.createCheckpoint()
+    first.step(200)
+    expected = context.getState(getPositions=True).getPositions(asNumpy=True)
+    assert first.n_proposed == 100 and first.n_drawn == 101 and first.n_accepted > 0  # the next jump is loaded
+    resumed = integrator_for(flow, jump_interval=4, mode="langevin")
+    context = simulation(resumed)
+    context.loadCheckpoint(checkpoint)
+    resumed.step(200)
+    np.testing.assert_array_equal(context.getState(getPositions=True).getPositions(asNumpy=True), expected)
+    assert resumed.n_drawn == 101  # the stream continued from draw 51, not replayed from 0
+
+    # positions set between the snapshot and the jump: the jump is deferred, never made from stale positions
+    moved = integrator_for(flow, jump_interval=4)
+    context = simulation(moved)
+    moved.step(3)  # the third step takes the snapshot
+    context.setPositions(HO.positions)
+    moved.step(2)  # deferred, then a new snapshot of the new positions
+    assert moved.n_proposed == 0
+    moved.step(1)
+    assert moved.n_proposed == 1

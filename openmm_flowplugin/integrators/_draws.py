@@ -18,12 +18,16 @@ import numpy as np
 
 from ..errors import InvalidInputError, InvalidTypeError
 from ..proposals.buffer import ProposalBuffer
-from ..proposals.protocol import align_to_current, check_proposal_methods, single_log_prob
+from ..proposals.protocol import align_to_current, single_log_prob
 from ..proposals.streams import DRAWS, checked_root_seed, torch_generator
 
 
 def is_conditional(proposal):
-    """Whether ``proposal`` proposes from the current state (has ``propose(x, n, generator)``)."""
+    """Whether ``proposal`` proposes from the current state: it has ``propose(x, n, generator)``.
+
+    The same rule as :class:`~openmm_flowplugin.mcmc.TimewarpMove`'s: a state-independent proposal must not
+    define a ``propose`` method.
+    """
     return callable(getattr(proposal, "propose", None))
 
 
@@ -40,7 +44,6 @@ class IndependentDraws:
     """Draws of a state-independent proposal, ``sample_batch_size`` per ``proposal.sample`` call."""
 
     def __init__(self, proposal, batch_size, n_atoms, seed, stream):
-        check_proposal_methods(proposal)
         self.proposal, self.n_atoms = proposal, n_atoms
         self._buffer = ProposalBuffer(proposal, batch_size, n_atoms=n_atoms, seed=seed, stream=stream)
 
@@ -61,8 +64,9 @@ class IndependentDraws:
         log_q_cur = single_log_prob(self.proposal, x)
         x_new = align_to_current(self.proposal, x_new, x)
         ok = np.isfinite(x_new).all(axis=(1, 2)) & np.isfinite(log_q_new) & math.isfinite(log_q_cur)
-        # relative to log q(current): keeps the device's numbers small in any precision
-        return x_new, np.where(ok, log_q_new - log_q_cur, 0.0), ok
+        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf where not ok: replaced by 0
+            # relative to log q(current): keeps the device's numbers small in any precision
+            return x_new, np.where(ok, log_q_new - log_q_cur, 0.0), ok
 
 
 class ConditionalDraws:

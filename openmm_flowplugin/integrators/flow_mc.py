@@ -12,7 +12,7 @@ __all__ = ["FlowMCIntegrator"]
 import numpy as np
 import openmm
 
-from ..proposals.protocol import check_proposal_fingerprint, checked_count, proposal_n_atoms
+from ..proposals.protocol import check_proposal_fingerprint, check_proposal_methods, checked_count, proposal_n_atoms
 from ._draws import ConditionalDraws, IndependentDraws, conditional_n_atoms, is_conditional
 from ..units import friction_per_ps, kelvin, kT, timestep_ps
 from .programs import GHMCProgram, add_ghmc_step, add_ghmc_variables
@@ -144,7 +144,8 @@ class FlowMCIntegrator(openmm.CompoundIntegrator):
         ``n_atoms``, e.g. a :class:`~openmm_flowplugin.flows.ConditionalFlow`
         (:mod:`openmm_flowplugin.proposals.conditional`): each jump draws one proposal from the
         configuration it starts from and accepts with probability ``min(1, exp(u - u' + h))``, ``h`` the
-        proposal's log Hastings term (auxiliary velocities drawn afresh for every jump).
+        proposal's log Hastings term (auxiliary velocities drawn afresh for every jump). A proposal with a
+        ``propose`` method is taken as conditional, as by :class:`~openmm_flowplugin.mcmc.TimewarpMove`.
     jump_interval : int
         MD steps between jump attempts (default 100).
     n_proposals : int
@@ -298,7 +299,10 @@ class FlowMCIntegrator(openmm.CompoundIntegrator):
                 f"A conditional proposal makes one proposal per jump (n_proposals=1), got n_proposals={n_proposals}: a "
                 "second proposal would have to come from the state after the first, which only the device knows. Use "
                 "a shorter jump_interval for more jumps.")
+        if not self.conditional:
+            check_proposal_methods(proposal)  # before proposal_n_atoms, which may call sample(1)
         self.n_atoms = conditional_n_atoms(proposal) if self.conditional else proposal_n_atoms(proposal)
+        sample_batch_size = checked_count("sample_batch_size", sample_batch_size)
         self._respects_constraints = bool(getattr(proposal, "respects_constraints", False))
         self._validated = False
         self._until = None
