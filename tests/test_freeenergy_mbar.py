@@ -134,3 +134,16 @@ def test_methane_hydration_end_to_end(tmp_path):
     assert set(result.legs) == {"solvent", "vacuum"} and math.isfinite(result.delta_g) and result.error > 0
     assert result.delta_g == pytest.approx(result.legs["vacuum"].delta_f - result.legs["solvent"].delta_f)
     assert result.settings["schedule"]["electrostatics"][0] == 1.0  # methane carries AM1-BCC charges: two stages
+
+
+def test_a_box_of_exactly_twice_the_cutoff_resumes(tmp_path):
+    """The storage's float32 box rounds 6 sigma (2.04 nm) down, below twice a 3 sigma cutoff; the resume uses the exact box."""
+    from openmm_flowplugin.freeenergy import solvation_system
+
+    fluid = solvation_system("lj-paper", n_solvent=60, box=6.0, cutoff=3.0)
+    box_nm = fluid.settings["box_nm"]
+    assert float(np.float32(box_nm)) < box_nm == 2 * fluid.settings["cutoff_nm"]  # the case that failed (NaN on resume)
+    leg = alchemical_leg(fluid.solvent, fluid.solute_atoms, schedule=SCHEDULE)
+    storage = tmp_path / "solvent.nc"
+    assert run_leg(leg, storage, 10, md_steps=10, timestep=10.0, checkpoint_interval=10, platform="Reference", progress=False) == 10
+    assert run_leg(leg, storage, 20, md_steps=10, timestep=10.0, checkpoint_interval=10, platform="Reference", progress=False) == 20

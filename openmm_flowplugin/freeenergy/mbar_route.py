@@ -156,6 +156,8 @@ def run_leg(leg, storage, n_iterations, md_steps=500, timestep=2.0, collision_ra
                 return done
             sampler = multistate.ReplicaExchangeSampler.from_storage(multistate.MultiStateReporter(str(storage)))
             sampler.number_of_iterations = n_iterations
+            if leg.pressure is None:
+                _restore_fixed_box(sampler, leg.alchemical_system)
         else:
             storage.parent.mkdir(parents=True, exist_ok=True)
             move = mcmc.LangevinDynamicsMove(timestep=timestep_fs * unit.femtosecond, collision_rate=rate / unit.picosecond,
@@ -179,6 +181,20 @@ def run_leg(leg, storage, n_iterations, md_steps=500, timestep=2.0, collision_ra
             sampler._reporter.close()
             if comm is not None:
                 comm.barrier()  # the storage is closed (by rank 0, its only writer) before any rank reads it
+
+
+def _restore_fixed_box(sampler, system):
+    """Give resumed constant-volume replicas the System's box in full precision.
+
+    The storage keeps box vectors in float32: a box of exactly twice the cutoff (the neural-TI paper's
+    LJ solute: 9 sigma with a 4.5 sigma cutoff) can round below it, and OpenMM then refuses the box and
+    the first step gives NaN. At constant volume the box never changes, so the System's is the exact one.
+    (openmmtools' ``sampler_states`` setter is refused after iteration 0: the states are set in place.)
+    """
+    box = system.getDefaultPeriodicBoxVectors()
+    for sampler_state in sampler._sampler_states:
+        if sampler_state.box_vectors is not None:
+            sampler_state.box_vectors = box
 
 
 def _mpi_comm():
