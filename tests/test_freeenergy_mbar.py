@@ -147,3 +147,7 @@ def test_a_box_of_exactly_twice_the_cutoff_resumes(tmp_path):
     storage = tmp_path / "solvent.nc"
     assert run_leg(leg, storage, 10, md_steps=10, timestep=10.0, checkpoint_interval=10, platform="Reference", progress=False) == 10
     assert run_leg(leg, storage, 20, md_steps=10, timestep=10.0, checkpoint_interval=10, platform="Reference", progress=False) == 20
+    from openmm_flowplugin.freeenergy._dudl import derivative_profiles
+
+    (profile,) = derivative_profiles(leg, storage)  # reads the stored configurations: the same box
+    assert np.isfinite(profile.mean).all()

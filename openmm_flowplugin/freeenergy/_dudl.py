@@ -180,7 +180,9 @@ def derivative_profiles(leg, storage, n_equilibration=0, h=1e-4):
             sampler_states = reporter.read_sampler_states(iteration)
             for replica, sampler_state in enumerate(sampler_states or []):
                 k = int(replica_states[iteration, replica])
-                if sampler_state.box_vectors is not None:
+                if sampler_state.box_vectors is not None and leg.pressure is not None:
+                    # at constant volume the System's box is exact; the stored one is float32 and can round a
+                    # box of exactly twice the cutoff below it (mbar_route._restore_fixed_box)
                     context.setPeriodicBoxVectors(*sampler_state.box_vectors)
                 context.setPositions(sampler_state.positions)
                 for (_, moved, _), per_state in zip(stages, series):
