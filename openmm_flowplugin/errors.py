@@ -13,7 +13,7 @@ Examples
 n_steps must be an integer >= 1, got 0.
 """
 
-__all__ = ["UserInputError", "InvalidInputError", "InvalidTypeError", "UnknownNameError", "ParametrizationError"]
+__all__ = ["UserInputError", "InvalidInputError", "InvalidTypeError", "UnknownNameError", "ParametrizationError", "NoOverlapError"]
 
 
 class UserInputError(Exception):
@@ -39,4 +39,11 @@ class ParametrizationError(UserInputError, RuntimeError):
     """A force-field tool (antechamber, parmchk2, tleap, cpptraj) could not parametrize the molecule given.
 
     The message names the tool, its last error lines and the log file kept for inspection.
+    """
+
+
+class NoOverlapError(InvalidInputError):
+    """Neighbouring states of a free-energy estimate share too few configurations for MBAR to be trusted.
+
+    The message names the weakest pair of states and what to add (states, nodes, sampling).
     """

@@ -151,3 +151,24 @@ def test_a_box_of_exactly_twice_the_cutoff_resumes(tmp_path):
 
     (profile,) = derivative_profiles(leg, storage)  # reads the stored configurations: the same box
     assert np.isfinite(profile.mean).all()
+
+
+def test_a_result_without_overlap_is_refused(tmp_path):
+    """Synthetic storage-free check of the refusal: states 60 kT apart share no samples (pymbar returns nan errors)."""
+    from openmm_flowplugin.errors import NoOverlapError
+    from openmm_flowplugin.freeenergy.mbar_route import _check_overlap, _mbar
+
+    rng = np.random.default_rng(0)
+    n_iterations = 50
+    states = np.tile(np.arange(3), (n_iterations, 1))
+    spacing = {"apart": 60.0, "close": 0.3}
+    for name, gap in spacing.items():
+        energies = np.stack([np.stack([gap * abs(j - k) + rng.normal(size=n_iterations) for j in range(3)], axis=-1)
+                             for k in range(3)], axis=1)
+        mbar, delta_f, error = _mbar(energies, states, np.arange(n_iterations), name)
+        overlap = np.asarray(mbar.compute_overlap()["matrix"])
+        if name == "apart":
+            with pytest.raises(NoOverlapError, match="states 0 and 1 overlap"):
+                _check_overlap(name, overlap, float(delta_f[0, -1]), float(error[0, -1]))
+        else:  # control: overlapping states pass
+            _check_overlap(name, overlap, float(delta_f[0, -1]), float(error[0, -1]))

@@ -11,6 +11,7 @@ __all__ = ["LegEstimate", "run_leg", "analyze_leg"]
 
 import contextlib
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 from openmm import unit
 
 from .._quiet import quiet_banners
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, NoOverlapError
 
 _TAG = "openmm_flowplugin_leg"  # key of our record in the storage's metadata
 
@@ -36,8 +37,8 @@ class LegEstimate:
     state_free_energies : list of float
         ``f_k - f_0`` for every state (kT).
     overlap : numpy.ndarray, shape=(n_states, n_states)
-        MBAR overlap matrix; a smallest off-diagonal neighbour overlap below ~0.03 means the schedule
-        needs more states there.
+        MBAR overlap matrix; a smallest off-diagonal neighbour overlap below 0.03 means the schedule
+        needs more states there (:func:`analyze_leg` refuses such a result).
     forward, reverse : list of (float, float, float)
         ``(fraction of the samples, delta_f, error)`` from the first and from the last fractions.
     n_iterations, n_equilibration, statistical_inefficiency, n_uncorrelated : int, int, float, int
@@ -227,17 +228,38 @@ def _decorrelated_samples(energies, states):
     return indices, int(t0), float(g)
 
 
-def _mbar(energies, states, iterations):
+def _mbar(energies, states, iterations, storage):
     from pymbar import MBAR
+    from pymbar.utils import ParameterError
 
     n_states = energies.shape[2]
     u_kn = energies[iterations].reshape(-1, n_states).T  # (states, samples): every replica of every iteration
     sampled = states[iterations].reshape(-1)
     order = np.argsort(sampled, kind="stable")
     N_k = np.bincount(sampled, minlength=n_states)
-    mbar = MBAR(u_kn[:, order], N_k)
-    result = mbar.compute_free_energy_differences()
+    try:
+        mbar = MBAR(u_kn[:, order], N_k)
+        result = mbar.compute_free_energy_differences()
+    except ParameterError as error:  # pymbar's "weights not normalized": no consistent solution
+        reason = " ".join(str(error).split())  # pymbar's message spans lines; a user error is one line
+        raise NoOverlapError(f"{storage}: MBAR found no consistent free energies over its {n_states} states (pymbar: {reason}), "
+                             f"which means neighbouring states do not overlap; {_OVERLAP_FIX}") from error
     return mbar, result["Delta_f"], result["dDelta_f"]
+
+
+#: Below this neighbour overlap (Klimovich, Shirts & Mobley's rule of thumb) a result is refused.
+MIN_NEIGHBOUR_OVERLAP = 0.03
+_OVERLAP_FIX = "add states between the weakest pair (a denser schedule, more nodes of t) or sample longer."
+
+
+def _check_overlap(storage, overlap, delta_f, error):
+    """Raise :class:`NoOverlapError` unless every neighbouring pair overlaps and the estimate is finite."""
+    neighbours = [float(overlap[k, k + 1]) for k in range(len(overlap) - 1)]
+    weakest = int(np.argmin(neighbours)) if neighbours else 0
+    if neighbours and (neighbours[weakest] < MIN_NEIGHBOUR_OVERLAP or not (math.isfinite(delta_f) and math.isfinite(error))):
+        raise NoOverlapError(f"{storage}: states {weakest} and {weakest + 1} overlap {neighbours[weakest]:.3g} (below "
+                             f"{MIN_NEIGHBOUR_OVERLAP}; estimate {delta_f:.3g} +- {error:.3g} kT), so MBAR's result cannot be "
+                             f"trusted; {_OVERLAP_FIX}")
 
 
 def analyze_leg(storage, fractions=(0.2, 0.4, 0.6, 0.8, 1.0)):
@@ -246,6 +268,10 @@ def analyze_leg(storage, fractions=(0.2, 0.4, 0.6, 0.8, 1.0)):
     Iteration 0 (the minimized start) is dropped, then the equilibration found by pymbar's
     ``detect_equilibration`` on the summed reduced potential of the replicas; the rest is subsampled
     by its statistical inefficiency. ``fractions`` set the forward/reverse convergence points.
+
+    Raises :class:`~openmm_flowplugin.errors.NoOverlapError` when MBAR finds no consistent solution, the
+    estimate is not finite, or two neighbouring states overlap less than :data:`MIN_NEIGHBOUR_OVERLAP`
+    (0.03): such a result is refused, not reported.
     """
     with quiet_banners():
         from openmmtools.multistate import MultiStateReporter
@@ -265,13 +291,14 @@ def analyze_leg(storage, fractions=(0.2, 0.4, 0.6, 0.8, 1.0)):
     if len(energies) < 10:
         raise InvalidInputError(f"{storage} holds {len(energies)} iterations; MBAR needs at least 10 (run the leg longer).")
     iterations, t0, g = _decorrelated_samples(energies, states)
-    mbar, delta_f, d_delta_f = _mbar(energies, states, iterations)
+    mbar, delta_f, d_delta_f = _mbar(energies, states, iterations, storage)
     overlap = np.asarray(mbar.compute_overlap()["matrix"])
+    _check_overlap(storage, overlap, float(delta_f[0, -1]), float(d_delta_f[0, -1]))
     forward, reverse = [], []
     for fraction in fractions:
         n = max(2, int(round(fraction * len(iterations))))
         for target, chosen in ((forward, iterations[:n]), (reverse, iterations[-n:])):
-            _, f, df = _mbar(energies, states, chosen)
+            _, f, df = _mbar(energies, states, chosen, storage)
             target.append((float(fraction), float(f[0, -1]), float(df[0, -1])))
     return LegEstimate(delta_f=float(delta_f[0, -1]), error=float(d_delta_f[0, -1]),
                        state_free_energies=[float(v) for v in delta_f[0]], overlap=overlap, forward=forward, reverse=reverse,

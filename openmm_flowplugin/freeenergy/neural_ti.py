@@ -36,7 +36,7 @@ import openmm
 import torch
 
 from .._quiet import quiet_banners
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, NoOverlapError
 from ._neural_ti_model import _TABLE_R, _TABLE_T, T_PARAMETER, PairPotential, learned_force  # noqa: F401 - re-exported
 from ._neural_ti_training import (EndpointSamples, _charges, _context, _cutoff, _interpolate, _pair,  # noqa: F401
                                   _physical_reduced, _set_lambda, amortized_delta_f, sample_endpoints, train_neural_ti)
@@ -188,7 +188,13 @@ def neural_ti_free_energy(solvation_system, output_dir, n_samples=200, n_train_s
     run_leg(path, output_dir / "neural_ti_path.nc", n_iterations, md_steps=md_steps, timestep=timestep,
             checkpoint_interval=checkpoint_interval, equilibration_iterations=equilibration_iterations, platform=platform,
             progress=progress)
-    estimate = analyze_leg(output_dir / "neural_ti_path.nc")
+    try:
+        estimate = analyze_leg(output_dir / "neural_ti_path.nc")
+    except NoOverlapError as error:
+        raise NoOverlapError(f"neural TI's exact path over {nodes} nodes of t: {error} For neural TI: more nodes (--nodes) or a "
+                             "path closer to the physical one (more --train-steps); delete neural_ti_path.nc (and "
+                             "neural_ti_model.pt to retrain) in the output folder and run again, the endpoint samples are "
+                             "reused.") from error
     ti = path_ti(path, output_dir / "neural_ti_path.nc", estimate.n_equilibration)
     n_nodes = path.schedule.n_states
     n_checkpoints = sum(ti["profile"]["n_samples"])
