@@ -298,8 +298,11 @@ def analyze_leg(storage, fractions=(0.2, 0.4, 0.6, 0.8, 1.0)):
     for fraction in fractions:
         n = max(2, int(round(fraction * len(iterations))))
         for target, chosen in ((forward, iterations[:n]), (reverse, iterations[-n:])):
-            _, f, df = _mbar(energies, states, chosen, storage)
-            target.append((float(fraction), float(f[0, -1]), float(df[0, -1])))
+            try:
+                _, f, df = _mbar(energies, states, chosen, storage)
+                target.append((float(fraction), float(f[0, -1]), float(df[0, -1])))
+            except NoOverlapError:  # too few samples in a fraction: a gap in the convergence check, not a refusal
+                target.append((float(fraction), math.nan, math.nan))
     return LegEstimate(delta_f=float(delta_f[0, -1]), error=float(d_delta_f[0, -1]),
                        state_free_energies=[float(v) for v in delta_f[0]], overlap=overlap, forward=forward, reverse=reverse,
                        n_iterations=int(len(energies)), n_equilibration=t0, statistical_inefficiency=g,

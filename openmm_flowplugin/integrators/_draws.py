@@ -16,19 +16,11 @@ import math
 
 import numpy as np
 
-from ..errors import InvalidInputError, InvalidTypeError
+from ..errors import InvalidTypeError
 from ..proposals.buffer import ProposalBuffer
+from ..proposals.conditional import draw_conditional
 from ..proposals.protocol import align_to_current, single_log_prob
 from ..proposals.streams import DRAWS, checked_root_seed, torch_generator
-
-
-def is_conditional(proposal):
-    """Whether ``proposal`` proposes from the current state: it has ``propose(x, n, generator)``.
-
-    The same rule as :class:`~openmm_flowplugin.mcmc.TimewarpMove`'s: a state-independent proposal must not
-    define a ``propose`` method.
-    """
-    return callable(getattr(proposal, "propose", None))
 
 
 def conditional_n_atoms(proposal):
@@ -86,12 +78,6 @@ class ConditionalDraws:
         return ConditionalDraws(self.proposal, self.n_atoms, self.seed, stream)
 
     def draw(self, x, position, n):
-        generator = torch_generator(self.seed, *self.stream, DRAWS, position)
-        x_new, log_hastings = self.proposal.propose(x, n, generator=generator)
-        x_new, log_hastings = np.asarray(x_new, dtype=np.float64), np.asarray(log_hastings, dtype=np.float64)
-        if x_new.shape != (n, *x.shape) or log_hastings.shape != (n,):
-            raise InvalidInputError(
-                f"proposal.propose(x, {n}) returned positions {x_new.shape} and log Hastings terms {log_hastings.shape}; "
-                f"expected {(n, *x.shape)} and ({n},).")
+        x_new, log_hastings = draw_conditional(self.proposal, x, n, torch_generator(self.seed, *self.stream, DRAWS, position))
         ok = np.isfinite(x_new).all(axis=(1, 2)) & np.isfinite(log_hastings)
         return x_new, np.where(ok, -log_hastings, 0.0), ok

@@ -13,7 +13,8 @@ import numpy as np
 import openmm
 
 from ..proposals.protocol import check_proposal_fingerprint, check_proposal_methods, checked_count, proposal_n_atoms
-from ._draws import ConditionalDraws, IndependentDraws, conditional_n_atoms, is_conditional
+from ..proposals.conditional import is_conditional_proposal
+from ._draws import ConditionalDraws, IndependentDraws, conditional_n_atoms
 from ..units import friction_per_ps, kelvin, kT, timestep_ps
 from .programs import GHMCProgram, add_ghmc_step, add_ghmc_variables
 from ..errors import InvalidInputError, InvalidTypeError
@@ -293,7 +294,7 @@ class FlowMCIntegrator(openmm.CompoundIntegrator):
         jump_interval, n_proposals = checked_count("jump_interval", jump_interval), checked_count("n_proposals", n_proposals)
         self.proposal = proposal
         self.jump_interval, self.n_proposals = jump_interval, n_proposals
-        self.conditional = is_conditional(proposal)
+        self.conditional = is_conditional_proposal(proposal)
         if self.conditional and n_proposals != 1:
             raise InvalidInputError(
                 f"A conditional proposal makes one proposal per jump (n_proposals=1), got n_proposals={n_proposals}: a "

@@ -7,9 +7,8 @@ import math
 
 import numpy as np
 
-from ..errors import InvalidInputError
 from ..flows.conditional_io import register_loader
-from ..proposals.conditional import check_conditional_proposal
+from ..proposals.conditional import check_conditional_proposal, draw_conditional
 from ..proposals.protocol import proposal_version
 from ..proposals.streams import DRAWS, torch_generator
 from .flow_move import FlowMCMove
@@ -198,15 +197,7 @@ class TimewarpMove(FlowMCMove):
         return np.array_equal(batch.origin, positions)
 
     def _draw(self, positions, start, size):
-        generator = torch_generator(self.seed, *self.stream, DRAWS, start)
-        x, log_hastings = self.proposal.propose(positions, size, generator=generator)
-        x, log_hastings = np.asarray(x, dtype=np.float64), np.asarray(log_hastings, dtype=np.float64)
-        if x.shape != (size, *np.shape(positions)) or log_hastings.shape != (size,):
-            raise InvalidInputError(
-                f"proposal.propose(x, {size}) returned positions {x.shape} and log Hastings terms {log_hastings.shape}; "
-                f"expected {(size, *np.shape(positions))} and ({size},)."
-            )
-        return x, log_hastings
+        return draw_conditional(self.proposal, positions, size, torch_generator(self.seed, *self.stream, DRAWS, start))
 
     def _batch_size(self):
         if not self.adaptive_batch_size:

@@ -18,14 +18,15 @@ probability :math:`\\min(1, e^{-u(x') + u(x) + h})`, where ``h`` is the log Hast
 Positions keep the target :math:`\\mu` exactly, for any proposal.
 """
 
-__all__ = ["auxiliary_log_hastings", "standard_normal_log_prob", "check_conditional_proposal"]
+__all__ = ["auxiliary_log_hastings", "standard_normal_log_prob", "check_conditional_proposal", "is_conditional_proposal",
+           "draw_conditional"]
 
 import math
 
 import numpy as np
 import torch
 
-from ..errors import InvalidTypeError
+from ..errors import InvalidInputError, InvalidTypeError
 
 
 def standard_normal_log_prob(v):
@@ -72,9 +73,32 @@ def auxiliary_log_hastings(log_p_forward, log_p_reverse, v, v_proposed):
     return h.numpy()
 
 
+def is_conditional_proposal(proposal):
+    """Whether ``proposal`` proposes from the current state: it has a callable ``propose(x, n, generator)``.
+
+    A state-independent proposal must not define ``propose``: moves and integrators take this as the sign.
+    """
+    return callable(getattr(proposal, "propose", None))
+
+
+def draw_conditional(proposal, positions, n, generator):
+    """``proposal.propose(positions, n, generator)`` as float64 arrays, shapes checked.
+
+    Returns ``x_new`` (n, n_atoms, 3) and ``log_hastings`` (n,); a proposal that returns other shapes is an
+    error (a broken proposal, not a rejection).
+    """
+    x, log_hastings = proposal.propose(positions, n, generator=generator)
+    x, log_hastings = np.asarray(x, dtype=np.float64), np.asarray(log_hastings, dtype=np.float64)
+    if x.shape != (n, *np.shape(positions)) or log_hastings.shape != (n,):
+        raise InvalidInputError(
+            f"proposal.propose(x, {n}) returned positions {x.shape} and log Hastings terms {log_hastings.shape}; "
+            f"expected {(n, *np.shape(positions))} and ({n},).")
+    return x, log_hastings
+
+
 def check_conditional_proposal(proposal):
     """Raise TypeError unless ``proposal`` has a callable ``propose(x, n, generator=None)``."""
-    if not callable(getattr(proposal, "propose", None)):
+    if not is_conditional_proposal(proposal):
         raise InvalidTypeError(
             f"{type(proposal).__name__} has no propose(x, n, generator) method: TimewarpMove needs a conditional proposal "
             "(e.g. openmm_flowplugin.flows.ConditionalFlow); independence proposals go to FlowMCMove."
