@@ -44,7 +44,7 @@ def lj_run(tmp_path_factory):
     fluid = lj_fluid(**FLUID)
     leg = alchemical_leg(fluid.solvent, fluid.solute_atoms, schedule=SCHEDULE)
     storage = tmp_path_factory.mktemp("mbar") / "solvent.nc"
-    run_leg(leg, storage, 120, md_steps=50, timestep=20.0, checkpoint_interval=1, platform="Reference", progress=False)
+    run_leg(leg, storage, 300, md_steps=50, timestep=20.0, checkpoint_interval=1, platform="Reference", progress=False)
     return fluid, leg, storage, analyze_leg(storage)
 
 
