@@ -54,6 +54,8 @@ def _user_errors(command):
                 time.sleep(_MPI_ERROR_GRACE_SECONDS)
             click.echo(f"error: {message}", err=True)
             if mpi is not None and size > 1:
+                sys.stderr.flush()
+                time.sleep(0.5)  # let mpirun relay the line: Abort tears down its output forwarding (lost 1 run in ~5)
                 mpi.COMM_WORLD.Abort(2)
             sys.exit(2)
 
