@@ -55,6 +55,7 @@ _EXPORTS = {
     "FlowMCMove": ".mcmc.flow_move",
     "TimewarpMove": ".mcmc.timewarp_move",
     "ConditionalFlow": ".flows.conditional",
+    "TransferableConditionalFlow": ".flows.transferable",
     "train_timewarp": ".flows.conditional_training",
     "FlowMCIntegrator": ".integrators.flow_mc",
     "FlowMCReporter": ".integrators.reporter",

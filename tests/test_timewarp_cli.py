@@ -93,3 +93,25 @@ def test_md_takes_a_conditional_flow_one_proposal_per_jump(trajectories, tmp_pat
     assert result.exit_code == 0, result.output
     assert "40 steps; flow jumps accepted" in result.output and "of 4 " in result.output  # a jump every 10 steps
     _assert_user_error(runner.invoke(main, md + ["--proposals", "2", "--overwrite"]), "one proposal per jump")
+
+
+def test_a_transferable_flow_trains_on_two_molecules_and_runs_md_on_a_third(trajectories, tmp_path):
+    runner = CliRunner()
+    serine = str(tmp_path / "ser.h5")
+    made = runner.invoke(main, ["simulate", "dipeptide_ser_vacuum", "--steps", "200", "--interval", "10", "--equilibration-steps", "100",
+                                "--seed", "3", "-o", serine])
+    assert made.exit_code == 0, made.output
+    flow = str(tmp_path / "tw.pt")
+    small = ["--layers", "2", "--hidden", "8", "--rounds", "1", "--batch-size", "8", "--no-progress", "--steps", "3"]
+    trained = runner.invoke(main, ["train-timewarp", "--transferable", "-d", f"alanine_dipeptide_vacuum={trajectories[0]}",
+                                   "-d", f"dipeptide_ser_vacuum={serine}", "--lag", "2", *small, "-o", flow])
+    assert trained.exit_code == 0, trained.output
+    assert "56 pairs from 2 trajectories of 2 molecule(s)" in trained.output  # 38 + 18
+    model = load_conditional_flow(flow, cache=False)
+    assert model.metadata["training_molecules"] == ["alanine_dipeptide_vacuum", "dipeptide_ser_vacuum"] and model.n_atoms is None
+    result = runner.invoke(main, ["md", "dipeptide_thr_vacuum", "--flow", flow, "--steps", "20", "--interval", "10", "--jump-interval",
+                                  "10", "--platform", "Reference", "--seed", "1", "--log", str(tmp_path / "log.csv")])
+    assert result.exit_code == 0, result.output
+    assert "of 2 " in result.output
+    _assert_user_error(runner.invoke(main, ["train-timewarp", "alanine_dipeptide_vacuum", "-d", f"dipeptide_ser_vacuum={serine}",
+                                            "--lag", "2", *small, "-o", str(tmp_path / "x.pt")]), "need --transferable")

@@ -14,6 +14,10 @@ trajectories. The flow is written to --output; use it with openmm_flowplugin.mcm
 Metropolis-Hastings) or openmm_flowplugin.mcmc.explore_biased (biased exploration), see docs/timewarp.md.
 With --checkpoint FILE the model, optimizer and losses are written every --checkpoint-every steps; if FILE
 exists, training resumes from it (same data and settings) and continues to --steps in total.
+
+--transferable trains one model over atoms (atom features from elements and bonds, distance-kernel
+attention) that runs on other molecules too; then -d NAME=FILE adds a trajectory of another registered
+system NAME (e.g. -d dipeptide_ser=ser.dcd), so one model learns from several molecules.
 """
 
 
@@ -39,6 +43,8 @@ def _widths(ctx, param, value):
 @click.option("--hidden", default="64,64", show_default=True, callback=_widths, help="Hidden widths of each coupling's MLP.")
 @click.option("--context-features", default=64, show_default=True, type=POSITIVE_INT, help="Width of the embedding of x(t).")
 @click.option("--step-scale", default=0.02, show_default=True, type=FINITE_POSITIVE, help="Initial displacement per centred coordinate, nm (learned).")
+@click.option("--transferable", is_flag=True, help="A TransferableConditionalFlow (per-atom, several molecules; --hidden's first width, --rounds).")
+@click.option("--rounds", default=2, show_default=True, type=click.IntRange(min=0), help="Attention rounds per coupling (--transferable).")
 @click.option("--no-rotations", is_flag=True, help="Do not augment pairs by random rigid rotations.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--checkpoint", default=None, type=click.Path(dir_okay=False), help="Training checkpoint to write, and to resume from if it exists.")
@@ -47,12 +53,13 @@ def _widths(ctx, param, value):
 @click.option("--progress/--no-progress", default=None, help="Progress bar with the loss on stderr [default: when stderr is a terminal].")
 @_user_errors
 def train_timewarp(molecular_system_options, data, lag, output, steps, batch_size, learning_rate, layers, hidden, context_features,
-                   step_scale, no_rotations, seed, checkpoint, checkpoint_every, overwrite, progress):
+                   step_scale, transferable, rounds, no_rotations, seed, checkpoint, checkpoint_every, overwrite, progress):
     from pathlib import Path
 
     import torch
 
     from ..flows.conditional import ConditionalFlow
+    from ..flows.transferable import TransferableConditionalFlow
     from ..flows.conditional_io import save_conditional_flow
     from ..flows.conditional_training import train_timewarp as train, trajectory_pairs
     from ..outputs import check_output_path
@@ -60,20 +67,25 @@ def train_timewarp(molecular_system_options, data, lag, output, steps, batch_siz
     if checkpoint is not None and Path(checkpoint).resolve() == Path(output).resolve():
         raise InvalidInputError("--checkpoint and --output must be different files (the checkpoint also holds the optimizer).")
     check_output_path(output, overwrite)  # refuse an existing output before training
-    molecular_system = load_system(molecular_system_options)
-    trajectories = [_load_trajectories([path], molecular_system) for path in data]
-    longest = max(len(frames) for frames in trajectories)
+    molecules = _trajectories_by_molecule(data, molecular_system_options, transferable)
+    longest = max(len(frames) for _, trajectories in molecules for frames in trajectories)
     if lag >= longest:
         raise InvalidInputError(f"--lag {lag} frames is too long: the longest trajectory has {longest} frames, so there is no pair; "
                                 "pass a smaller --lag or longer trajectories.")
-    pairs = trajectory_pairs(trajectories, lag)
+    datasets = [(molecule, trajectory_pairs(trajectories, lag)) for molecule, trajectories in molecules]
+    n_pairs, n_trajectories = sum(len(p[0]) for _, p in datasets), sum(len(t) for _, t in molecules)
     command = " ".join(["openmm-flowplugin"] + sys.argv[1:])
+    metadata = dict(training_command=command, lag_frames=int(lag), n_pairs=n_pairs, n_trajectories=n_trajectories)
     with torch.random.fork_rng():  # initial weights from --seed, without touching torch's global stream
         torch.manual_seed(seed)
-        flow = ConditionalFlow.for_system(molecular_system, n_layers=layers, hidden=hidden, context_features=context_features,
-                                          step_scale=step_scale, dtype=torch.float64,
-                                          metadata=dict(training_command=command, lag_frames=int(lag), n_pairs=len(pairs[0]),
-                                                        n_trajectories=len(trajectories)))
+        if transferable:
+            flow = TransferableConditionalFlow(n_layers=layers, hidden=hidden[0], n_rounds=rounds, step_scale=step_scale,
+                                               metadata=dict(metadata, training_molecules=[m.name for m, _ in datasets]))
+            pairs = datasets
+        else:
+            flow = ConditionalFlow.for_system(molecules[0][0], n_layers=layers, hidden=hidden, context_features=context_features,
+                                              step_scale=step_scale, dtype=torch.float64, metadata=metadata)
+            pairs = datasets[0][1]
     if progress is None:
         progress = sys.stderr.isatty()
     resumed = f" (resumed from {checkpoint})" if checkpoint is not None and Path(checkpoint).is_file() else ""
@@ -81,5 +93,29 @@ def train_timewarp(molecular_system_options, data, lag, output, steps, batch_siz
                     seed=seed, checkpoint=checkpoint, checkpoint_every=checkpoint_every, progress=progress)
     save_conditional_flow(flow, output, overwrite=overwrite)
     tail = history[-min(len(history), 100):]
-    click.echo(f"{len(pairs[0])} pairs from {len(trajectories)} trajectories; loss (nats per pair, mean of the last {len(tail)} "
+    click.echo(f"{n_pairs} pairs from {n_trajectories} trajectories of {len(datasets)} molecule(s); loss (nats per pair, mean of the last {len(tail)} "
                f"steps) {sum(tail) / len(tail):.3f}{resumed}; wrote {output}")
+
+
+def _trajectories_by_molecule(data, molecular_system_options, transferable):
+    """``[(MolecularSystem, [frames, ...]), ...]`` from -d FILE (SYSTEM's) and -d NAME=FILE (registered system NAME's)."""
+    from .. import systems
+
+    if transferable and all("=" in item for item in data) and not any(molecular_system_options.values()):
+        molecular_system = None  # every trajectory names its molecule: SYSTEM is not needed
+    else:
+        molecular_system = load_system(molecular_system_options)
+
+    by_name, order = {}, []
+    for item in data:
+        name, separator, path = item.partition("=")
+        if not separator:
+            name, path = None, item
+        elif not transferable:
+            raise InvalidInputError(f"-d {item}: trajectories of other molecules (NAME=FILE) need --transferable.")
+        if name not in by_name:
+            by_name[name] = (molecular_system if name is None else systems.get(name), [])
+            order.append(name)
+        molecule, trajectories = by_name[name]
+        trajectories.append(_load_trajectories([path], molecule))
+    return [by_name[name] for name in order]

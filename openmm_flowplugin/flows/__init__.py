@@ -5,6 +5,8 @@ from .boltzmann_generator import BoltzmannGenerator
 from .checkpoints import CheckpointError, file_sha256, load_flow, save_flow
 from .conditional import ConditionalFlow
 from .conditional_io import load_conditional_flow, save_conditional_flow
+from .transferable import TransferableConditionalFlow
+from .atom_features import atom_features
 from .conditional_training import fine_tune_acceptance, train_timewarp, trajectory_pairs
 from .training import ESSSelector, TrainingHistory, train_maximum_likelihood, train_reverse_kl
 
@@ -19,6 +21,8 @@ __all__ = [
     "ESSSelector",
     "TrainingHistory",
     "ConditionalFlow",
+    "TransferableConditionalFlow",
+    "atom_features",
     "save_conditional_flow",
     "load_conditional_flow",
     "train_timewarp",

@@ -16,8 +16,8 @@ positions ``q(x)`` (and the current ``v`` if ``condition_on_velocities``); ``n_l
 the context) and the velocity block (conditioned on positions and context), log-scales bounded
 by ``2 tanh(./2)``; a learned global step length scales the position block. Not rotation
 equivariant (training augments with random rotations), no atom types: one model per molecule
-(its fingerprint is checked). Timewarp's transformer with distance-kernel attention and atom
-embeddings, needed for transfer across molecules, is not implemented here.
+(its fingerprint is checked). For one model over several molecules (atom features and
+distance-kernel attention, as Timewarp) see :class:`~openmm_flowplugin.flows.TransferableConditionalFlow`.
 
 References
 ----------

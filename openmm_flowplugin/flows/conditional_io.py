@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import InvalidInputError
 from ..outputs import atomic_output_path
 from .checkpoints import CheckpointError, _changed_since_loaded, _record_version, file_sha256, load_plain_payload
 
@@ -84,14 +85,16 @@ def read_checkpoint(path):
 
 
 def build_from_payload(payload, path):
-    """A ConditionalFlow with the payload's architecture and weights (evaluation mode)."""
+    """A ConditionalFlow or TransferableConditionalFlow with the payload's architecture and weights (evaluation mode)."""
     from .conditional import ConditionalFlow
+    from .transferable import TransferableConditionalFlow
 
     config = payload["config"]
+    architecture = TransferableConditionalFlow if "atom_features" in config else ConditionalFlow
     try:
-        flow = ConditionalFlow(metadata=payload["metadata"], **config)
+        flow = architecture(metadata=payload["metadata"], **config)
         flow.load_state_dict(payload["state_dict"])
-    except (TypeError, RuntimeError) as error:  # unknown config keys, missing/unexpected weights, wrong shapes
+    except (TypeError, RuntimeError, InvalidInputError) as error:  # unknown config keys, missing/unexpected weights, wrong shapes
         raise CheckpointError(f"{path}: its weights do not fit the architecture its config describes: {error}") from error
     flow.eval()
     return flow
@@ -104,7 +107,9 @@ def load_conditional_flow(path, system=None, cache=True):
     ----------
     path : str or Path
     system : MolecularSystem, optional
-        If given, the flow must have been made for this molecule (same fingerprint).
+        If given, the flow must have been made for this molecule (same fingerprint); a
+        :class:`~openmm_flowplugin.flows.TransferableConditionalFlow` made for another molecule (or for
+        none) is returned bound to this one (:meth:`~openmm_flowplugin.flows.TransferableConditionalFlow.bound_to`).
     cache : bool
         Share one model per (file, content) in this process.
 
@@ -126,6 +131,8 @@ def load_conditional_flow(path, system=None, cache=True):
             _mark_saved(flow, path)
             if cache:
                 _cache[key] = flow
+    if system is not None and getattr(flow, "bound_to", None) is not None and flow.fingerprint != system.fingerprint:
+        return flow.bound_to(system)  # a transferable model runs on any molecule (not saved: see bound_to)
     if system is not None and (flow.n_atoms != system.n_atoms or flow.fingerprint not in (None, system.fingerprint)):
         raise CheckpointError(
             f"conditional flow {path} was made for {flow.metadata.get('system', '?')!r} ({flow.n_atoms} atoms) but the "

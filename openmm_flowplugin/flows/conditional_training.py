@@ -84,10 +84,13 @@ def train_timewarp(model, pairs, n_steps=1000, batch_size=64, learning_rate=1e-3
 
     Parameters
     ----------
-    model : ConditionalFlow
+    model : ConditionalFlow or TransferableConditionalFlow
         Trained in place (returned in evaluation mode).
-    pairs : tuple of array_like
-        ``(x_t, x_lag)`` of shape (n_pairs, n_atoms, 3) in nm, e.g. from :func:`trajectory_pairs`.
+    pairs : tuple of array_like, or list of (MolecularSystem, tuple)
+        ``(x_t, x_lag)`` of shape (n_pairs, n_atoms, 3) in nm, e.g. from :func:`trajectory_pairs`; for a
+        :class:`~openmm_flowplugin.flows.TransferableConditionalFlow`, a list
+        ``[(molecular_system, (x_t, x_lag)), ...]`` trains one model on several molecules (each
+        minibatch drawn uniformly over all their pairs).
     n_steps : int
         Total optimisation steps (a resumed run trains until the checkpoint's step reaches it).
     batch_size : int
@@ -120,25 +123,21 @@ def train_timewarp(model, pairs, n_steps=1000, batch_size=64, learning_rate=1e-3
     """
     _check_counts(n_steps=n_steps, batch_size=batch_size, checkpoint_every=checkpoint_every)
     seed = checked_root_seed(seed)
-    dtype = model.basis.dtype
-    x_t, x_lag = (np.asarray(p, dtype=np.float64) for p in pairs)
-    if x_t.shape != x_lag.shape or x_t.ndim != 3 or x_t.shape[1:] != (model.n_atoms, 3) or len(x_t) == 0:
-        raise InvalidInputError(f"pairs must be two arrays of shape (n_pairs, {model.n_atoms}, 3) in nm, got {x_t.shape} and {x_lag.shape}.")
+    sets = _training_sets(model, pairs)
     settings = dict(seed=seed, batch_size=int(batch_size), learning_rate=float(learning_rate), rotations=bool(rotations),
-                    data_sha256=_data_sha256(x_t, x_lag))
+                    data_sha256=_sets_sha256(sets))
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     history, start = TrainingHistory(), 0
     if checkpoint is not None and _exists(checkpoint):
         start = _resume(model, optimizer, history, checkpoint, settings)
-    data_t, data_lag = torch.from_numpy(x_t).to(dtype), torch.from_numpy(x_lag).to(dtype)
     model.requires_grad_(True)
     model.train()
     try:
         with package_threads(), tqdm(total=int(n_steps), initial=start, desc="train timewarp", disable=not progress) as bar:
             for step in range(start, int(n_steps)):
                 generator = torch_generator(seed, step)
-                a, b, v = _minibatch(data_t, data_lag, batch_size, generator, rotations, model.dim)
-                loss = -model.log_prob(b, v[:, 1], a, v[:, 0]).mean()
+                log_p = [flow.log_prob(b, v[:, 1], a, v[:, 0]) for flow, a, b, v in _minibatches(sets, batch_size, generator, rotations)]
+                loss = -torch.cat(log_p).mean()
                 optimizer.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 100.0)
@@ -206,17 +205,13 @@ def fine_tune_acceptance(model, pairs, energy, n_steps=500, batch_size=64, likel
     if getattr(energy, "n_atoms", None) != model.n_atoms:
         raise InvalidInputError(f"energy evaluates {getattr(energy, 'n_atoms', None)} atoms but the flow moves {model.n_atoms}: "
                                 "pass OpenMMEnergy of the flow's molecule (atom_indices for a part of a System).")
-    dtype = model.basis.dtype
-    x_t, x_lag = (np.asarray(p, dtype=np.float64) for p in pairs)
-    if x_t.shape != x_lag.shape or x_t.ndim != 3 or x_t.shape[1:] != (model.n_atoms, 3) or len(x_t) == 0:
-        raise InvalidInputError(f"pairs must be two arrays of shape (n_pairs, {model.n_atoms}, 3) in nm, got {x_t.shape} and {x_lag.shape}.")
-    data_t, data_lag = torch.from_numpy(x_t).to(dtype), torch.from_numpy(x_lag).to(dtype)
+    [(_, data_t, data_lag)] = _training_sets(model, pairs)
     model.requires_grad_(True)
     counter = iter(range(int(n_steps)))
 
     def step_loss(history):
         generator = torch_generator(seed, next(counter))
-        a, b, v = _minibatch(data_t, data_lag, batch_size, generator, rotations, model.dim)
+        a, b, v = _minibatch(data_t, data_lag, batch_size, generator, rotations, model.dim, _dtype(model))
         nll = -model.log_prob(b, v[:, 1], a, v[:, 0]).mean()
         x_new, v_new, log_forward = model.sample(a, v[:, 0], generator=generator)
         log_reverse = model.log_prob(a, v[:, 0], x_new, v_new)
@@ -266,9 +261,42 @@ def _resume(model, optimizer, history, path, settings):
     return int(training["step"])
 
 
-def _minibatch(data_t, data_lag, batch_size, generator, rotations, dim):
+def _dtype(model):
+    return next(model.parameters()).dtype
+
+
+def _checked_pairs(flow, pairs):
+    x_t, x_lag = (np.asarray(p, dtype=np.float64) for p in pairs)
+    if x_t.shape != x_lag.shape or x_t.ndim != 3 or x_t.shape[1:] != (flow.n_atoms, 3) or len(x_t) == 0:
+        raise InvalidInputError(f"pairs must be two arrays of shape (n_pairs, {flow.n_atoms}, 3) in nm, got {x_t.shape} and {x_lag.shape}.")
+    dtype = _dtype(flow)
+    return torch.from_numpy(x_t).to(dtype), torch.from_numpy(x_lag).to(dtype)
+
+
+def _training_sets(model, pairs):
+    """``[(flow, x_t, x_lag)]``: one molecule's pairs, or ``[(molecular_system, pairs), ...]`` for a transferable flow."""
+    several = isinstance(pairs, (list, tuple)) and len(pairs) > 0 and all(
+        isinstance(item, (list, tuple)) and len(item) == 2 and hasattr(item[0], "topology") for item in pairs)
+    if not several:
+        return [(model, *_checked_pairs(model, pairs))]
+    if not hasattr(model, "bound_to"):
+        raise InvalidInputError("pairs of several molecules need a TransferableConditionalFlow (a ConditionalFlow knows one molecule).")
+    sets = []
+    for molecular_system, molecule_pairs in pairs:
+        flow = model.bound_to(molecular_system)
+        sets.append((flow, *_checked_pairs(flow, molecule_pairs)))
+    return sets
+
+
+def _sets_sha256(sets):
+    if len(sets) == 1:
+        return _data_sha256(sets[0][1].numpy(), sets[0][2].numpy())
+    parts = [f"{flow.fingerprint}:{_data_sha256(a.numpy(), b.numpy())}" for flow, a, b in sets]
+    return hashlib.sha256(";".join(parts).encode()).hexdigest()
+
+
+def _minibatch(data_t, data_lag, batch_size, generator, rotations, dim, dtype):
     """Pairs drawn with replacement, the same random rotation on both frames of a pair, and fresh v, v′ ~ N(0, I)."""
-    dtype = data_t.dtype
     index = torch.randint(len(data_t), (int(batch_size),), generator=generator)
     a, b = data_t[index], data_lag[index]
     if rotations:
@@ -276,3 +304,15 @@ def _minibatch(data_t, data_lag, batch_size, generator, rotations, dim):
         a, b = a @ rotation, b @ rotation
     v = torch.randn(len(a), 2, dim, generator=generator, dtype=torch.float64).to(dtype)
     return a, b, v
+
+
+def _minibatches(sets, batch_size, generator, rotations):
+    """``[(flow, x_t, x_lag, v)]``: a minibatch drawn uniformly over all pairs of all molecules, split by molecule."""
+    if len(sets) == 1:
+        flow, data_t, data_lag = sets[0]
+        return [(flow, *_minibatch(data_t, data_lag, batch_size, generator, rotations, flow.dim, _dtype(flow)))]
+    sizes = torch.tensor([len(data_t) for _, data_t, _ in sets])
+    molecule = torch.bucketize(torch.randint(int(sizes.sum()), (int(batch_size),), generator=generator), sizes.cumsum(0), right=True)
+    counts = torch.bincount(molecule, minlength=len(sets)).tolist()
+    return [(flow, *_minibatch(data_t, data_lag, count, generator, rotations, flow.dim, _dtype(flow)))
+            for (flow, data_t, data_lag), count in zip(sets, counts) if count]

@@ -45,6 +45,21 @@ _REGISTRY = {
     ),
 }
 
+# Capped dipeptides as Timewarp's 2AA set: dipeptide_ser (amber14 + OBC1, 310 K), dipeptide_ser_vacuum, ...
+_DIPEPTIDES = ("ALA", "ARG", "ASN", "ASP", "CYS", "GLN", "GLU", "GLY", "HIS", "ILE", "LEU", "LYS", "MET", "PHE", "PRO", "SER", "THR",
+               "TRP", "TYR", "VAL")
+for _residue in _DIPEPTIDES:
+    _REGISTRY[f"dipeptide_{_residue.lower()}"] = (
+        "dipeptides:dipeptide",
+        f"ACE-{_residue}-NME mutated from alanine dipeptide (PDBFixer), amber14 + OBC1, 310 K, no constraints",
+        {"residue": _residue},
+    )
+    _REGISTRY[f"dipeptide_{_residue.lower()}_vacuum"] = (
+        "dipeptides:dipeptide",
+        f"ACE-{_residue}-NME mutated from alanine dipeptide (PDBFixer), amber14, vacuum, 310 K, no constraints",
+        {"residue": _residue, "implicit_solvent": False},
+    )
+
 
 def register(name, builder, description=""):
     """Register a builder ``builder(**options) -> MolecularSystem`` under ``name``.
@@ -89,7 +104,8 @@ def get(name, **options):
     -------
     MolecularSystem
     """
-    system = _builder(name)(**options)
+    defaults = _REGISTRY[name][2] if name in _REGISTRY and len(_REGISTRY[name]) > 2 else {}
+    system = _builder(name)(**{**defaults, **options})
     system.name = name
     return system
 
