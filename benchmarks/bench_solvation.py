@@ -21,7 +21,7 @@ from pathlib import Path
 
 from openmm_flowplugin.freeenergy import solvation_free_energy, solvation_system
 from openmm_flowplugin.freeenergy.lj_reference import jzg_excess_chemical_potential, lj_tail_correction_mu
-from openmm_flowplugin.freeenergy.neural_ti import neural_ti_free_energy
+from openmm_flowplugin.freeenergy.neural_ti import parse_nodes, neural_ti_free_energy
 
 CASES = {
     "lj-0.6": ("lj", dict(density=0.6, reduced_temperature=1.2)),
@@ -41,7 +41,7 @@ def main():
     parser.add_argument("--platform", default=None)
     parser.add_argument("--output", default="benchmarks/results/solvation")
     parser.add_argument("--method", choices=["mbar", "neural-ti"], default="mbar")
-    parser.add_argument("--nodes", type=int, default=11)
+    parser.add_argument("--nodes", type=parse_nodes, default=11, help="a count, a list 1,...,0 of t, or 'schedule'")
     parser.add_argument("--train-steps", type=int, default=500)
     args = parser.parse_args()
     rows = []

@@ -21,6 +21,9 @@ def run(*args):
     (["--preset", "nope"], "Invalid value for '--preset'"),
     (["--preset", "methane", "--method", "neural-ti"], "uncharged Lennard-Jones"),
     (["--preset", "lj", "--method", "exp"], "Invalid value for '--method'"),
+    (["--preset", "lj", "--method", "neural-ti", "--nodes", "1,0.5"], "decrease from t = 1 to t = 0"),
+    (["--preset", "lj", "--method", "neural-ti", "--nodes", "many"], "give a count"),
+    (["--preset", "lj", "--method", "neural-ti", "--nodes", "1"], "at least 2 nodes"),
 ])
 def test_contradictory_input_is_one_line(tmp_path, args, message):
     result = run(*args, "-o", str(tmp_path / "out"))

@@ -24,6 +24,18 @@ approximate; results in neural_ti.json and neural_ti.md. --method both runs both
 """
 
 
+def _nodes(ctx, param, value):
+    from ..freeenergy.neural_ti import parse_nodes
+
+    try:
+        nodes = parse_nodes(value)
+    except InvalidInputError as error:
+        raise click.BadParameter(str(error)) from None
+    if isinstance(nodes, int) and nodes < 2:
+        raise click.BadParameter(f"give at least 2 nodes, got {value!r}.")
+    return nodes
+
+
 @click.command(help=_HELP)
 @click.option("--preset", type=click.Choice(["lj", "lj-paper", "methane", "water"]), default=None, help="A ready-made system.")
 @click.option("--smiles", default=None, help="Solute as SMILES (RDKit conformer, AM1-BCC charges).")
@@ -33,7 +45,8 @@ approximate; results in neural_ti.json and neural_ti.md. --method both runs both
 @click.option("--inpcrd", type=click.Path(dir_okay=False, exists=True), default=None, help="Solvated AMBER coordinates.")
 @click.option("--method", type=click.Choice(["mbar", "neural-ti", "both"]), default="mbar", show_default=True,
               help="Alchemical MBAR route, neural TI (LJ solutes), or both side by side.")
-@click.option("--nodes", default=11, show_default=True, type=click.IntRange(min=2), help="neural TI: values of t sampled on the learned path.")
+@click.option("--nodes", default="11", show_default=True, callback=_nodes,
+              help="neural TI: values of t sampled on the learned path: a count (equally spaced), a list 1,...,0, or 'schedule' (the MBAR route's).")
 @click.option("--train-steps", default=500, show_default=True, type=POSITIVE_INT, help="neural TI: training steps.")
 @click.option("--samples", default=200, show_default=True, type=POSITIVE_INT, help="neural TI: MD samples per end state.")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Output folder (resumed if it holds this run).")

@@ -51,6 +51,32 @@ class NeuralTIState(GlobalParameterState):
     neural_ti_t = GlobalParameterState.GlobalParameter(T_PARAMETER, standard_value=1.0)
 
 
+def parse_nodes(text):
+    """``"11"`` -> 11 equally spaced nodes; ``"1,0.5,0.2,0"`` -> those values of t; ``"schedule"`` -> the MBAR route's λ_sterics.
+
+    Examples
+    --------
+    >>> parse_nodes("5"), parse_nodes("1, 0.3, 0")
+    (5, [1.0, 0.3, 0.0])
+    >>> len(parse_nodes("schedule"))
+    15
+    """
+    from .alchemical import DEFAULT_STERICS
+
+    text = str(text).strip()
+    if text == "schedule":
+        return [float(v) for v in DEFAULT_STERICS]
+    try:
+        if "," not in text:
+            return int(text)
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise InvalidInputError(f"nodes: give a count (11), values of t from 1 to 0 (1,0.5,0.2,0) or 'schedule', got {text!r}.") from None
+    if len(values) < 2 or values[0] != 1.0 or values[-1] != 0.0 or any(b >= a for a, b in zip(values, values[1:])):
+        raise InvalidInputError(f"nodes must decrease from t = 1 to t = 0 (e.g. 1,0.5,0.2,0), got {text!r}.")
+    return values
+
+
 def exact_path_leg(leg, pair_potential, nodes=11):
     """An alchemical leg whose states are U_θ(·, t) at ``nodes`` values of t (1 first): run it with
     :func:`~.mbar_route.run_leg` and estimate with :func:`~.mbar_route.analyze_leg` (MBAR over the nodes).
@@ -191,7 +217,7 @@ def neural_ti_free_energy(solvation_system, output_dir, n_samples=200, n_train_s
     try:
         estimate = analyze_leg(output_dir / "neural_ti_path.nc")
     except NoOverlapError as error:
-        raise NoOverlapError(f"neural TI's exact path over {nodes} nodes of t: {error} For neural TI: more nodes (--nodes) or a "
+        raise NoOverlapError(f"neural TI's exact path over {path.schedule.n_states} nodes of t: {error} For neural TI: more nodes (--nodes) or a "
                              "path closer to the physical one (more --train-steps); delete neural_ti_path.nc (and "
                              "neural_ti_model.pt to retrain) in the output folder and run again, the endpoint samples are "
                              "reused.") from error
