@@ -229,7 +229,8 @@ class FlowMCIntegrator(openmm.CompoundIntegrator):
     *Proposal stream.* Jump ``i`` uses draws ``n_drawn`` to ``n_drawn + n_proposals - 1``; ``n_drawn`` is
     a global variable of the Context, so checkpoints and saved states carry it: a run resumed with the
     same ``seed`` continues the stream instead of replaying it (with the device's random state from a
-    checkpoint, on the Reference platform the resumed run repeats the original bit for bit).
+    checkpoint, on the Reference platform the resumed run repeats the original bit for bit, wherever the
+    checkpoint was taken: the jump phase, steps to the next jump, is a global variable as well).
 
     *Copies.* ``copy.deepcopy`` (openmmtools' ``IntegratorMove`` copies its integrator at every apply)
     builds a new FlowMCIntegrator with the current settings, statistics and jump phase, sharing
@@ -306,7 +307,6 @@ class FlowMCIntegrator(openmm.CompoundIntegrator):
         sample_batch_size = checked_count("sample_batch_size", sample_batch_size)
         self._respects_constraints = bool(getattr(proposal, "respects_constraints", False))
         self._validated = False
-        self._until = None
         self.stream, self._n_copies = (), 0  # a deep copy draws from stream + (copy number,)
         if self.conditional:
             self._draws = ConditionalDraws(proposal, self.n_atoms, seed, self.stream)
@@ -344,21 +344,22 @@ class FlowMCIntegrator(openmm.CompoundIntegrator):
     # --- OpenMM protocol --------------------------------------------------------------------------
     def step(self, steps):
         """Advance by ``steps`` time steps, attempting a jump every ``jump_interval`` steps."""
-        until = self._until  # MD steps before the next jump step, cached: no device read per call
-        if until is not None and until > steps and type(steps) is int:
+        # MD steps before the next jump step, read from the Context: a checkpoint or state loaded into it sets the phase
+        until = int(self._jump.getGlobalVariableByName("fmc_until_jump"))
+        if self._validated and until > steps and type(steps) is int:
             self.setCurrentIntegrator(0)  # fast path: plain MD, as cheap as the native call
             try:
                 openmm.CompoundIntegrator.step(self, steps)
             finally:
                 self.setCurrentIntegrator(1)  # at rest the guarded program is current (see _add_guard)
-            self._until = until - steps
+            self._jump.setGlobalVariableByName("fmc_until_jump", float(until - steps))  # the phase checkpoints store
             return
         remaining = int(steps)
         if remaining != steps:
             raise InvalidTypeError(f"steps must be an integer, got {steps!r}.")
         get, put = self._jump.getGlobalVariableByName, self._jump.setGlobalVariableByName
-        if until is None:  # a fresh Python object, e.g. on a loaded checkpoint: resume the stored phase
-            until = int(get("fmc_until_jump"))
+        if not self._validated and get("fmc_probe_done") > 0.5:
+            self._validate_in_context()  # a loaded checkpoint/state: the probe ran already, no extra program step
         while remaining > 0:
             if until >= 2 and self._validated:
                 n = min(until - 1, remaining)
@@ -368,13 +369,14 @@ class FlowMCIntegrator(openmm.CompoundIntegrator):
                 finally:
                     self.setCurrentIntegrator(1)
                 until, remaining = until - n, remaining - n
+                put("fmc_until_jump", float(until))  # the phase checkpoints store, also after MD-only steps
                 continue
             jump = until <= 0 and get("fmc_jump_ready") > 0.5
             next_until = self.jump_interval - 1 if jump else max(until - 1, 0)
             if not jump:
                 put("fmc_jump_ready", 0.0)
             put("fmc_snap", float(next_until == 0))
-            put("fmc_until_jump", float(next_until))  # the phase checkpoints store (exact up to MD-only steps)
+            put("fmc_until_jump", float(next_until))  # the phase checkpoints store
             self._sync_md_settings()
             put("fmc_armed", 1.0)  # this one step runs the program instead of the guard's NaN
             self.setCurrentIntegrator(1)
@@ -388,7 +390,6 @@ class FlowMCIntegrator(openmm.CompoundIntegrator):
             if next_until == 0:
                 self._load_proposals()
             until = next_until
-        self._until = until
 
     # --- statistics -----------------------------------------------------------------------------------
     @property
