@@ -17,9 +17,13 @@ from test_timewarp_move import chain
 
 from openmm_flowplugin import systems
 from openmm_flowplugin.errors import InvalidInputError
-from openmm_flowplugin.flows import (TransferableConditionalFlow, atom_features, load_conditional_flow, save_conditional_flow,
-                                     train_timewarp, trajectory_pairs)
+from openmm_flowplugin.flows import (TransferableConditionalFlow, load_conditional_flow, save_conditional_flow, train_timewarp,
+                                     trajectory_pairs)
+from openmm_flowplugin.flows.atom_features import atom_features
+from openmm_flowplugin.flows.conditional_training import fine_tune_acceptance
+from openmm_flowplugin.integrators import FlowMCIntegrator
 from openmm_flowplugin.mcmc import TimewarpMove
+from openmm_flowplugin.proposals.storage import ProposalStateError, proposal_state
 
 N_SIGMA = 6.0
 HO = systems.get("harmonic_oscillator", n_particles=3)
@@ -86,6 +90,29 @@ def test_log_prob_inverts_sample_and_is_translation_and_permutation_invariant():
     np.testing.assert_allclose(permuted.log_prob(x_new[:, perm], v_perm, x[:, perm]), log_p, atol=1e-9)
     with pytest.raises(InvalidInputError, match="shape"):
         flow.log_prob(x_new[:, :5], v_new, x[:, :5])
+    with pytest.raises(InvalidInputError, match="v_new must have shape"):
+        flow.log_prob(x_new, v_new[:, :-3], x)
+
+
+def test_log_prob_equals_the_change_of_variables_with_an_explicit_jacobian():
+    """Independent of the coupling code's own log-determinant: log N(u) - log|det d(x', v')/du| by autograd."""
+    flow = random_flow(scale=0.3)
+    x = torch.as_tensor(HO.positions_nm)[None] + 0.02
+    u = torch.randn(1, 2, HO.n_atoms, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    context = flow._context(x)
+
+    def to_data(latent):
+        latent = latent.reshape(1, 2, HO.n_atoms, 3)
+        displacement, v_new, _ = flow._to_data(latent[:, 0], latent[:, 1], context)
+        return torch.cat([displacement.flatten(), v_new.flatten()])
+
+    with torch.no_grad():
+        out = to_data(u.flatten())
+    jacobian = torch.autograd.functional.jacobian(to_data, u.flatten())
+    expected = -0.5 * float(u.square().sum()) - u.numel() / 2 * math.log(2 * math.pi) - float(torch.linalg.slogdet(jacobian)[1])
+    x_new, v_new = x + out[: 3 * HO.n_atoms].reshape(1, -1, 3), out[3 * HO.n_atoms:][None]
+    with torch.no_grad():
+        assert float(flow.log_prob(x_new, v_new, x)) == pytest.approx(expected, abs=1e-9)
 
 
 def test_a_model_bound_to_another_molecule_shares_its_weights_and_files_rebind(tmp_path):
@@ -103,6 +130,25 @@ def test_a_model_bound_to_another_molecule_shares_its_weights_and_files_rebind(t
     unbound = TransferableConditionalFlow(n_layers=2, hidden=4, n_rounds=1)
     with pytest.raises(InvalidInputError, match="not bound to a molecule"):
         unbound.propose(alanine.positions_nm, 1)
+    with pytest.raises(TypeError, match="not bound to a molecule"):
+        FlowMCIntegrator(300, 1.0, 0.001, unbound)
+    with pytest.raises(InvalidInputError, match="not bound to a molecule"):
+        train_timewarp(unbound, _pairs(alanine), n_steps=1, progress=False)
+    with pytest.raises(ProposalStateError, match="save it first"):  # a bound flow without a file cannot be stored
+        proposal_state(other)
+    save_conditional_flow(other, tmp_path / "ser.pt")
+    assert proposal_state(other)["checkpoint_path"].endswith("ser.pt")
+    restored = load_conditional_flow(tmp_path / "ser.pt", cache=False)
+    assert restored.fingerprint == serine.fingerprint and restored.n_atoms == serine.n_atoms
+
+
+def test_binding_to_a_molecule_with_elements_never_trained_on_warns(tmp_path):
+    alanine = systems.get("alanine_dipeptide_vacuum")
+    flow = TransferableConditionalFlow(n_layers=2, hidden=4, n_rounds=1)
+    train_timewarp(flow, [(alanine, _pairs(alanine))], n_steps=1, batch_size=4, progress=False)
+    assert flow.metadata["trained_element_slots"] == [0, 1, 2, 3]  # H, C, N, O
+    with pytest.warns(UserWarning, match=r"never saw in training \(S\)"):
+        flow.bound_to(systems.get("dipeptide_cys_vacuum"))
 
 
 # ---------------------------------------------------------------------------- training
@@ -131,6 +177,8 @@ def test_training_on_several_molecules_resumes_exactly(tmp_path):
                        progress=False)
     with pytest.raises(InvalidInputError, match="shape"):
         train_timewarp(fresh(), [(alanine, _pairs(serine))], n_steps=1, progress=False)
+    with pytest.raises(InvalidInputError, match="one molecule"):
+        fine_tune_acceptance(fresh(), data, energy=None, n_steps=1, progress=False)
 
 
 # ---------------------------------------------------------------------------- exactness
@@ -160,5 +208,9 @@ def test_dipeptides_are_built_by_mutation_with_amber14():
     forces = {type(f).__name__ for f in serine.system.getForces()}
     assert "GBSAOBCForce" in forces or "CustomGBForce" in forces
     assert "GBSAOBCForce" not in {type(f).__name__ for f in systems.get("dipeptide_ser_vacuum").system.getForces()}
+    with pytest.raises(InvalidInputError, match="fixes residue='SER'"):
+        systems.get("dipeptide_ser", residue="GLY")
+    from openmm_flowplugin._systems.dipeptides import dipeptide
+
     with pytest.raises(InvalidInputError, match="residue must be one of"):
-        systems.get("dipeptide_ala", residue="XYZ")
+        dipeptide(residue="XYZ")

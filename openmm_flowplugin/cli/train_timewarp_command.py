@@ -41,7 +41,7 @@ def _widths(ctx, param, value):
 @click.option("--learning-rate", default=1e-3, show_default=True, type=FINITE_POSITIVE)
 @click.option("--layers", default=8, show_default=True, type=click.IntRange(min=2), help="Affine couplings (positions and velocities alternate).")
 @click.option("--hidden", default="64,64", show_default=True, callback=_widths, help="Hidden widths of each coupling's MLP.")
-@click.option("--context-features", default=64, show_default=True, type=POSITIVE_INT, help="Width of the embedding of x(t).")
+@click.option("--context-features", default=64, show_default=True, type=POSITIVE_INT, help="Width of the embedding of x(t) (not with --transferable).")
 @click.option("--step-scale", default=0.02, show_default=True, type=FINITE_POSITIVE, help="Initial displacement per centred coordinate, nm (learned).")
 @click.option("--transferable", is_flag=True, help="A TransferableConditionalFlow (per-atom, several molecules; --hidden's first width, --rounds).")
 @click.option("--rounds", default=2, show_default=True, type=click.IntRange(min=0), help="Attention rounds per coupling (--transferable).")
@@ -99,9 +99,11 @@ def train_timewarp(molecular_system_options, data, lag, output, steps, batch_siz
 
 def _trajectories_by_molecule(data, molecular_system_options, transferable):
     """``[(MolecularSystem, [frames, ...]), ...]`` from -d FILE (SYSTEM's) and -d NAME=FILE (registered system NAME's)."""
+    from pathlib import Path
+
     from .. import systems
 
-    if transferable and all("=" in item for item in data) and not any(molecular_system_options.values()):
+    if transferable and all("=" in item and not Path(item).is_file() for item in data) and not any(molecular_system_options.values()):
         molecular_system = None  # every trajectory names its molecule: SYSTEM is not needed
     else:
         molecular_system = load_system(molecular_system_options)
@@ -109,7 +111,7 @@ def _trajectories_by_molecule(data, molecular_system_options, transferable):
     by_name, order = {}, []
     for item in data:
         name, separator, path = item.partition("=")
-        if not separator:
+        if not separator or Path(item).is_file():  # a file whose name holds '=' is a file of SYSTEM
             name, path = None, item
         elif not transferable:
             raise InvalidInputError(f"-d {item}: trajectories of other molecules (NAME=FILE) need --transferable.")

@@ -6,7 +6,6 @@ from .checkpoints import CheckpointError, file_sha256, load_flow, save_flow
 from .conditional import ConditionalFlow
 from .conditional_io import load_conditional_flow, save_conditional_flow
 from .transferable import TransferableConditionalFlow
-from .atom_features import atom_features
 from .conditional_training import fine_tune_acceptance, train_timewarp, trajectory_pairs
 from .training import ESSSelector, TrainingHistory, train_maximum_likelihood, train_reverse_kl
 
@@ -22,7 +21,6 @@ __all__ = [
     "TrainingHistory",
     "ConditionalFlow",
     "TransferableConditionalFlow",
-    "atom_features",
     "save_conditional_flow",
     "load_conditional_flow",
     "train_timewarp",

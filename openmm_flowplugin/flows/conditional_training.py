@@ -11,6 +11,7 @@ checkpoint (model, Adam state, step, losses) continues exactly as the uninterrup
 __all__ = ["fine_tune_acceptance", "random_rotations", "train_timewarp", "trajectory_pairs"]
 
 import hashlib
+import warnings
 
 import numpy as np
 import torch
@@ -123,9 +124,13 @@ def train_timewarp(model, pairs, n_steps=1000, batch_size=64, learning_rate=1e-3
     """
     _check_counts(n_steps=n_steps, batch_size=batch_size, checkpoint_every=checkpoint_every)
     seed = checked_root_seed(seed)
-    sets = _training_sets(model, pairs)
+    sets, data_sha256 = _training_sets(model, pairs)
     settings = dict(seed=seed, batch_size=int(batch_size), learning_rate=float(learning_rate), rotations=bool(rotations),
-                    data_sha256=_sets_sha256(sets))
+                    data_sha256=data_sha256)
+    if hasattr(model, "bound_to"):  # which elements the input weights learn from (bound_to warns about others)
+        from .transferable import element_slots
+
+        model.metadata["trained_element_slots"] = sorted({slot for flow, _, _ in sets for slot in element_slots(flow.features.cpu())})
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     history, start = TrainingHistory(), 0
     if checkpoint is not None and _exists(checkpoint):
@@ -205,7 +210,10 @@ def fine_tune_acceptance(model, pairs, energy, n_steps=500, batch_size=64, likel
     if getattr(energy, "n_atoms", None) != model.n_atoms:
         raise InvalidInputError(f"energy evaluates {getattr(energy, 'n_atoms', None)} atoms but the flow moves {model.n_atoms}: "
                                 "pass OpenMMEnergy of the flow's molecule (atom_indices for a part of a System).")
-    [(_, data_t, data_lag)] = _training_sets(model, pairs)
+    sets, _ = _training_sets(model, pairs)
+    if len(sets) != 1:
+        raise InvalidInputError("fine_tune_acceptance takes one molecule's pairs (x_t, x_lag) and its energy: call it per molecule.")
+    [(_, data_t, data_lag)] = sets
     model.requires_grad_(True)
     counter = iter(range(int(n_steps)))
 
@@ -266,11 +274,15 @@ def _dtype(model):
 
 
 def _checked_pairs(flow, pairs):
+    """The pairs as tensors of the flow's dtype, and the sha256 of their float64 values."""
+    if flow.n_atoms is None:
+        raise InvalidInputError("the transferable flow is not bound to a molecule: pass [(molecular_system, (x_t, x_lag)), ...] "
+                                "or train flow.bound_to(molecular_system).")
     x_t, x_lag = (np.asarray(p, dtype=np.float64) for p in pairs)
     if x_t.shape != x_lag.shape or x_t.ndim != 3 or x_t.shape[1:] != (flow.n_atoms, 3) or len(x_t) == 0:
         raise InvalidInputError(f"pairs must be two arrays of shape (n_pairs, {flow.n_atoms}, 3) in nm, got {x_t.shape} and {x_lag.shape}.")
     dtype = _dtype(flow)
-    return torch.from_numpy(x_t).to(dtype), torch.from_numpy(x_lag).to(dtype)
+    return torch.from_numpy(x_t).to(dtype), torch.from_numpy(x_lag).to(dtype), _data_sha256(x_t, x_lag)
 
 
 def _training_sets(model, pairs):
@@ -278,21 +290,19 @@ def _training_sets(model, pairs):
     several = isinstance(pairs, (list, tuple)) and len(pairs) > 0 and all(
         isinstance(item, (list, tuple)) and len(item) == 2 and hasattr(item[0], "topology") for item in pairs)
     if not several:
-        return [(model, *_checked_pairs(model, pairs))]
+        data_t, data_lag, sha256 = _checked_pairs(model, pairs)
+        return [(model, data_t, data_lag)], sha256
     if not hasattr(model, "bound_to"):
         raise InvalidInputError("pairs of several molecules need a TransferableConditionalFlow (a ConditionalFlow knows one molecule).")
-    sets = []
+    sets, parts = [], []
     for molecular_system, molecule_pairs in pairs:
-        flow = model.bound_to(molecular_system)
-        sets.append((flow, *_checked_pairs(flow, molecule_pairs)))
-    return sets
-
-
-def _sets_sha256(sets):
-    if len(sets) == 1:
-        return _data_sha256(sets[0][1].numpy(), sets[0][2].numpy())
-    parts = [f"{flow.fingerprint}:{_data_sha256(a.numpy(), b.numpy())}" for flow, a, b in sets]
-    return hashlib.sha256(";".join(parts).encode()).hexdigest()
+        with warnings.catch_warnings():  # training is where unseen elements are learned
+            warnings.simplefilter("ignore")
+            flow = model.bound_to(molecular_system)
+        data_t, data_lag, sha256 = _checked_pairs(flow, molecule_pairs)
+        sets.append((flow, data_t, data_lag))
+        parts.append(f"{flow.fingerprint}:{sha256}")
+    return sets, hashlib.sha256(";".join(parts).encode()).hexdigest()
 
 
 def _minibatch(data_t, data_lag, batch_size, generator, rotations, dim, dtype):

@@ -15,6 +15,11 @@ density is invariant under translating ``x`` and ``x'`` together and a proposal 
 centre (a random walk of a free molecule's centre, which the Metropolis-Hastings test keeps exact).
 Not rotation equivariant: training augments with random rotations.
 
+Periodic boxes: the networks use plain Cartesian differences, not minimum images, and openmmtools wraps
+each molecule into the box separately. Use the flow on one molecule (``atom_indices`` of a solute in
+vacuum, implicit solvent or a box): the density is then unchanged by that molecule's lattice shifts.
+A flow over the atoms of several molecules of a periodic box is not covered by that argument.
+
 References
 ----------
 Klein L, Foong AYK, Fjelde TE, et al. Timewarp: transferable acceleration of molecular dynamics by
@@ -24,6 +29,7 @@ learning time-coarsened dynamics. NeurIPS 2023. https://arxiv.org/abs/2302.01170
 __all__ = ["TransferableConditionalFlow"]
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -32,7 +38,7 @@ from torch import nn
 from .._threads import package_threads
 from ..errors import InvalidInputError
 from ..proposals.conditional import auxiliary_log_hastings, standard_normal_log_prob
-from .atom_features import atom_features as features_of, n_atom_features
+from .atom_features import ELEMENTS, atom_features as features_of, n_atom_features
 from .conditional import _SCALE_BOUND, _mlp
 
 DEFAULT_LENGTH_SCALES = (0.1, 0.2, 0.4, 0.8, 1.2)  # nm, as Timewarp's kernel attention
@@ -41,7 +47,7 @@ DEFAULT_LENGTH_SCALES = (0.1, 0.2, 0.4, 0.8, 1.2)  # nm, as Timewarp's kernel at
 def attention_kernels(x, length_scales):
     """Row-normalised Gaussian kernels ``softmax_j(-|x_i - x_j|^2 / l^2)``: shape (b, n_scales, n, n)."""
     squared = torch.cdist(x, x).square()
-    inverse = torch.as_tensor([1.0 / s**2 for s in length_scales], dtype=x.dtype)
+    inverse = torch.as_tensor([1.0 / s**2 for s in length_scales], dtype=x.dtype, device=x.device)
     return torch.softmax(-squared[:, None] * inverse[None, :, None, None], dim=-1)
 
 
@@ -59,6 +65,7 @@ class _AtomCoupling(nn.Module):
 
     def forward(self, features, relative, other, kernels):
         b, n, _ = relative.shape
+        features = features.to(relative)  # the weights' dtype and device (a model bound elsewhere may have moved them)
         h = self.embed(torch.cat([features.expand(b, n, -1), relative, other], -1))
         for mix, update in zip(self.mix, self.update):
             messages = torch.einsum("bkij,bjh->bikh", kernels, h).flatten(2)
@@ -74,6 +81,22 @@ class _Core(nn.Module):
         super().__init__()
         self.couplings = nn.ModuleList(_AtomCoupling(n_atom_features(), hidden, len(length_scales), n_rounds) for _ in range(n_layers))
         self.log_step = nn.Parameter(torch.tensor(math.log(step_scale)))
+
+
+def element_slots(features):
+    """Sorted element slots (indices into ELEMENTS, or len(ELEMENTS) for others) present in atom features."""
+    features = np.asarray(features)
+    return sorted(int(i) for i in np.flatnonzero(features[:, : len(ELEMENTS) + 1].sum(0)))
+
+
+def _warn_about_unseen_elements(trained, features, name):
+    if trained is None:
+        return
+    unseen = sorted(set(element_slots(features)) - set(trained))
+    if unseen:
+        names = [ELEMENTS[i] if i < len(ELEMENTS) else "other" for i in unseen]
+        warnings.warn(f"{name} has elements the model never saw in training ({', '.join(names)}): their input weights are "
+                      "untrained. The move stays exact, but expect few acceptances.", stacklevel=3)
 
 
 class TransferableConditionalFlow(nn.Module):
@@ -112,6 +135,9 @@ class TransferableConditionalFlow(nn.Module):
 
     rigid_invariant = False
     respects_constraints = False
+    #: Why a move cannot store this flow when it has no checkpoint file (see proposals.storage).
+    storage_hint = ("a transferable flow bound to a molecule is stored by its checkpoint file: save it first "
+                    "(openmm_flowplugin.flows.save_conditional_flow(flow, 'bound.pt')) and use the saved flow.")
 
     def __init__(self, atom_features=None, n_layers=8, hidden=64, n_rounds=2, length_scales=DEFAULT_LENGTH_SCALES,
                  step_scale=0.02, metadata=None, dtype=torch.float64):
@@ -166,10 +192,13 @@ class TransferableConditionalFlow(nn.Module):
             nn.Module.__init__(flow)
             flow.config = dict(self.config)
             flow.core = self.core
+            flow.__dict__["_shares_weights_with"] = self  # keeps a cached loaded model alive (not a submodule)
         flow.metadata = {key: value for key, value in self.metadata.items() if key not in ("training_command", "n_pairs", "n_trajectories")}
         flow.metadata.update(system=molecular_system.name, n_atoms=molecular_system.n_atoms, fingerprint=molecular_system.fingerprint,
                              temperature_K=kelvin(molecular_system.temperature), package_version=__version__)
-        flow._bind(features_of(molecular_system.topology))
+        features = features_of(molecular_system.topology)
+        flow._bind(features)
+        _warn_about_unseen_elements(self.metadata.get("trained_element_slots"), features, molecular_system.name)
         flow.train(self.training)
         return flow
 
@@ -196,7 +225,7 @@ class TransferableConditionalFlow(nn.Module):
         return len(self.features)
 
     def _positions(self, x):
-        x = torch.as_tensor(x).to(self.dtype)
+        x = torch.as_tensor(x).to(dtype=self.dtype, device=self.core.log_step.device)
         n_atoms = self._checked_n_atoms()
         if x.ndim != 3 or x.shape[1:] != (n_atoms, 3):
             raise InvalidInputError(f"positions must have shape (n, {n_atoms}, 3) in nm, got {tuple(x.shape)}.")
@@ -208,7 +237,7 @@ class TransferableConditionalFlow(nn.Module):
     # ------------------------------------------------------------------ the flow
     def _to_data(self, u_pos, u_vel, context):
         relative, kernels = context
-        ladj = torch.zeros(len(u_pos), dtype=u_pos.dtype)
+        ladj = torch.zeros(len(u_pos), dtype=u_pos.dtype, device=u_pos.device)
         for k, layer in enumerate(self.core.couplings):
             if k % 2 == 0:
                 shift, log_scale = layer(self.features, relative, u_vel, kernels)
@@ -224,7 +253,7 @@ class TransferableConditionalFlow(nn.Module):
         relative, kernels = context
         log_step = self.core.log_step
         u_pos, u_vel = displacement * (-log_step).exp(), v_new
-        ladj = torch.zeros(len(u_pos), dtype=u_pos.dtype) - self.dim * log_step
+        ladj = torch.zeros(len(u_pos), dtype=u_pos.dtype, device=u_pos.device) - self.dim * log_step
         for k in reversed(range(len(self.core.couplings))):
             layer = self.core.couplings[k]
             if k % 2 == 0:
@@ -239,7 +268,10 @@ class TransferableConditionalFlow(nn.Module):
     def log_prob(self, x_new, v_new, x, v=None):
         """``log p(x', v' | x)``, float64 shape (b,); ``v_new`` has shape (b, 3 n_atoms) (``v`` is not used)."""
         x_new, x = self._positions(x_new), self._positions(x)
-        v_new = torch.as_tensor(v_new).to(x.dtype).reshape(len(x), -1, 3)
+        v_new = torch.as_tensor(v_new).to(x)
+        if v_new.shape != (len(x), self.dim):
+            raise InvalidInputError(f"v_new must have shape ({len(x)}, {self.dim}) (3 numbers per atom), got {tuple(v_new.shape)}.")
+        v_new = v_new.reshape(len(x), -1, 3)
         u_pos, u_vel, ladj = self._to_latent(x_new - x, v_new, self._context(x))
         return (standard_normal_log_prob(u_pos.flatten(1)) + standard_normal_log_prob(u_vel.flatten(1))
                 + ladj.to(torch.float64))
@@ -247,7 +279,7 @@ class TransferableConditionalFlow(nn.Module):
     def sample(self, x, v=None, generator=None):
         """One draw ``(x', v') ~ p(. | x)`` per row of ``x``: x' (b, n_atoms, 3) nm, v' (b, 3 n_atoms), float64 log p."""
         x = self._positions(x)
-        u = torch.randn(len(x), 2, *x.shape[1:], generator=generator, dtype=torch.float64).to(x.dtype)
+        u = torch.randn(len(x), 2, *x.shape[1:], generator=generator, dtype=torch.float64).to(x)
         displacement, v_new, ladj = self._to_data(u[:, 0], u[:, 1], self._context(x))
         log_p = standard_normal_log_prob(u[:, 0].flatten(1)) + standard_normal_log_prob(u[:, 1].flatten(1)) - ladj.to(torch.float64)
         return x + displacement, v_new.flatten(1), log_p

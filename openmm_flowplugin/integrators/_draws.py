@@ -26,6 +26,9 @@ from ..proposals.streams import DRAWS, checked_root_seed, torch_generator
 def conditional_n_atoms(proposal):
     """A conditional proposal's ``n_atoms`` (it cannot be sampled without a state to learn it from)."""
     n_atoms = getattr(proposal, "n_atoms", None)
+    if n_atoms is None and callable(getattr(proposal, "bound_to", None)):
+        raise InvalidTypeError(f"the {type(proposal).__name__} is not bound to a molecule: use flow.bound_to(molecular_system) "
+                               "or load_conditional_flow(path, system=molecular_system).")
     if isinstance(n_atoms, bool) or not isinstance(n_atoms, (int, np.integer)) or n_atoms < 1:
         raise InvalidTypeError(f"the conditional proposal {type(proposal).__name__} needs an integer n_atoms attribute "
                                f"(the atoms it moves), got {n_atoms!r}.")

@@ -123,6 +123,9 @@ def proposal_state(proposal):
             state["loader"] = str(loader)
         return state
     cls = type(proposal)
+    hint = getattr(cls, "storage_hint", None)
+    if hint is not None:
+        raise ProposalStateError(f"cannot store the proposal {cls.__qualname__}: {hint}")
     own_state = proposal.__getstate__() if hasattr(proposal, "__getstate__") else None
     if not isinstance(own_state, dict) or not _is_plain(own_state):
         raise ProposalStateError(

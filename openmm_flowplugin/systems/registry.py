@@ -17,7 +17,7 @@ __all__ = ["list", "get", "register", "describe", "data_path"]
 
 import importlib
 from importlib import resources
-from ..errors import UnknownNameError
+from ..errors import InvalidInputError, UnknownNameError
 
 _SYSTEMS_PACKAGE = "openmm_flowplugin._systems"
 
@@ -104,8 +104,12 @@ def get(name, **options):
     -------
     MolecularSystem
     """
-    defaults = _REGISTRY[name][2] if name in _REGISTRY and len(_REGISTRY[name]) > 2 else {}
-    system = _builder(name)(**{**defaults, **options})
+    fixed = _REGISTRY[name][2] if name in _REGISTRY and len(_REGISTRY[name]) > 2 else {}
+    clashes = sorted(key for key in fixed if key in options and options[key] != fixed[key])
+    if clashes:
+        raise InvalidInputError(f"system {name!r} fixes {', '.join(f'{k}={fixed[k]!r}' for k in clashes)}; pick the registered name "
+                                "for what you want instead (see systems.list()).")
+    system = _builder(name)(**{**fixed, **options})
     system.name = name
     return system
 
