@@ -87,10 +87,15 @@ def read_checkpoint(path):
 def build_from_payload(payload, path):
     """A ConditionalFlow or TransferableConditionalFlow with the payload's architecture and weights (evaluation mode)."""
     from .conditional import ConditionalFlow
+    from .internal_conditional import InternalCoordinateProposal
     from .transferable import TransferableConditionalFlow
 
-    config = payload["config"]
-    architecture = TransferableConditionalFlow if "atom_features" in config else ConditionalFlow
+    config = dict(payload["config"])
+    if config.get("architecture") == "internal":
+        architecture = InternalCoordinateProposal
+        config.pop("architecture")
+    else:
+        architecture = TransferableConditionalFlow if "atom_features" in config else ConditionalFlow
     try:
         flow = architecture(metadata=payload["metadata"], **config)
         flow.load_state_dict(payload["state_dict"])
