@@ -39,6 +39,7 @@ from openmm_flowplugin.analysis.evaluation import backbone_dihedrals
 from openmm_flowplugin.bridge.energy import OpenMMEnergy
 from openmm_flowplugin.flows import ConditionalFlow, train_timewarp, trajectory_pairs
 from openmm_flowplugin.flows.conditional_training import fine_tune_acceptance
+from openmm_flowplugin.flows.internal_conditional import InternalCoordinateProposal
 from openmm_flowplugin.mcmc import TimewarpMove
 from openmm_flowplugin.proposals.conditional import standard_normal_log_prob
 
@@ -106,8 +107,14 @@ def main():
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--architecture", choices=["cartesian", "internal", "internal-torsions"], default="cartesian",
+                        help="ConditionalFlow (Cartesian), or InternalCoordinateProposal moving all internal coordinates or torsions only")
+    parser.add_argument("--md-steps-per-apply", type=int, default=0,
+                        help="Langevin steps (1 fs) after each TimewarpMove apply (needed with internal-torsions: bonds and angles)")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
+    if args.architecture == "internal-torsions" and args.md_steps_per_apply < 1:
+        parser.error("internal-torsions keeps bonds and angles: give --md-steps-per-apply >= 1 so MD samples them")
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     ala = systems.get("alanine_dipeptide_vacuum")
@@ -120,7 +127,11 @@ def main():
     print(f"training MD: {trajectory.n_frames} frames ({args.md_ps:g} ps) in {data_cpu:.1f} CPU s")
 
     pairs = trajectory_pairs(trajectory.xyz.astype(np.float64), args.lag)
-    flow = ConditionalFlow.for_system(ala, n_layers=args.layers, hidden=(args.hidden, args.hidden), context_features=64, step_scale=0.01)
+    if args.architecture == "cartesian":
+        flow = ConditionalFlow.for_system(ala, n_layers=args.layers, hidden=(args.hidden, args.hidden), context_features=64, step_scale=0.01)
+    else:
+        flow = InternalCoordinateProposal.for_system(ala, hidden=(args.hidden, args.hidden),
+                                                     moves="all" if args.architecture == "internal" else "torsions")
     checkpoint = Path(tempfile.mkdtemp()) / "train.pt"
     start, steps = time.process_time(), 0
     while time.process_time() - start < args.train_seconds:
@@ -158,15 +169,20 @@ def main():
 
     move = TimewarpMove(flow, n_proposals=args.n_proposals, sample_batch_size=args.batch, adaptive_batch_size=True, seed=args.seed,
                         topology=ala.topology)
-    sampler = mcmc.MCMCSampler(ala.thermodynamic_state(), ala.sampler_state(start_positions), move)
+    sampler_move = move
+    if args.md_steps_per_apply > 0:
+        sampler_move = mcmc.SequenceMove([move, mcmc.LangevinDynamicsMove(timestep=1.0 * unit.femtosecond, collision_rate=1.0 / unit.picosecond,
+                                                                          n_steps=args.md_steps_per_apply, reassign_velocities=False)])
+    sampler = mcmc.MCMCSampler(ala.thermodynamic_state(), ala.sampler_state(start_positions), sampler_move)
     context_cache = cache.ContextCache(platform=openmm.Platform.getPlatformByName("Reference"))
     frames, start = [], time.process_time()
     while time.process_time() - start < args.budget:
         sampler.run(1, context_cache=context_cache)
         frames.append(sampler.sampler_state.positions.value_in_unit(unit.nanometer))
     cpu = time.process_time() - start
-    rows.append(summary(f"TimewarpMove ({args.n_proposals} MH steps/apply)", np.array(frames), cpu, ala.mdtraj_topology,
-                        move.fraction_accepted))
+    label = f"TimewarpMove, {args.architecture} ({args.n_proposals} MH steps/apply" + (
+        f" + {args.md_steps_per_apply} MD steps)" if args.md_steps_per_apply else ")")
+    rows.append(summary(label, np.array(frames), cpu, ala.mdtraj_topology, move.fraction_accepted))
     print(f"TimewarpMove: {move.n_proposed} proposals, {move.n_accepted} accepted, {move.n_invalid} invalid, {move.n_prefetched} drawn")
 
     print("\n| method | frames | CPU s | acceptance | ESS/CPU-s sin/cos phi,psi (min) | ESS/CPU-s basin | transitions/CPU-s | phi>0 |")
