@@ -22,7 +22,6 @@ separately. Prints a markdown table.
 """
 
 import argparse
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -82,6 +81,20 @@ def log_alpha_terms(flow, energy, starts, topology, seed):
     return terms, float(np.mean(acceptance)), jump
 
 
+def train_for(seconds, flow, pairs, batch_size, chunk, seed):
+    """Likelihood training for ``seconds`` CPU seconds, ``chunk`` steps at a time through a checkpoint (Adam's state kept).
+
+    Returns the loss history, the steps taken and the CPU seconds used.
+    """
+    checkpoint = Path(tempfile.mkdtemp()) / "train.pt"
+    start, steps = time.process_time(), 0
+    while time.process_time() - start < seconds:
+        steps += chunk
+        history = train_timewarp(flow, pairs, n_steps=steps, batch_size=batch_size, learning_rate=1e-3, seed=seed, checkpoint=checkpoint,
+                                 checkpoint_every=chunk, progress=False)
+    return history, steps, time.process_time() - start
+
+
 def md(molecular_system, positions, budget, stride_steps, seed):
     integrator = openmm.LangevinMiddleIntegrator(molecular_system.temperature, 1.0 / unit.picosecond, 1.0 * unit.femtosecond)
     integrator.setRandomNumberSeed(seed)
@@ -102,6 +115,7 @@ def main():
     parser.add_argument("--lag", type=int, default=10, help="tau in training frames")
     parser.add_argument("--train-seconds", type=float, default=180.0)
     parser.add_argument("--finetune-seconds", type=float, default=0.0, help="CPU seconds of acceptance fine-tuning after training")
+    parser.add_argument("--likelihood-weight", type=float, default=1.0, help="weight of the likelihood in fine-tuning")
     parser.add_argument("--budget", type=float, default=90.0, help="CPU seconds per sampling method")
     parser.add_argument("--n-proposals", type=int, default=20)
     parser.add_argument("--batch", type=int, default=64)
@@ -132,23 +146,18 @@ def main():
     else:
         flow = InternalCoordinateProposal.for_system(ala, hidden=(args.hidden, args.hidden),
                                                      moves="all" if args.architecture == "internal" else "torsions")
-    checkpoint = Path(tempfile.mkdtemp()) / "train.pt"
-    start, steps = time.process_time(), 0
-    while time.process_time() - start < args.train_seconds:
-        steps += 200
-        history = train_timewarp(flow, pairs, n_steps=steps, batch_size=128, learning_rate=1e-3, seed=args.seed, checkpoint=checkpoint,
-                                 checkpoint_every=200, progress=False)
-    train_cpu = time.process_time() - start
+    history, steps, train_cpu = train_for(args.train_seconds, flow, pairs, batch_size=128, chunk=200, seed=args.seed)
     print(f"training: {steps} steps on {len(pairs[0])} pairs (lag {args.lag * args.stride} fs) in {train_cpu:.1f} CPU s; "
           f"loss first/last 100: {np.mean(history[:100]):.1f} / {np.mean(history[-100:]):.1f} nats")
 
     energy = OpenMMEnergy(ala.system, ala.temperature, platform="Reference")
     if args.finetune_seconds > 0:
         start = time.process_time()
-        fine_tune_acceptance(flow, pairs, energy, n_steps=20, batch_size=64, seed=args.seed, progress=False)
+        fine_tune_acceptance(flow, pairs, energy, n_steps=20, batch_size=64, likelihood_weight=args.likelihood_weight, seed=args.seed, progress=False)
         per_step = (time.process_time() - start) / 20
         n_more = max(1, int((args.finetune_seconds - (time.process_time() - start)) / per_step))
-        accepted = fine_tune_acceptance(flow, pairs, energy, n_steps=n_more, batch_size=64, seed=args.seed + 1, progress=False)
+        accepted = fine_tune_acceptance(flow, pairs, energy, n_steps=n_more, batch_size=64, likelihood_weight=args.likelihood_weight,
+                                        seed=args.seed + 1, progress=False)
         print(f"fine-tuning: {20 + n_more} steps in {time.process_time() - start:.1f} CPU s; training-start acceptance, "
               f"last 100 steps: {np.mean(accepted[-100:]):.3g}")
     xyz = trajectory.xyz.astype(np.float64)

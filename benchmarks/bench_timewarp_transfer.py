@@ -21,21 +21,19 @@ Prints markdown tables.
 """
 
 import argparse
-import tempfile
 import time
-from pathlib import Path
 
 import mdtraj
 import numpy as np
 import openmm
 import torch
-from bench_timewarp import ess, log_alpha_terms, md, summary
+from bench_timewarp import ess, log_alpha_terms, md, summary, train_for
 from openmm import unit
 from openmmtools import cache, mcmc
 
 from openmm_flowplugin import systems
 from openmm_flowplugin.bridge.energy import OpenMMEnergy
-from openmm_flowplugin.flows import TransferableConditionalFlow, train_timewarp, trajectory_pairs
+from openmm_flowplugin.flows import TransferableConditionalFlow, trajectory_pairs
 from openmm_flowplugin.mcmc import TimewarpMove
 from openmm_flowplugin.simulation.md import simulate
 
@@ -126,13 +124,7 @@ def main():
 
     flow = TransferableConditionalFlow(n_layers=args.layers, hidden=args.hidden, n_rounds=args.rounds, step_scale=0.005,
                                        metadata=dict(training_molecules=[m.name for m, _ in training]))
-    checkpoint = Path(tempfile.mkdtemp()) / "train.pt"
-    start, steps = time.process_time(), 0
-    while time.process_time() - start < args.train_seconds:
-        steps += 100
-        history = train_timewarp(flow, training, n_steps=steps, batch_size=64, learning_rate=1e-3, seed=args.seed, checkpoint=checkpoint,
-                                 checkpoint_every=100, progress=False)
-    train_cpu = time.process_time() - start
+    history, steps, train_cpu = train_for(args.train_seconds, flow, training, batch_size=64, chunk=100, seed=args.seed)
     print(f"training: {steps} steps in {train_cpu:.1f} CPU s; loss first/last 100: {np.mean(history[:100]):.1f} / "
           f"{np.mean(history[-100:]):.1f} nats per pair")
 

@@ -56,6 +56,7 @@ _EXPORTS = {
     "TimewarpMove": ".mcmc.timewarp_move",
     "ConditionalFlow": ".flows.conditional",
     "TransferableConditionalFlow": ".flows.transferable",
+    "InternalCoordinateProposal": ".flows.internal_conditional",
     "train_timewarp": ".flows.conditional_training",
     "FlowMCIntegrator": ".integrators.flow_mc",
     "FlowMCReporter": ".integrators.reporter",

@@ -115,3 +115,19 @@ def test_a_transferable_flow_trains_on_two_molecules_and_runs_md_on_a_third(traj
     assert "of 2 " in result.output
     _assert_user_error(runner.invoke(main, ["train-timewarp", "alanine_dipeptide_vacuum", "-d", f"dipeptide_ser_vacuum={serine}",
                                             "--lag", "2", *small, "-o", str(tmp_path / "x.pt")]), "need --transferable")
+
+
+def test_an_internal_coordinate_proposal_trains_and_jumps_in_md(trajectories, tmp_path):
+    runner = CliRunner()
+    flow = str(tmp_path / "ic.pt")
+    trained = runner.invoke(main, ["train-timewarp", "alanine_dipeptide_vacuum", "-d", trajectories[0], "--lag", "2", "--internal",
+                                   "torsions", "--hidden", "8", "--batch-size", "8", "--steps", "3", "--no-progress", "-o", flow])
+    assert trained.exit_code == 0, trained.output
+    model = load_conditional_flow(flow, cache=False)
+    assert type(model).__name__ == "InternalCoordinateProposal" and model.config["moves"] == "torsions"
+    result = runner.invoke(main, ["md", "alanine_dipeptide_vacuum", "--flow", flow, "--steps", "20", "--interval", "10",
+                                  "--jump-interval", "5", "--platform", "Reference", "--seed", "1", "--log", str(tmp_path / "log.csv")])
+    assert result.exit_code == 0, result.output
+    assert "of 4 " in result.output
+    _assert_user_error(runner.invoke(main, ["train-timewarp", "alanine_dipeptide_vacuum", "-d", trajectories[0], "--lag", "2",
+                                            "--internal", "all", "--transferable", "-o", str(tmp_path / "x.pt")]), "choose one")

@@ -15,6 +15,9 @@ Metropolis-Hastings) or openmm_flowplugin.mcmc.explore_biased (biased exploratio
 With --checkpoint FILE the model, optimizer and losses are written every --checkpoint-every steps; if FILE
 exists, training resumes from it (same data and settings) and continues to --steps in total.
 
+--internal all|torsions trains an InternalCoordinateProposal: a conditional Gaussian on bonds, angles and
+torsions (or on the torsions alone, bonds and angles kept: a block move to mix with MD, as `md --flow` does).
+
 --transferable trains one model over atoms (atom features from elements and bonds, distance-kernel
 attention) that runs on other molecules too; then -d NAME=FILE adds a trajectory of another registered
 system NAME (e.g. -d dipeptide_ser=ser.dcd), so one model learns from several molecules.
@@ -44,6 +47,9 @@ def _widths(ctx, param, value):
 @click.option("--context-features", default=64, show_default=True, type=POSITIVE_INT, help="Width of the embedding of x(t) (not with --transferable).")
 @click.option("--step-scale", default=0.02, show_default=True, type=FINITE_POSITIVE, help="Initial displacement per centred coordinate, nm (learned).")
 @click.option("--transferable", is_flag=True, help="A TransferableConditionalFlow (per-atom, several molecules; --hidden's first width, --rounds).")
+@click.option("--internal", type=click.Choice(["all", "torsions"]), default=None,
+              help="An InternalCoordinateProposal moving all internal coordinates or the torsions only (bonds and angles kept: "
+                   "use it beside MD, e.g. `md --flow`); --hidden sets its MLP.")
 @click.option("--rounds", default=2, show_default=True, type=click.IntRange(min=0), help="Attention rounds per coupling (--transferable).")
 @click.option("--no-rotations", is_flag=True, help="Do not augment pairs by random rigid rotations.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
@@ -53,12 +59,13 @@ def _widths(ctx, param, value):
 @click.option("--progress/--no-progress", default=None, help="Progress bar with the loss on stderr [default: when stderr is a terminal].")
 @_user_errors
 def train_timewarp(molecular_system_options, data, lag, output, steps, batch_size, learning_rate, layers, hidden, context_features,
-                   step_scale, transferable, rounds, no_rotations, seed, checkpoint, checkpoint_every, overwrite, progress):
+                   step_scale, transferable, internal, rounds, no_rotations, seed, checkpoint, checkpoint_every, overwrite, progress):
     from pathlib import Path
 
     import torch
 
     from ..flows.conditional import ConditionalFlow
+    from ..flows.internal_conditional import InternalCoordinateProposal
     from ..flows.transferable import TransferableConditionalFlow
     from ..flows.conditional_io import save_conditional_flow
     from ..flows.conditional_training import train_timewarp as train, trajectory_pairs
@@ -78,7 +85,12 @@ def train_timewarp(molecular_system_options, data, lag, output, steps, batch_siz
     metadata = dict(training_command=command, lag_frames=int(lag), n_pairs=n_pairs, n_trajectories=n_trajectories)
     with torch.random.fork_rng():  # initial weights from --seed, without touching torch's global stream
         torch.manual_seed(seed)
-        if transferable:
+        if transferable and internal:
+            raise InvalidInputError("--transferable and --internal are two different models: choose one.")
+        if internal:
+            flow = InternalCoordinateProposal.for_system(molecules[0][0], hidden=hidden, moves=internal, metadata=metadata)
+            pairs = datasets[0][1]
+        elif transferable:
             flow = TransferableConditionalFlow(n_layers=layers, hidden=hidden[0], n_rounds=rounds, step_scale=step_scale,
                                                metadata=dict(metadata, training_molecules=[m.name for m, _ in datasets]))
             pairs = datasets

@@ -5,6 +5,7 @@ from .boltzmann_generator import BoltzmannGenerator
 from .checkpoints import CheckpointError, file_sha256, load_flow, save_flow
 from .conditional import ConditionalFlow
 from .conditional_io import load_conditional_flow, save_conditional_flow
+from .internal_conditional import InternalCoordinateProposal
 from .transferable import TransferableConditionalFlow
 from .conditional_training import fine_tune_acceptance, train_timewarp, trajectory_pairs
 from .training import ESSSelector, TrainingHistory, train_maximum_likelihood, train_reverse_kl
@@ -21,6 +22,7 @@ __all__ = [
     "TrainingHistory",
     "ConditionalFlow",
     "TransferableConditionalFlow",
+    "InternalCoordinateProposal",
     "save_conditional_flow",
     "load_conditional_flow",
     "train_timewarp",

@@ -146,12 +146,7 @@ class ConditionalFlow(nn.Module):
     @classmethod
     def for_system(cls, molecular_system, **kwargs):
         """A flow for a :class:`~openmm_flowplugin.systems.MolecularSystem`, its name and fingerprint in ``metadata``."""
-        from .._version import __version__
-        from ..units import kelvin
-
-        metadata = dict(system=molecular_system.name, n_atoms=molecular_system.n_atoms, fingerprint=molecular_system.fingerprint,
-                        temperature_K=kelvin(molecular_system.temperature), package_version=__version__)
-        metadata.update(kwargs.pop("metadata", {}))
+        metadata = dict(system_metadata(molecular_system), **kwargs.pop("metadata", {}))
         return cls(molecular_system.n_atoms, metadata=metadata, **kwargs)
 
     @property
@@ -254,10 +249,28 @@ class ConditionalFlow(nn.Module):
         ``x'`` (numpy, (n, n_atoms, 3), nm) and
         :func:`~openmm_flowplugin.proposals.conditional.auxiliary_log_hastings` (numpy, (n,)).
         """
-        with torch.no_grad(), package_threads():
-            x = self._positions(torch.as_tensor(np.asarray(x, dtype=np.float64))[None]).expand(int(n), -1, -1)
-            v = torch.randn(int(n), self.dim, generator=generator, dtype=torch.float64).to(x.dtype)
-            x_new, v_new, log_forward = self.sample(x, v, generator=generator)
-            log_reverse = self.log_prob(x, v, x_new, v_new)
-            log_hastings = auxiliary_log_hastings(log_forward, log_reverse, v, v_new)
-        return x_new.to(torch.float64).numpy(), log_hastings
+        return auxiliary_proposals(self, x, n, generator)
+
+
+def system_metadata(molecular_system):
+    """Plain metadata naming the molecule a proposal is made for (name, atoms, fingerprint, temperature, version)."""
+    from .._version import __version__
+    from ..units import kelvin
+
+    return dict(system=molecular_system.name, n_atoms=molecular_system.n_atoms, fingerprint=molecular_system.fingerprint,
+                temperature_K=kelvin(molecular_system.temperature), package_version=__version__)
+
+
+def auxiliary_proposals(flow, x, n, generator=None):
+    """``n`` proposals of a flow over (x', v') from positions ``x`` and their log Hastings terms (numpy).
+
+    Draws ``v ~ N(0, I)`` (``flow.dim`` numbers) afresh for each, then ``(x', v') ~ flow.sample(x, v)``, and
+    returns ``x'`` (n, n_atoms, 3) nm and :func:`~openmm_flowplugin.proposals.conditional.auxiliary_log_hastings`.
+    """
+    with torch.no_grad(), package_threads():
+        x = flow._positions(torch.as_tensor(np.asarray(x, dtype=np.float64))[None]).expand(int(n), -1, -1)
+        v = torch.randn(int(n), flow.dim, generator=generator, dtype=torch.float64).to(x.dtype)
+        x_new, v_new, log_forward = flow.sample(x, v, generator=generator)
+        log_reverse = flow.log_prob(x, v, x_new, v_new)
+        log_hastings = auxiliary_log_hastings(log_forward, log_reverse, v, v_new)
+    return x_new.to(torch.float64).numpy(), log_hastings

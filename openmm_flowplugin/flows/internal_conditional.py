@@ -35,7 +35,7 @@ from torch import nn
 from .._threads import package_threads
 from ..errors import InvalidInputError
 from ..geometry.internal import InternalCoordinates, InternalCoordinateTransform
-from .conditional import _mlp
+from .conditional import _mlp, system_metadata
 
 _MAX_TORSION_SCALE = 2.0  # rad: wrapped-normal images beyond |k| = 4 are below float64 resolution
 _IMAGES = torch.arange(-4, 5, dtype=torch.float64) * 2.0 * math.pi
@@ -99,12 +99,7 @@ class InternalCoordinateProposal(nn.Module):
     @classmethod
     def for_system(cls, molecular_system, **kwargs):
         """A proposal for a :class:`~openmm_flowplugin.systems.MolecularSystem` (bonds from its topology)."""
-        from .._version import __version__
-        from ..units import kelvin
-
-        metadata = dict(system=molecular_system.name, n_atoms=molecular_system.n_atoms, fingerprint=molecular_system.fingerprint,
-                        temperature_K=kelvin(molecular_system.temperature), package_version=__version__)
-        metadata.update(kwargs.pop("metadata", {}))
+        metadata = dict(system_metadata(molecular_system), **kwargs.pop("metadata", {}))
         bonds = [(a.index, b.index) for a, b in molecular_system.topology.bonds()]
         return cls(molecular_system.n_atoms, bonds, metadata=metadata, **kwargs)
 

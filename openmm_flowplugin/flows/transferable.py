@@ -35,11 +35,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._threads import package_threads
 from ..errors import InvalidInputError
-from ..proposals.conditional import auxiliary_log_hastings, standard_normal_log_prob
+from ..proposals.conditional import standard_normal_log_prob
 from .atom_features import ELEMENTS, atom_features as features_of, n_atom_features
-from .conditional import _SCALE_BOUND, _mlp
+from .conditional import _SCALE_BOUND, _mlp, auxiliary_proposals, system_metadata
 
 DEFAULT_LENGTH_SCALES = (0.1, 0.2, 0.4, 0.8, 1.2)  # nm, as Timewarp's kernel attention
 
@@ -183,9 +182,6 @@ class TransferableConditionalFlow(nn.Module):
         :func:`~openmm_flowplugin.flows.save_conditional_flow` before an openmmtools sampler stores a
         move that uses it (stored moves name checkpoint files).
         """
-        from .._version import __version__
-        from ..units import kelvin
-
         flow = self
         if not _inplace:
             flow = type(self).__new__(type(self))
@@ -194,8 +190,7 @@ class TransferableConditionalFlow(nn.Module):
             flow.core = self.core
             flow.__dict__["_shares_weights_with"] = self  # keeps a cached loaded model alive (not a submodule)
         flow.metadata = {key: value for key, value in self.metadata.items() if key not in ("training_command", "n_pairs", "n_trajectories")}
-        flow.metadata.update(system=molecular_system.name, n_atoms=molecular_system.n_atoms, fingerprint=molecular_system.fingerprint,
-                             temperature_K=kelvin(molecular_system.temperature), package_version=__version__)
+        flow.metadata.update(system_metadata(molecular_system))
         features = features_of(molecular_system.topology)
         flow._bind(features)
         _warn_about_unseen_elements(self.metadata.get("trained_element_slots"), features, molecular_system.name)
@@ -286,10 +281,4 @@ class TransferableConditionalFlow(nn.Module):
 
     def propose(self, x, n, generator=None):
         """``n`` proposals from positions ``x`` (n_atoms, 3) and their log Hastings terms (numpy), as ConditionalFlow.propose."""
-        with torch.no_grad(), package_threads():
-            x = self._positions(torch.as_tensor(np.asarray(x, dtype=np.float64))[None]).expand(int(n), -1, -1)
-            v = torch.randn(int(n), self.dim, generator=generator, dtype=torch.float64).to(x.dtype)
-            x_new, v_new, log_forward = self.sample(x, v, generator=generator)
-            log_reverse = self.log_prob(x, v, x_new, v_new)
-            log_hastings = auxiliary_log_hastings(log_forward, log_reverse, v, v_new)
-        return x_new.to(torch.float64).numpy(), log_hastings
+        return auxiliary_proposals(self, x, n, generator)
