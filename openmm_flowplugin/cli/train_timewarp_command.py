@@ -71,6 +71,8 @@ def train_timewarp(molecular_system_options, data, lag, output, steps, batch_siz
     from ..flows.conditional_training import train_timewarp as train, trajectory_pairs
     from ..outputs import check_output_path
 
+    if transferable and internal:
+        raise InvalidInputError("--transferable and --internal are two different models: choose one.")
     if checkpoint is not None and Path(checkpoint).resolve() == Path(output).resolve():
         raise InvalidInputError("--checkpoint and --output must be different files (the checkpoint also holds the optimizer).")
     check_output_path(output, overwrite)  # refuse an existing output before training
@@ -85,8 +87,6 @@ def train_timewarp(molecular_system_options, data, lag, output, steps, batch_siz
     metadata = dict(training_command=command, lag_frames=int(lag), n_pairs=n_pairs, n_trajectories=n_trajectories)
     with torch.random.fork_rng():  # initial weights from --seed, without touching torch's global stream
         torch.manual_seed(seed)
-        if transferable and internal:
-            raise InvalidInputError("--transferable and --internal are two different models: choose one.")
         if internal:
             flow = InternalCoordinateProposal.for_system(molecules[0][0], hidden=hidden, moves=internal, metadata=metadata)
             pairs = datasets[0][1]

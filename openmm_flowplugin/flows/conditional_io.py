@@ -85,7 +85,7 @@ def read_checkpoint(path):
 
 
 def build_from_payload(payload, path):
-    """A ConditionalFlow or TransferableConditionalFlow with the payload's architecture and weights (evaluation mode)."""
+    """The conditional flow (ConditionalFlow, TransferableConditionalFlow or InternalCoordinateProposal) the payload describes, in evaluation mode."""
     from .conditional import ConditionalFlow
     from .internal_conditional import InternalCoordinateProposal
     from .transferable import TransferableConditionalFlow

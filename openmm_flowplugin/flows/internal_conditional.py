@@ -58,6 +58,9 @@ class InternalCoordinateProposal(nn.Module):
         Hidden widths of the MLP giving the mean step and log scale of every coordinate (default (128, 128)).
     initial_scales : tuple of float, optional
         Initial step scales of bonds (nm), angles and torsions (rad); learned (default 0.003, 0.05, 0.3).
+    moves : {"all", "torsions"}, optional
+        ``"all"`` (default) proposes new bonds, angles and torsions; ``"torsions"`` keeps bonds and angles
+        (a block update, exact but not ergodic alone: use it beside MD).
     metadata : dict, optional
         Plain data stored with checkpoints.
 
@@ -128,9 +131,12 @@ class InternalCoordinateProposal(nn.Module):
         capped = math.log(_MAX_TORSION_SCALE) - nn.functional.softplus(math.log(_MAX_TORSION_SCALE) - log_scale[:, -n_t:])
         return mean, torch.cat([log_scale[:, :-n_t], capped], -1) if n_t else log_scale
 
-    def internal_log_prob(self, ic_new, ic):
-        """``log p(ic' | ic)`` (b,), float64: normal in bonds and angles, wrapped normal in torsions."""
-        mean, log_scale = self._step(ic)
+    def internal_log_prob(self, ic_new, ic, step=None):
+        """``log p(ic' | ic)`` (b,), float64: normal in bonds and angles, wrapped normal in torsions.
+
+        ``step``: ``_step(ic)`` if the caller has it already (a proposal's forward density).
+        """
+        mean, log_scale = self._step(ic) if step is None else step
         delta = torch.cat(list(ic_new), -1) - torch.cat(list(ic), -1) - mean
         z = delta / log_scale.exp()
         n_t = self.sizes[2]
@@ -154,8 +160,9 @@ class InternalCoordinateProposal(nn.Module):
         ic, _, _ = self.transform.to_internal(x)
         return self.internal_log_prob(ic_new, ic) - self.transform.log_det_jacobian(ic_new.bonds, ic_new.angles).to(torch.float64)
 
-    def _draw(self, ic, generator):
-        mean, log_scale = self._step(ic)
+    def _draw(self, ic, generator, step):
+        """``ic'`` for each row of ``ic`` given its ``step = _step(ic)`` (broadcast over rows)."""
+        mean, log_scale = step
         flat = torch.cat(list(ic), -1)
         eps = torch.randn(flat.shape, generator=generator, dtype=torch.float64).to(flat)
         new = flat + mean + log_scale.exp() * eps
@@ -169,9 +176,10 @@ class InternalCoordinateProposal(nn.Module):
         """One draw ``x' ~ p(. | x)`` per row (frame kept): x' (b, n_atoms, 3) nm, empty velocities (b, 0), ``log p(x' | x)``."""
         x = self._positions(x)
         ic, origin, rotation = self.transform.to_internal(x)
-        ic_new = self._draw(ic, generator)
+        step = self._step(ic)
+        ic_new = self._draw(ic, generator, step)
         x_new = self.transform.to_cartesian(ic_new, origin, rotation)
-        log_p = self.internal_log_prob(ic_new, ic) - self.transform.log_det_jacobian(ic_new.bonds, ic_new.angles).to(torch.float64)
+        log_p = self.internal_log_prob(ic_new, ic, step) - self.transform.log_det_jacobian(ic_new.bonds, ic_new.angles).to(torch.float64)
         return x_new, x_new.new_zeros(len(x), 0), log_p
 
     def propose(self, x, n, generator=None):
@@ -179,11 +187,12 @@ class InternalCoordinateProposal(nn.Module):
         with torch.no_grad(), package_threads():
             x = self._positions(torch.as_tensor(np.asarray(x, dtype=np.float64))[None])
             ic, origin, rotation = self.transform.to_internal(x)
+            step = tuple(part.expand(int(n), -1) for part in self._step(ic))  # one state: its step once, for all n
             ic = InternalCoordinates(*(part.expand(int(n), -1) for part in ic))
-            ic_new = self._draw(ic, generator)
+            ic_new = self._draw(ic, generator, step)
             x_new = self.transform.to_cartesian(ic_new, origin.expand(int(n), -1), rotation.expand(int(n), -1, -1))
             log_jacobian = self.transform.log_det_jacobian
-            log_hastings = (self.internal_log_prob(ic, ic_new) - self.internal_log_prob(ic_new, ic)
+            log_hastings = (self.internal_log_prob(ic, ic_new) - self.internal_log_prob(ic_new, ic, step)
                             + log_jacobian(ic_new.bonds, ic_new.angles) - log_jacobian(ic.bonds, ic.angles)).to(torch.float64)
             valid = (ic_new.bonds > 0).all(-1) & (ic_new.angles > 0).all(-1) & (ic_new.angles < math.pi).all(-1)
             log_hastings = torch.where(valid, log_hastings, torch.full_like(log_hastings, -math.inf))
