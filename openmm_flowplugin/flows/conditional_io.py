@@ -85,7 +85,7 @@ def read_checkpoint(path):
 
 
 def build_from_payload(payload, path):
-    """The conditional flow (ConditionalFlow, TransferableConditionalFlow or InternalCoordinateProposal) the payload describes, in evaluation mode."""
+    """The ConditionalFlow, TransferableConditionalFlow or InternalCoordinateProposal the payload describes (evaluation mode)."""
     from .conditional import ConditionalFlow
     from .internal_conditional import InternalCoordinateProposal
     from .transferable import TransferableConditionalFlow
