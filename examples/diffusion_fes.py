@@ -5,12 +5,10 @@ importance weights for the Boltzmann distribution, and compares the reweighted �
 basins, and the FES, with the exact values from numerical quadrature. Writes the run folder of
 ``openmm-flowplugin diffuse`` (fes.png, results.json, checkpoint.pt: run again to resume).
 
-``--system alanine_dipeptide_vacuum`` runs the same workflow on φ/ψ of alanine dipeptide (no reference
-here): in this version the controller is an MLP on Cartesian coordinates and does not learn the molecule
-in a CPU budget — the weights stay exact but degenerate (ESS ~ 1e-3), which the script prints.
+Alanine dipeptide (φ/ψ, internal coordinates): ``examples/diffusion_alanine_fes.py``.
 
-Run: ``python examples/diffusion_fes.py [output_dir] [--system NAME] [--quick]`` (Müller–Brown: about
-30 s on 2 CPU cores; ``--quick`` about 5 s, not converged).
+Run: ``python examples/diffusion_fes.py [output_dir] [--quick]`` (about 30 s on 2 CPU cores; ``--quick`` about
+5 s, not converged).
 """
 
 import argparse
@@ -23,44 +21,39 @@ from openmm_flowplugin.diffusion.workflow import diffusion_free_energy_surface, 
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("output", nargs="?", default="diffusion_fes")
-parser.add_argument("--system", default="mueller_brown", choices=["mueller_brown", "alanine_dipeptide_vacuum"])
 parser.add_argument("--quick", action="store_true")
 args = parser.parse_args()
 
-molecular_system = systems.get(args.system)
+molecular_system = systems.get("mueller_brown")
 run = dict(n_iterations=10, n_samples=1000) if args.quick else dict(n_iterations=150, n_samples=8000)
-if args.system == "mueller_brown":
-    cvs = dict([parse_cv("x:x@0"), parse_cv("y:y@0")])
-    grid = {"x": (-2.0, 1.5), "y": (-1.0, 2.5)}
-    basins = {"A": ((-1.5, -0.2), (1.0, 2.0)), "B": ((0.2, 1.2), (-0.4, 0.4))}
-    results = diffusion_free_energy_surface(molecular_system, cvs, args.output, grid_ranges=grid, basins=basins, bias_factor=6.0,
-                                            hill_width=0.25, **run)
-    reference = molecular_system.reference
-    pair = results["basins"]["A -> B"]
+cvs = dict([parse_cv("x:x@0"), parse_cv("y:y@0")])
+grid = {"x": (-2.0, 1.5), "y": (-1.0, 2.5)}
+basins = {"A": ((-1.5, -0.2), (1.0, 2.0)), "B": ((0.2, 1.2), (-0.4, 0.4))}
+results = diffusion_free_energy_surface(molecular_system, cvs, args.output, grid_ranges=grid, basins=basins, bias_factor=6.0,
+                                        hill_width=0.25, **run)
+reference = molecular_system.reference
+pair = results["basins"]["A -> B"]
 
-    def probability(box):
-        (x0, x1), (y0, y1) = box
-        return reference.probability(lambda x, y: (x >= x0) & (x < x1) & (y >= y0) & (y < y1))
 
-    exact = -reference.kT * np.log(probability(basins["B"]) / probability(basins["A"]))
-    samples = np.load(f"{args.output}/samples.npz")
-    edges = [np.linspace(-2.0, 1.5, 15), np.linspace(-1.0, 2.5, 15)]
-    estimate = free_energy_surface(samples["cv_values"], samples["log_weights"], edges, molecular_system.temperature)
-    exact_p = np.array([[probability(((a, b), (c, d))) for c, d in zip(edges[1][:-1], edges[1][1:])]
-                        for a, b in zip(edges[0][:-1], edges[0][1:])])
-    with np.errstate(divide="ignore"):
-        exact_f = -reference.kT * np.log(exact_p)
-    print(f"Müller–Brown, {results['iterations']} iterations, {results['energy_evaluations']:,} energy evaluations, "
-          f"ESS {results['ess_fraction']:.4f}")
-    if "delta_f_kJ_per_mol" in pair:
-        print(f"ΔF(A → B) reweighted  {pair['delta_f_kJ_per_mol']:.2f} ± {pair['error_kJ_per_mol']:.2f} kJ/mol")
-    else:
-        print(f"ΔF(A → B) reweighted  not estimated: {pair['not_estimated']}")
-    print(f"ΔF(A → B) quadrature  {exact:.2f} kJ/mol")
-    print(f"FES error (population-weighted, bins within 20 kJ/mol): {fes_error(estimate.free_energy, exact_f, exact_p):.2f} kJ/mol")
+def probability(box):
+    (x0, x1), (y0, y1) = box
+    return reference.probability(lambda x, y: (x >= x0) & (x < x1) & (y >= y0) & (y < y1))
+
+
+exact = -reference.kT * np.log(probability(basins["B"]) / probability(basins["A"]))
+samples = np.load(f"{args.output}/samples.npz")
+edges = [np.linspace(-2.0, 1.5, 15), np.linspace(-1.0, 2.5, 15)]
+estimate = free_energy_surface(samples["cv_values"], samples["log_weights"], edges, molecular_system.temperature)
+exact_p = np.array([[probability(((a, b), (c, d))) for c, d in zip(edges[1][:-1], edges[1][1:])]
+                    for a, b in zip(edges[0][:-1], edges[0][1:])])
+with np.errstate(divide="ignore"):
+    exact_f = -reference.kT * np.log(exact_p)
+print(f"Müller–Brown, {results['iterations']} iterations, {results['energy_evaluations']:,} energy evaluations, "
+      f"ESS {results['ess_fraction']:.4f}")
+if "delta_f_kJ_per_mol" in pair:
+    print(f"ΔF(A → B) reweighted  {pair['delta_f_kJ_per_mol']:.2f} ± {pair['error_kJ_per_mol']:.2f} kJ/mol")
 else:
-    cvs = dict([parse_cv("phi:4,6,8,14"), parse_cv("psi:6,8,14,16")])
-    results = diffusion_free_energy_surface(molecular_system, cvs, args.output, **run)
-    print(f"alanine dipeptide: ESS {results['ess_fraction']:.5f} ({results['n_effective']:.1f} effective samples of "
-          f"{results['samples']}) after {results['iterations']} iterations — see docs/diffusion.md, 'Limits of this version'")
+    print(f"ΔF(A → B) reweighted  not estimated: {pair['not_estimated']}")
+print(f"ΔF(A → B) quadrature  {exact:.2f} kJ/mol")
+print(f"FES error (population-weighted, bins within 20 kJ/mol): {fes_error(estimate.free_energy, exact_f, exact_p):.2f} kJ/mol")
 print(f"results in {args.output}/")

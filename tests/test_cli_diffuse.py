@@ -63,11 +63,13 @@ def test_bad_input_is_one_line(tmp_path, args, message):
 def test_internal_coordinates_on_a_molecule(tmp_path):
     out = tmp_path / "ala"
     result = run("--system", "alanine_dipeptide_vacuum", "--cv", "phi:4,6,8,14", "--cv", "psi:6,8,14,16", "--coordinates", "internal",
-                 "--sigma-max", "3", "--sigma-min", "0.05", *SMALL, "--iterations", "2", "-o", str(out))
+                 *SMALL, "--iterations", "2", "-o", str(out))
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
     assert results["coordinates"] == "internal" and results["md_steps_for_standardization"] == 200 * 50
     assert results["settings"]["coordinates"]["kind"] == "internal"
+    schedule = results["settings"]["schedule"]  # standardized units: the internal-coordinate defaults
+    assert (schedule["sigma_max"], schedule["sigma_min"]) == (1.2, 0.05)
     # the standardization MD and its warm start count: 10,000 MD steps + 200 warm-start energies + 2 x 16 + 64
     assert results["energy_evaluations"] == 10_000 + 200 + 2 * 16 + 64
     energies = np.load(out / "samples.npz")["reduced_energies"]

@@ -119,3 +119,33 @@ def test_cartesian_component_cvs_are_refused_in_internal_coordinates():
     with pytest.raises(InvalidInputError, match="orientation"):
         DiffusionSampler(chain, bias=bias, coordinates=space)
     DiffusionSampler(chain, bias=bias)  # in Cartesian coordinates they are fine
+
+
+def test_stored_cv_jacobians_give_the_bias_gradient_through_the_coordinate_transform(tmp_path):
+    chain = _chain()
+    frames = _reference_positions(chain, n=40)
+    space = InternalCoordinateSpace.from_positions(chain.topology, frames)
+    bias = WellTemperedBias([Torsion(0, 1, 2, 3), Torsion(1, 2, 3, 4)], lower=(-math.pi, -math.pi), upper=(math.pi, math.pi),
+                            n_nodes=(64, 64), hill_width=0.3, hill_height=0.5, bias_factor=6.0, temperature=300.0, periodic=True)
+    sampler = DiffusionSampler(chain, bias=bias, coordinates=space, schedule=NoiseSchedule(3.0, 0.05, 10), hidden=16, n_layers=1,
+                               batch_size=16, n_adjoint_steps=2, n_corrector_steps=2, training_batch_size=16, seed=3)
+    sampler.warm_start(frames)
+    sampler.train(3)  # hills deposited after the rows were stored: the gradient must follow the current bias
+    batch = sampler.buffer.sample(32, torch.Generator().manual_seed(0))
+    z = batch["x_final"].clone().requires_grad_(True)
+    (direct,) = torch.autograd.grad((bias(sampler.positions(z)) / sampler.kT).sum(), z)
+    assert direct.abs().max() > 0.1
+    assert torch.allclose(sampler._bias_gradient(batch), direct, rtol=0, atol=1e-12)
+    # a checkpoint without the stored CV rows (written before they were) gets them recomputed on loading
+    sampler.save_checkpoint(tmp_path / "run.pt")
+    state = torch.load(tmp_path / "run.pt", weights_only=True)
+    stored = {key: state["buffer"].pop(key) for key in ("cv_values", "cv_jacobian")}
+    torch.save(state, tmp_path / "old.pt")
+    resumed = DiffusionSampler(chain, bias=WellTemperedBias(bias.cvs, lower=bias.lower, upper=bias.upper, n_nodes=bias.n_nodes,
+                                                            hill_width=0.3, hill_height=0.5, bias_factor=6.0, temperature=300.0,
+                                                            periodic=True),
+                               coordinates=space, schedule=NoiseSchedule(3.0, 0.05, 10), hidden=16, n_layers=1, batch_size=16,
+                               n_adjoint_steps=2, n_corrector_steps=2, training_batch_size=16, seed=3)
+    resumed.load_checkpoint(tmp_path / "old.pt")
+    for key, value in stored.items():
+        assert torch.allclose(resumed.buffer.data[key], value, rtol=0, atol=1e-12)

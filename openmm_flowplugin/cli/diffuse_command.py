@@ -18,9 +18,9 @@ results.json/results.md, fes.png (reweighted FES, and the well-tempered estimate
 samples.npz and bias.xml (the frozen bias as an OpenMM CustomCVForce).
 
 --coordinates internal (molecules) runs the sampler on standardized Z-matrix bonds, angles and torsions, standardized
-on a short MD run that also warm-starts it (use e.g. --sigma-max 3 --sigma-min 0.05, standardized units); the default,
-cartesian, suits the 2D test systems and a few atoms. The weights are exact either way; for alanine dipeptide they
-stay degenerate in CPU budgets (see docs/diffusion.md).
+on a short MD run that also warm-starts it (--sigma-max and --sigma-min are then in standardized units, default
+1.2 and 0.05); the default, cartesian (1.5 and 0.02 nm), suits the 2D test systems and a few atoms. The weights are
+exact either way (see docs/diffusion.md for alanine dipeptide).
 """
 
 
@@ -34,8 +34,10 @@ stay degenerate in CPU budgets (see docs/diffusion.md).
 @click.option("--samples", default=8000, show_default=True, type=POSITIVE_INT, help="Weighted production samples.")
 @click.option("--batch-size", default=128, show_default=True, type=POSITIVE_INT, help="Chains (energy evaluations) per iteration.")
 @click.option("--steps", default=50, show_default=True, type=click.IntRange(min=2), help="Euler-Maruyama steps per chain.")
-@click.option("--sigma-max", default=1.5, show_default=True, type=FINITE_POSITIVE, help="Largest noise scale, nm.")
-@click.option("--sigma-min", default=0.02, show_default=True, type=FINITE_POSITIVE, help="Smallest noise scale, nm.")
+@click.option("--sigma-max", default=None, type=FINITE_POSITIVE,
+              help="Largest noise scale: nm (cartesian, default 1.5) or standardized units (internal, default 1.2).")
+@click.option("--sigma-min", default=None, type=FINITE_POSITIVE,
+              help="Smallest noise scale: nm (cartesian, default 0.02) or standardized units (internal, default 0.05).")
 @click.option("--gamma", default=8.0, show_default=True, type=click.FloatRange(min=1.0, min_open=True), help="Bias factor γ.")
 @click.option("--hill-height", default=0.02, show_default=True, type=FINITE_POSITIVE, help="kJ/mol per hill (one per chain end point).")
 @click.option("--hill-width", default=0.2, show_default=True, type=FINITE_POSITIVE, help="Hill width in the CVs' units.")

@@ -1,4 +1,4 @@
-"""A first-in-first-out replay buffer of chain end points and their energy gradients.
+"""A first-in-first-out replay buffer of chain end points and their energy gradients (and, with a bias, their CVs).
 
 Examples
 --------
@@ -20,29 +20,32 @@ _FIELDS = ("x_initial", "x_final", "energy_gradient")
 
 
 class ReplayBuffer:
-    """The latest ``capacity`` (X_0, X_K, ∇u(X_K)) triples, float64.
+    """The latest ``capacity`` rows of (X_0, X_K, ∇u(X_K)) and any further per-row ``fields``, float64.
 
     Parameters
     ----------
     capacity : int
+    fields : tuple of str
+        The row fields; the default is ``("x_initial", "x_final", "energy_gradient")``.
     """
 
-    def __init__(self, capacity):
+    def __init__(self, capacity, fields=_FIELDS):
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
             raise InvalidInputError(f"buffer capacity must be a positive integer, got {capacity!r}.")
         self.capacity = capacity
+        self.fields = tuple(fields)
         self.data = None
 
     def __len__(self):
         return 0 if self.data is None else len(self.data["x_final"])
 
     def add(self, **tensors):
-        """Append rows (keywords ``x_initial``, ``x_final``, ``energy_gradient``), dropping the oldest beyond capacity."""
-        if set(tensors) != set(_FIELDS):
-            raise InvalidInputError(f"a buffer entry has the fields {_FIELDS}, got {sorted(tensors)}.")
+        """Append rows (one keyword per field), dropping the oldest beyond capacity."""
+        if set(tensors) != set(self.fields):
+            raise InvalidInputError(f"a buffer entry has the fields {self.fields}, got {sorted(tensors)}.")
         new = {key: value.detach().to(torch.float64) for key, value in tensors.items()}
         if self.data is not None:
-            new = {key: torch.cat([self.data[key], new[key]]) for key in _FIELDS}
+            new = {key: torch.cat([self.data[key], new[key]]) for key in self.fields}
         self.data = {key: value[-self.capacity:] for key, value in new.items()}
 
     def sample(self, n, generator):
@@ -57,5 +60,15 @@ class ReplayBuffer:
         return {} if self.data is None else dict(self.data)
 
     def load_state_dict(self, state):
-        """Restore from :meth:`state_dict`."""
-        self.data = {key: torch.as_tensor(state[key], dtype=torch.float64) for key in _FIELDS} if state else None
+        """Restore from :meth:`state_dict`; fields the state lacks are returned (the caller recomputes them with :meth:`set_field`)."""
+        if not state:
+            self.data = None
+            return []
+        self.data = {key: torch.as_tensor(state[key], dtype=torch.float64) for key in self.fields if key in state}
+        return [key for key in self.fields if key not in state]
+
+    def set_field(self, name, values):
+        """Replace one field for all rows (e.g. recomputed after loading an older checkpoint)."""
+        if name not in self.fields or self.data is None or len(values) != len(self):
+            raise InvalidInputError(f"cannot set {name!r}: fields {self.fields}, {len(self)} rows, {len(values)} values given.")
+        self.data[name] = values.detach().to(torch.float64)

@@ -193,7 +193,8 @@ class DiffusionSampler:
             self.corrector = None if self.schedule.memoryless else Corrector(dimension, hidden=hidden, n_layers=n_layers)
         self.controller_optimizer = torch.optim.Adam(self.controller.parameters(), lr=learning_rate)
         self.corrector_optimizer = None if self.corrector is None else torch.optim.Adam(self.corrector.parameters(), lr=learning_rate)
-        self.buffer = ReplayBuffer(self.settings["buffer_size"])
+        cv_fields = ("cv_values", "cv_jacobian") if bias is not None else ()
+        self.buffer = ReplayBuffer(self.settings["buffer_size"], fields=("x_initial", "x_final", "energy_gradient") + cv_fields)
         self.iteration = 0
         self.n_sample_batches = 0
         self.n_invalid = 0
@@ -229,17 +230,30 @@ class DiffusionSampler:
         """Positions (batch, n_atoms, 3) in nm of the sampler's variables ``z`` (batch, d)."""
         return self.coordinates.to_positions(z)[0]
 
-    def _bias_reduced(self, x_flat, gradient=False):
-        """βV(s(x)) and optionally its gradient, float64."""
+    def _cv_rows(self, z):
+        """CV values s(x(z)) (batch, 2) and their Jacobians ds/dz (batch, 2, d), for buffer rows.
+
+        The bias changes with every deposit but s and ds/dz of a row do not: stored once, they turn the
+        bias gradient of a regression step into ∇_s βV(s) · ds/dz, without the coordinate transform.
+        """
+        z = z.detach().to(torch.float64).requires_grad_(True)
+        s = self.bias.cv_values(self.positions(z))
+        rows = [torch.autograd.grad(s[:, i].sum(), z, retain_graph=i + 1 < s.shape[1])[0] for i in range(s.shape[1])]
+        return s.detach(), torch.nan_to_num(torch.stack(rows, 1), nan=0.0)
+
+    def _bias_gradient(self, batch):
+        """∇_z βV(s(x(z))) of buffer rows (zero without a bias), from their stored CVs and Jacobians."""
         if self.bias is None:
-            zero = torch.zeros(len(x_flat), dtype=torch.float64)
-            return (zero, torch.zeros_like(x_flat)) if gradient else zero
-        z = x_flat.detach().to(torch.float64).requires_grad_(gradient)
-        value = self.bias(self.positions(z)) / self.kT
-        if not gradient:
-            return value.detach()
-        (grad,) = torch.autograd.grad(value.sum(), z)
-        return value.detach(), torch.nan_to_num(grad, nan=0.0)
+            return torch.zeros_like(batch["x_final"])
+        s = batch["cv_values"].clone().requires_grad_(True)
+        (gradient,) = torch.autograd.grad(self.bias.of_cvs(s).sum() / self.kT, s)
+        return torch.einsum("nc,ncd->nd", torch.nan_to_num(gradient, nan=0.0), batch["cv_jacobian"])
+
+    def _add_to_buffer(self, x_initial, x_final, energy_gradient, cv_rows=None):
+        fields = dict(x_initial=x_initial, x_final=x_final, energy_gradient=self._clipped(energy_gradient))
+        if self.bias is not None:
+            fields["cv_values"], fields["cv_jacobian"] = cv_rows if cv_rows is not None else self._cv_rows(x_final)
+        self.buffer.add(**fields)
 
     # ------------------------------------------------------------------ training
     def warm_start(self, positions):
@@ -259,7 +273,7 @@ class DiffusionSampler:
         self.n_invalid += int((~valid).sum())
         x0 = torch.randn(x.shape, generator=torch_generator(self.settings["seed"], _WARM_START, self.n_warm_start),
                          dtype=torch.float64) * self.schedule.source_scale
-        self.buffer.add(x_initial=x0[valid], x_final=x[valid], energy_gradient=self._clipped(gradient[valid]))
+        self._add_to_buffer(x0[valid], x[valid], gradient[valid])
         self.n_warm_start += 1
 
     def _clipped(self, gradient):
@@ -281,12 +295,13 @@ class DiffusionSampler:
         if not valid.any():
             raise DivergedTrainingError(f"all {len(u)} chain end points of iteration {self.iteration} have non-finite energies; "
                                         "lower sigma_max or the learning rate, or resume from an earlier checkpoint.")
-        bias_reduced, cvs = torch.zeros_like(u), None
-        if self.bias is not None:  # positions and CVs once: for the weights and for the hills
-            cvs = self.bias.cv_values(self.positions(chains.x_final)).detach()
+        bias_reduced, cvs, cv_rows = torch.zeros_like(u), None, None
+        if self.bias is not None:  # positions and CVs once: for the weights, the buffer and the hills
+            cvs, jacobians = self._cv_rows(chains.x_final)
+            cv_rows = (cvs[valid], jacobians[valid])
             bias_reduced = self.bias.of_cvs(cvs).detach() / self.kT
         log_weights = torch.where(valid, -(u + bias_reduced) + chains.log_path_ratio, torch.full_like(u, -math.inf))
-        self.buffer.add(x_initial=chains.x_initial[valid], x_final=chains.x_final[valid], energy_gradient=self._clipped(gradient[valid]))
+        self._add_to_buffer(chains.x_initial[valid], chains.x_final[valid], gradient[valid], cv_rows)
         if cvs is not None and deposit:
             self.bias.deposit(cvs[valid].numpy())
         return dict(buffer_ess=effective_sample_size(log_weights.numpy()), n_invalid=n_invalid)
@@ -294,7 +309,7 @@ class DiffusionSampler:
     def _adjoint_loss(self, generator):
         batch = self.buffer.sample(self.settings["training_batch_size"], generator)
         x0, x1 = batch["x_initial"], batch["x_final"]
-        _, bias_gradient = self._bias_reduced(x1, gradient=True)
+        bias_gradient = self._bias_gradient(batch)
         if self.corrector is None:
             correction = -x1 / float(self.schedule.variances[-1])
         else:
@@ -481,7 +496,11 @@ class DiffusionSampler:
         if self.corrector is not None:
             self.corrector.load_state_dict(state["corrector"])
             self.corrector_optimizer.load_state_dict(state["corrector_optimizer"])
-        self.buffer.load_state_dict(state["buffer"])
+        for name in self.buffer.load_state_dict(state["buffer"]):  # a checkpoint written before the CV rows were stored
+            if name == "cv_values":
+                cvs, jacobians = self._cv_rows(self.buffer.data["x_final"])
+                self.buffer.set_field("cv_values", cvs)
+                self.buffer.set_field("cv_jacobian", jacobians)
         if self.bias is not None:
             self.bias.load_state_dict(state["bias"])
         self.iteration, self.n_sample_batches = int(state["iteration"]), int(state["n_sample_batches"])
