@@ -10,9 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
-import openmm
 import pytest
-from openmm import unit
 
 from openmm_flowplugin._systems.lj_fluids import lj_fluid
 from openmm_flowplugin.errors import InvalidInputError
