@@ -34,7 +34,7 @@ Delta F(C7eq -> C7ax) with its error (diffusion: bootstrap over independent samp
 delete-one-block jackknife), energy evaluations, CPU seconds (``time.process_time`` for producing the samples and
 weights: MD, training, sampling; not the analysis) and the Kish ESS of the exact weights.
 
-    python benchmarks/bench_diffusion_alanine.py [--budget 200000] [--md-budgets 1000000 5000000] [--quick]
+    python benchmarks/bench_diffusion_alanine.py [--budget 100000 200000 500000] [--md-budgets 1000000 5000000] [--quick]
 """
 
 import argparse
@@ -317,7 +317,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--system", default="alanine_dipeptide_vacuum", choices=["alanine_dipeptide_vacuum", "alanine_dipeptide_implicit"],
                         help="vacuum (main run) or OBC1 implicit solvent (WT-ASBS's system; ~15x slower MD here: the CUDA case)")
-    parser.add_argument("--budget", type=int, nargs="+", default=[200000], help="energy evaluations per method, all four methods")
+    parser.add_argument("--budget", type=int, nargs="+", default=[100000, 200000, 500000], help="energy evaluations per method, all four methods")
     parser.add_argument("--md-budgets", type=int, nargs="*", default=[1000000, 5000000], help="extra budgets for metadynamics and MD only")
     parser.add_argument("--sample-fraction", type=float, default=0.25, help="share of the diffusion budget (after warm start) for samples")
     parser.add_argument("--bins", type=int, default=24, help="bins per torsion for the FES")
