@@ -224,10 +224,6 @@ def metad_bias_on_cvs(run):
     return value
 
 
-def ess_of_bins(result):
-    return fmt(result.get("ess"), 0)
-
-
 def row(budget, method, r, ref_df):
     err = r["delta_f_error"]
     z = (r["delta_f"] - ref_df) / err if np.isfinite(err) and err > 0 else math.nan
@@ -236,7 +232,7 @@ def row(budget, method, r, ref_df):
     else:
         delta = fmt(r["delta_f"]) + (" ± ∞" if err == math.inf else "" if not np.isfinite(err) else f" ± {err:.2f}")
     return (f"| {budget} | {method} | {fmt(r['fes_error'])} | {fmt(r['fes_error_uniform'])} | {delta} | {fmt(z, 1)} | {r['evaluations']} | {r['cpu']:.1f} | "
-            f"{ess_of_bins(r)} | {r['detail']} |")
+            f"{fmt(r.get('ess'), 0)} | {r['detail']} |")
 
 
 def md_rows(molecular_system, budget, edges, ref, temperature, kT, args, seed):

@@ -10,13 +10,14 @@ Examples
 4
 """
 
-__all__ = ["ReplayBuffer"]
+__all__ = ["ReplayBuffer", "ROW_FIELDS"]
 
 import torch
 
 from ..errors import InvalidInputError
 
-_FIELDS = ("x_initial", "x_final", "energy_gradient")
+#: The fields every row has; a sampler with a bias adds its CV values and their Jacobians.
+ROW_FIELDS = ("x_initial", "x_final", "energy_gradient")
 
 
 class ReplayBuffer:
@@ -29,7 +30,7 @@ class ReplayBuffer:
         The row fields; the default is ``("x_initial", "x_final", "energy_gradient")``.
     """
 
-    def __init__(self, capacity, fields=_FIELDS):
+    def __init__(self, capacity, fields=ROW_FIELDS):
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
             raise InvalidInputError(f"buffer capacity must be a positive integer, got {capacity!r}.")
         self.capacity = capacity

@@ -34,7 +34,7 @@ from ..bridge import OpenMMEnergy
 from ..errors import InvalidInputError
 from ..geometry.collective_variables import CartesianComponent
 from ..proposals.streams import checked_root_seed, torch_generator
-from .buffer import ReplayBuffer
+from .buffer import ROW_FIELDS, ReplayBuffer
 from .chain import DivergedTrainingError, run_chains
 from .coordinates import CartesianSpace, InternalCoordinateSpace
 from .networks import Controller, Corrector
@@ -194,7 +194,7 @@ class DiffusionSampler:
         self.controller_optimizer = torch.optim.Adam(self.controller.parameters(), lr=learning_rate)
         self.corrector_optimizer = None if self.corrector is None else torch.optim.Adam(self.corrector.parameters(), lr=learning_rate)
         cv_fields = ("cv_values", "cv_jacobian") if bias is not None else ()
-        self.buffer = ReplayBuffer(self.settings["buffer_size"], fields=("x_initial", "x_final", "energy_gradient") + cv_fields)
+        self.buffer = ReplayBuffer(self.settings["buffer_size"], fields=ROW_FIELDS + cv_fields)
         self.iteration = 0
         self.n_sample_batches = 0
         self.n_invalid = 0
