@@ -11,14 +11,21 @@ One process, one torch thread, CPU time by ``time.process_time``:
    expected squared jump in (phi, psi) per proposal, E[min(1, alpha) (dphi^2 + dpsi^2)], against MD's over one training-frame interval (at least 10 fs);
 3. sampling, each method given ``--budget`` CPU seconds from the last training frame:
    (a) plain MD as in 1, a frame every 10 fs; (b) TimewarpMove alone, ``--n-proposals`` MH steps per apply (state
-   recorded after each apply), adaptive prefetch of at most ``--batch`` proposals.
+   recorded after each apply), adaptive prefetch of at most ``--batch`` proposals; (c) with ``--jump-interval J``,
+   FlowMCIntegrator: the MD of (a) with one proposal of the same model every J steps, a frame every 10 fs
+   (``--integrator-mode exact``, the default: GHMC between jumps, exact; ``langevin``: LangevinMiddle).
 
 Reported: acceptance; effective samples per CPU-second (N / g, g the statistical inefficiency from pymbar) of
-sin/cos of phi and psi (the smallest of the four) and of the C7ax/alpha_L indicator 0 < phi < 2.5 rad; basin
-transitions (changes of that indicator) per CPU-second; the phi > 0 population. Costs of 1 and 2 are reported
+sin/cos of phi and psi (the smallest of the four), of the slowest TICA component (deeptime, fitted on the training
+MD's sin/cos phi, psi at a lag of 1 ps) and of the C7ax/alpha_L indicator 0 < phi < 2.5 rad; basin
+transitions (changes of that indicator) per CPU-second; the phi > 0 population; the C5/beta population
+(|psi| > 2 rad, about half) with its standard error from its own ESS, and its z against MD's. Costs of 1 and 2 are reported
 separately. Prints a markdown table.
 
     python benchmarks/bench_timewarp.py [--md-ps 100] [--train-seconds 180] [--finetune-seconds 0] [--budget 90]
+
+``--architecture internal-torsions --torsions backbone --components 16`` moves phi and psi only, by a learned
+mixture that jumps between basins (docs/timewarp.md).
 """
 
 import argparse
@@ -26,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import mdtraj
 import numpy as np
 import openmm
 import torch
@@ -39,10 +47,12 @@ from openmm_flowplugin.bridge.energy import OpenMMEnergy
 from openmm_flowplugin.flows import ConditionalFlow, train_timewarp, trajectory_pairs
 from openmm_flowplugin.flows.conditional_training import fine_tune_acceptance
 from openmm_flowplugin.flows.internal_conditional import InternalCoordinateProposal
+from openmm_flowplugin.integrators import FlowMCIntegrator
 from openmm_flowplugin.mcmc import TimewarpMove
 from openmm_flowplugin.proposals.conditional import standard_normal_log_prob
 
 PHI_BASIN = (0.0, 2.5)
+C5_PSI = 2.0  # |psi| above this (rad): the extended C5/beta basin; below: C7eq (and rarely alpha_R), about half each
 
 
 def ess(series):
@@ -52,12 +62,36 @@ def ess(series):
     return len(series) / timeseries.statistical_inefficiency(series)
 
 
-def summary(name, positions, cpu, topology, acceptance=float("nan")):
+def torsion_features(xyz, topology):
+    """sin/cos of every phi, psi and chi torsion (mdtraj), the TICA input."""
+    trajectory = mdtraj.Trajectory(xyz, topology)
+    angles = [f(trajectory)[1] for f in (mdtraj.compute_phi, mdtraj.compute_psi, mdtraj.compute_chi1, mdtraj.compute_chi2)]
+    angles = np.concatenate([a for a in angles if a.size], axis=1)
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+
+def fit_tica(xyz, topology, lag_frames):
+    """The slowest TICA component (deeptime) of ``xyz``'s torsion features."""
+    from deeptime.decomposition import TICA
+
+    return TICA(lagtime=max(1, lag_frames), dim=1).fit(torsion_features(xyz, topology)).fetch_model()
+
+
+def summary(name, positions, cpu, topology, acceptance=float("nan"), tica=None):
     phi, psi = backbone_dihedrals(positions, topology)
     smooth = min(ess(f(a)) for f in (np.sin, np.cos) for a in (phi, psi))
     basin = (phi > PHI_BASIN[0]) & (phi < PHI_BASIN[1])
+    slowest = float("nan") if tica is None else ess(tica.transform(torsion_features(positions, topology))[:, 0]) / cpu
+    c5 = (np.abs(psi) > C5_PSI).astype(np.float64)
     return dict(name=name, n=len(positions), cpu=cpu, acceptance=acceptance, ess_angles=smooth / cpu, ess_basin=ess(basin) / cpu,
-                transitions=int(np.sum(basin[1:] != basin[:-1])) / cpu, phi_positive=float(np.mean(phi > 0)))
+                ess_tica=slowest, transitions=int(np.sum(basin[1:] != basin[:-1])) / cpu, phi_positive=float(np.mean(phi > 0)),
+                c5=float(c5.mean()), c5_error=float(c5.std() / np.sqrt(ess(c5))))
+
+
+def backbone_torsions(topology):
+    """(C, N, CA, C) and (N, CA, C, N) atom quadruples of every phi and psi (mdtraj's definitions)."""
+    trajectory = mdtraj.Trajectory(np.zeros((1, topology.n_atoms, 3)), topology)
+    return [tuple(int(a) for a in q) for f in (mdtraj.compute_phi, mdtraj.compute_psi) for q in f(trajectory)[0]]
 
 
 def wrapped(angle):
@@ -95,9 +129,11 @@ def train_for(seconds, flow, pairs, batch_size, chunk, seed):
     return history, steps, time.process_time() - start
 
 
-def md(molecular_system, positions, budget, stride_steps, seed):
-    integrator = openmm.LangevinMiddleIntegrator(molecular_system.temperature, 1.0 / unit.picosecond, 1.0 * unit.femtosecond)
-    integrator.setRandomNumberSeed(seed)
+def md(molecular_system, positions, budget, stride_steps, seed, integrator=None):
+    """Frames every ``stride_steps`` of Langevin MD (1 fs, 1/ps; or ``integrator``) for ``budget`` CPU seconds, and the CPU time."""
+    if integrator is None:
+        integrator = openmm.LangevinMiddleIntegrator(molecular_system.temperature, 1.0 / unit.picosecond, 1.0 * unit.femtosecond)
+        integrator.setRandomNumberSeed(seed)
     simulation = app.Simulation(molecular_system.topology, molecular_system.system, integrator, openmm.Platform.getPlatformByName("Reference"))
     simulation.context.setPositions(positions)
     simulation.context.setVelocitiesToTemperature(molecular_system.temperature, seed)
@@ -123,12 +159,22 @@ def main():
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--architecture", choices=["cartesian", "internal", "internal-torsions"], default="cartesian",
                         help="ConditionalFlow (Cartesian), or InternalCoordinateProposal moving all internal coordinates or torsions only")
+    parser.add_argument("--torsions", choices=["all", "backbone"], default="all",
+                        help="internal-torsions: move every torsion, or the phi/psi rotations only")
+    parser.add_argument("--components", type=int, default=1, help="internal architectures: mixture components over the moved torsions")
     parser.add_argument("--md-steps-per-apply", type=int, default=0,
                         help="Langevin steps (1 fs) after each TimewarpMove apply (needed with internal-torsions: bonds and angles)")
+    parser.add_argument("--jump-interval", type=int, default=0, help="also run FlowMCIntegrator with a jump every this many MD steps")
+    parser.add_argument("--integrator-mode", choices=["exact", "langevin"], default="exact",
+                        help="FlowMCIntegrator's mode: GHMC between jumps (exact) or LangevinMiddle (velocity carried across jumps)")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     if args.architecture == "internal-torsions" and args.md_steps_per_apply < 1:
         parser.error("internal-torsions keeps bonds and angles: give --md-steps-per-apply >= 1 so MD samples them")
+    if args.torsions != "all" and args.architecture != "internal-torsions":
+        parser.error("--torsions backbone selects torsions of --architecture internal-torsions")
+    if args.components != 1 and args.architecture == "cartesian":
+        parser.error("--components is a mixture over torsions: use an internal architecture")
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     ala = systems.get("alanine_dipeptide_vacuum")
@@ -144,7 +190,8 @@ def main():
     if args.architecture == "cartesian":
         flow = ConditionalFlow.for_system(ala, n_layers=args.layers, hidden=(args.hidden, args.hidden), context_features=64, step_scale=0.01)
     else:
-        flow = InternalCoordinateProposal.for_system(ala, hidden=(args.hidden, args.hidden),
+        torsions = backbone_torsions(ala.mdtraj_topology) if args.torsions == "backbone" else None
+        flow = InternalCoordinateProposal.for_system(ala, hidden=(args.hidden, args.hidden), components=args.components, torsions=torsions,
                                                      moves="all" if args.architecture == "internal" else "torsions")
     history, steps, train_cpu = train_for(args.train_seconds, flow, pairs, batch_size=128, chunk=200, seed=args.seed)
     print(f"training: {steps} steps on {len(pairs[0])} pairs (lag {args.lag * args.stride} fs) in {train_cpu:.1f} CPU s; "
@@ -172,9 +219,10 @@ def main():
     print(f"mean acceptance {acceptance:.3g}; E[min(1, alpha) (dphi^2 + dpsi^2)] per proposal {jump:.3g} rad^2 "
           f"(MD per {k * args.stride} fs: {md_jump:.3g} rad^2)")
 
+    tica = fit_tica(xyz, ala.mdtraj_topology, 1000 // args.stride)
     start_positions = trajectory.xyz[-1].astype(np.float64) * unit.nanometer
     frames, cpu = md(ala, start_positions, args.budget, 10, args.seed)
-    rows = [summary("MD (1 fs, frame every 10 fs)", frames, cpu, ala.mdtraj_topology)]
+    rows = [summary("MD (1 fs, frame every 10 fs)", frames, cpu, ala.mdtraj_topology, tica=tica)]
 
     move = TimewarpMove(flow, n_proposals=args.n_proposals, sample_batch_size=args.batch, adaptive_batch_size=True, seed=args.seed,
                         topology=ala.topology)
@@ -191,17 +239,28 @@ def main():
     cpu = time.process_time() - start
     label = f"TimewarpMove, {args.architecture} ({args.n_proposals} MH steps/apply" + (
         f" + {args.md_steps_per_apply} MD steps)" if args.md_steps_per_apply else ")")
-    rows.append(summary(label, np.array(frames), cpu, ala.mdtraj_topology, move.fraction_accepted))
+    rows.append(summary(label, np.array(frames), cpu, ala.mdtraj_topology, move.fraction_accepted, tica=tica))
     print(f"TimewarpMove: {move.n_proposed} proposals, {move.n_accepted} accepted, {move.n_invalid} invalid, {move.n_prefetched} drawn")
 
-    print("\n| method | frames | CPU s | acceptance | ESS/CPU-s sin/cos phi,psi (min) | ESS/CPU-s basin | transitions/CPU-s | phi>0 |")
-    print("|---|---|---|---|---|---|---|---|")
+    if args.jump_interval > 0:
+        integrator = FlowMCIntegrator(ala.temperature, 1.0 / unit.picosecond, 1.0 * unit.femtosecond, flow, jump_interval=args.jump_interval,
+                                      system=ala.system, topology=ala.topology, seed=args.seed, mode=args.integrator_mode)
+        frames, cpu = md(ala, start_positions, args.budget, 10, args.seed, integrator=integrator)
+        rows.append(summary(f"FlowMCIntegrator ({args.integrator_mode}), a jump every {args.jump_interval} MD steps", frames, cpu, ala.mdtraj_topology,
+                            integrator.acceptance_rate, tica=tica))
+        print(f"FlowMCIntegrator: {integrator.n_proposed} proposals, {integrator.n_accepted} accepted, {integrator.n_invalid} invalid")
+
+    print("\n| method | frames | CPU s | acceptance | ESS/CPU-s sin/cos phi,psi (min) | ESS/CPU-s slowest TICA | ESS/CPU-s basin "
+          "| transitions/CPU-s | phi>0 | C5 population |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['name']} | {r['n']} | {r['cpu']:.0f} | {r['acceptance']:.3f} | {r['ess_angles']:.3g} | {r['ess_basin']:.3g} | "
-              f"{r['transitions']:.3g} | {r['phi_positive']:.3f} |")
-    ratio = rows[1]["ess_angles"] / rows[0]["ess_angles"]
-    print(f"\nTimewarp / MD, ESS per CPU-second of phi/psi (sin, cos; min): {ratio:.3g} "
-          f"(sampling only; training data {data_cpu:.0f} s and training {train_cpu:.0f} s not counted)")
+        print(f"| {r['name']} | {r['n']} | {r['cpu']:.0f} | {r['acceptance']:.3f} | {r['ess_angles']:.3g} | {r['ess_tica']:.3g} | "
+              f"{r['ess_basin']:.3g} | {r['transitions']:.3g} | {r['phi_positive']:.3f} | {r['c5']:.3f} ± {r['c5_error']:.3f} |")
+    for r in rows[1:]:
+        print(f"\n{r['name']} / MD, ESS per CPU-second of phi/psi (sin, cos; min): {r['ess_angles'] / rows[0]['ess_angles']:.3g}, "
+              f"of the slowest TICA component: {r['ess_tica'] / rows[0]['ess_tica']:.3g}; C5 population against MD's: "
+              f"z = {(r['c5'] - rows[0]['c5']) / np.hypot(r['c5_error'], rows[0]['c5_error']):.2f}")
+    print(f"(sampling only; training data {data_cpu:.0f} s and training {train_cpu:.0f} s not counted)")
 
 
 if __name__ == "__main__":

@@ -23,11 +23,10 @@ Prints markdown tables.
 import argparse
 import time
 
-import mdtraj
 import numpy as np
 import openmm
 import torch
-from bench_timewarp import ess, log_alpha_terms, md, summary, train_for
+from bench_timewarp import fit_tica, log_alpha_terms, md, summary, train_for
 from openmm import unit
 from openmmtools import cache, mcmc
 
@@ -40,14 +39,6 @@ from openmm_flowplugin.simulation.md import simulate
 
 def build(code, implicit):
     return systems.get(f"dipeptide_{code}" + ("" if implicit else "_vacuum"))
-
-
-def torsion_features(xyz, topology):
-    """sin/cos of every phi, psi and chi torsion (mdtraj), the TICA input."""
-    trajectory = mdtraj.Trajectory(xyz, topology)
-    angles = [f(trajectory)[1] for f in (mdtraj.compute_phi, mdtraj.compute_psi, mdtraj.compute_chi1, mdtraj.compute_chi2)]
-    angles = np.concatenate([a for a in angles if a.size], axis=1)
-    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
 
 
 def sample_timewarp(flow, molecular_system, start_positions, budget, n_proposals, batch, seed):
@@ -64,7 +55,6 @@ def sample_timewarp(flow, molecular_system, start_positions, budget, n_proposals
 
 def evaluate(label, flow, molecular_system, args):
     """Diagnosis and sampling rows for one molecule."""
-    from deeptime.decomposition import TICA
 
     reference = simulate(molecular_system, int(args.md_ps * 1000), report_interval=args.stride, equilibration_steps=5000,
                          platform="Reference", seed=args.seed + 7, progress=False)
@@ -77,18 +67,15 @@ def evaluate(label, flow, molecular_system, args):
         value = value[np.isfinite(value)]
         print(f"  {name}: {np.median(value):.3g} [{np.quantile(value, 0.1):.3g}, {np.quantile(value, 0.9):.3g}]")
 
-    tica = TICA(lagtime=max(1, 1000 // args.stride), dim=1).fit(torsion_features(xyz, molecular_system.mdtraj_topology)).fetch_model()
+    tica = fit_tica(xyz, molecular_system.mdtraj_topology, 1000 // args.stride)
     start_positions = xyz[-1] * unit.nanometer
-    rows = []
     frames, cpu = md(molecular_system, start_positions, args.budget, 10, args.seed)
-    rows.append((summary(f"{label}: MD (frame every 10 fs)", frames, cpu, molecular_system.mdtraj_topology), frames))
+    rows = [summary(f"{label}: MD (frame every 10 fs)", frames, cpu, molecular_system.mdtraj_topology, tica=tica)]
     frames, cpu, move = sample_timewarp(flow, molecular_system, start_positions, args.budget, args.n_proposals, args.batch, args.seed)
-    rows.append((summary(f"{label}: TimewarpMove ({args.n_proposals} MH steps/apply)", frames, cpu, molecular_system.mdtraj_topology,
-                         move.fraction_accepted), frames))
+    rows.append(summary(f"{label}: TimewarpMove ({args.n_proposals} MH steps/apply)", frames, cpu, molecular_system.mdtraj_topology,
+                        move.fraction_accepted, tica=tica))
     print(f"  TimewarpMove: {move.n_proposed} proposals, {move.n_accepted} accepted, {move.n_invalid} invalid")
-    for row, frames in rows:
-        row["ess_tica"] = ess(tica.transform(torsion_features(frames, molecular_system.mdtraj_topology))[:, 0]) / row["cpu"]
-    return [row for row, _ in rows]
+    return rows
 
 
 def main():

@@ -6,7 +6,8 @@ angles (k = 20 kJ/mol/rad^2, theta0 = 1.9 rad) and a torsion k (1 + cos(phi - 0.
 b^2 sin(theta) each bond is distributed as b^2 exp(-u(b)), each angle as sin(theta) exp(-u(theta)) and
 the torsion as exp(-u(phi)): exact averages by one-dimensional quadrature. Averages within 6 standard
 errors (statistical inefficiency from pymbar). Controls, failing the same check: the Jacobian left out of
-the Hastings term (``moves="all"``), the reverse density left out (``moves="torsions"``).
+the Hastings term (``moves="all"``), the reverse density left out (``moves="torsions"``, and the mixture of
+wrapped normals that jumps between basins).
 """
 
 import math
@@ -97,13 +98,17 @@ def z_scores(x, moves):
     return np.array(z)
 
 
-def random_proposal(moves, cls=InternalCoordinateProposal, seed=0):
-    """Random weights: the mean step and scale depend on the state, so the Hastings term matters."""
+MIXTURE = dict(torsions=[(0, 1, 2, 3)], components=3)  # the chain's one torsion, by a state-dependent mixture
+
+
+def random_proposal(moves, cls=InternalCoordinateProposal, seed=0, **options):
+    """Random weights: the mean step, scale (and mixture) depend on the state, so the Hastings term matters."""
     torch.manual_seed(seed)
-    proposal = cls.for_system(CHAIN, hidden=(16,), initial_scales=(0.06, 0.3, 1.0), moves=moves)
+    proposal = cls.for_system(CHAIN, hidden=(16,), initial_scales=(0.06, 0.3, 1.0), moves=moves, **options)
     with torch.no_grad():
-        for name, parameter in proposal.net.named_parameters():
-            parameter.add_((0.01 if moves == "all" else 0.1) * torch.randn_like(parameter))
+        for name, parameter in proposal.named_parameters():
+            if name != "log_scale":
+                parameter.add_((0.01 if moves == "all" else 0.1) * torch.randn_like(parameter))
     return proposal
 
 
@@ -140,9 +145,9 @@ class NoReverse(InternalCoordinateProposal):
             return x_new, log_h - self.internal_log_prob(ic, ic_new).numpy()
 
 
-@pytest.mark.parametrize("moves", ["all", "torsions"])
-def test_internal_coordinate_averages_are_exact(moves):
-    x, move = run_chain(random_proposal(moves))
+@pytest.mark.parametrize("moves, options", [("all", {}), ("torsions", {}), ("torsions", MIXTURE)], ids=["all", "torsions", "mixture"])
+def test_internal_coordinate_averages_are_exact(moves, options):
+    x, move = run_chain(random_proposal(moves, **options))
     assert 0.05 < move.fraction_accepted < 0.9, move.fraction_accepted
     z = z_scores(x, moves)
     assert np.abs(z).max() < N_SIGMA, np.round(z, 1)
@@ -153,15 +158,17 @@ def test_internal_coordinate_averages_are_exact(moves):
         assert np.ptp(bond) > 0.02
 
 
-@pytest.mark.parametrize("moves, control", [("all", NoJacobian), ("torsions", NoReverse)])
-def test_controls_with_a_wrong_hastings_term_fail_the_same_check(moves, control):
-    x, _ = run_chain(random_proposal(moves, cls=control))
+@pytest.mark.parametrize("moves, control, options", [("all", NoJacobian, {}), ("torsions", NoReverse, {}), ("torsions", NoReverse, MIXTURE)],
+                         ids=["all", "torsions", "mixture"])
+def test_controls_with_a_wrong_hastings_term_fail_the_same_check(moves, control, options):
+    x, _ = run_chain(random_proposal(moves, cls=control, **options))
     z = z_scores(x, moves)
     assert np.abs(z).max() > 2 * N_SIGMA, np.round(z, 1)
 
 
-def test_the_frame_is_kept_and_round_trips_are_exact(tmp_path):
-    proposal = random_proposal("all")
+@pytest.mark.parametrize("moves, options", [("all", {}), ("torsions", MIXTURE)], ids=["all", "mixture"])
+def test_the_frame_is_kept_and_round_trips_are_exact(tmp_path, moves, options):
+    proposal = random_proposal(moves, **options)
     x = np.asarray(CHAIN.positions_nm)
     x_new, log_h = proposal.propose(x, 6, generator=torch.Generator().manual_seed(1))
     assert np.isfinite(log_h).all()
@@ -179,10 +186,11 @@ def test_the_frame_is_kept_and_round_trips_are_exact(tmp_path):
     np.testing.assert_array_equal(loaded.propose(x, 6, generator=torch.Generator().manual_seed(1))[0], x_new)
 
 
-def test_training_lowers_the_loss_and_bad_input_is_refused():
+@pytest.mark.parametrize("options", [{}, dict(moves="torsions", **MIXTURE)], ids=["gaussian", "mixture"])
+def test_training_lowers_the_loss_and_bad_input_is_refused(options):
     rng = np.random.default_rng(0)
     frames = np.asarray(CHAIN.positions_nm) + rng.normal(scale=0.005, size=(60, 4, 3))
-    proposal = InternalCoordinateProposal.for_system(CHAIN, hidden=(16,))
+    proposal = InternalCoordinateProposal.for_system(CHAIN, hidden=(16,), **options)
     history = train_timewarp(proposal, trajectory_pairs(frames, 1), n_steps=60, batch_size=16, progress=False)
     assert np.mean(history[-10:]) < np.mean(history[:10])
     with pytest.raises(InvalidInputError, match="moves must be"):
@@ -191,3 +199,73 @@ def test_training_lowers_the_loss_and_bad_input_is_refused():
         InternalCoordinateProposal.for_system(CHAIN, initial_scales=(0.01, 0.1, 3.0))
     with pytest.raises(InvalidInputError, match="shape"):
         proposal.propose(np.zeros((5, 3)), 1)
+
+
+def test_the_mixture_density_is_normalized():
+    proposal = random_proposal("torsions", **MIXTURE)
+    x = torch.as_tensor(np.asarray(CHAIN.positions_nm))[None]
+    with torch.no_grad():
+        ic, _, _ = proposal.transform.to_internal(x)
+        grid = torch.linspace(-math.pi, math.pi, 4001, dtype=torch.float64)[:, None]
+        ic_new = type(ic)(ic.bonds.expand(len(grid), -1), ic.angles.expand(len(grid), -1), grid)
+        density = proposal.internal_log_prob(ic_new, type(ic)(*(part.expand(len(grid), -1) for part in ic))).exp().numpy()
+    assert integrate.trapezoid(density, grid[:, 0].numpy()) == pytest.approx(1.0, abs=1e-9)
+    assert density.max() / density.min() > 5  # not uniform: the Hastings term matters
+
+
+def test_backbone_jumps_rotate_phi_and_psi_only():
+    """On alanine dipeptide the phi/psi move is two rigid rotations, equal to rebuilding the molecule from the changed torsions."""
+    import mdtraj
+
+    from openmm_flowplugin import systems
+    from openmm_flowplugin.flows.internal_conditional import _expand
+
+    ala = systems.get("alanine_dipeptide_vacuum")
+    phi_psi = [(4, 6, 8, 14), (6, 8, 14, 16)]
+    torch.manual_seed(0)
+    proposal = InternalCoordinateProposal.for_system(ala, hidden=(16,), moves="torsions", torsions=phi_psi, components=4)
+    x = np.asarray(ala.positions_nm)
+    x_new, log_h = proposal.propose(x, 8, generator=torch.Generator().manual_seed(2))
+    assert np.isfinite(log_h).all()
+    with torch.no_grad():  # the same draw, rebuilt by NeRF
+        ic, origin, rotation = proposal.transform.to_internal(torch.as_tensor(x)[None])
+        ic8 = type(ic)(*(part.expand(8, -1) for part in ic))
+        ic_new = proposal._draw(ic8, torch.Generator().manual_seed(2), _expand(proposal._step(ic), 8))
+        rebuilt = proposal.transform.to_cartesian(ic_new, origin.expand(8, -1), rotation.expand(8, -1, -1)).numpy()
+    np.testing.assert_allclose(x_new, rebuilt, atol=1e-12)
+    with torch.no_grad():  # float64: only the two rotated torsions change
+        ic_after = proposal.transform.internal_coordinates(torch.as_tensor(x_new))
+    np.testing.assert_allclose(ic_after.bonds.numpy(), ic8.bonds.numpy(), atol=1e-12)
+    np.testing.assert_allclose(ic_after.angles.numpy(), ic8.angles.numpy(), atol=1e-10)
+    change = np.angle(np.exp(1j * (ic_after.torsions - ic8.torsions).numpy()))
+    assert sorted(np.flatnonzero(np.abs(change).max(0) > 1e-9)) == sorted(proposal.moved.tolist())
+    # mdtraj's phi and psi (float32) change by those two torsions' changes
+    before, after = (mdtraj.Trajectory(xyz, ala.mdtraj_topology) for xyz in (x[None], x_new))
+    for compute, row in zip((mdtraj.compute_phi, mdtraj.compute_psi), proposal.moved.tolist()):
+        measured = np.angle(np.exp(1j * (compute(after)[1][:, 0] - compute(before)[1][:, 0])))
+        np.testing.assert_allclose(np.abs(measured), np.abs(change[:, row]), atol=1e-4)
+
+
+def test_torsion_selection_refuses_bad_input():
+    with pytest.raises(InvalidInputError, match="with moves='torsions'"):
+        InternalCoordinateProposal.for_system(CHAIN, torsions=[(0, 1, 2, 3)])
+    with pytest.raises(InvalidInputError, match="not bonded"):
+        InternalCoordinateProposal.for_system(CHAIN, moves="torsions", torsions=[(0, 1, 3, 2)])
+    with pytest.raises(InvalidInputError, match="quadruples of atom indices"):
+        InternalCoordinateProposal.for_system(CHAIN, moves="torsions", torsions=[(0, 1, 2, 7)])
+    with pytest.raises(InvalidInputError, match="same bond twice"):
+        InternalCoordinateProposal.for_system(CHAIN, moves="torsions", torsions=[(0, 1, 2, 3), (3, 2, 1, 0)])
+    with pytest.raises(InvalidInputError, match="no torsion of the Z-matrix rotates it about the bond"):
+        InternalCoordinateProposal.for_system(CHAIN, moves="torsions", torsions=[(0, 1, 2, 0)])
+    with pytest.raises(InvalidInputError, match="components must be a positive integer"):
+        InternalCoordinateProposal.for_system(CHAIN, components=0)
+
+
+def test_a_torsion_in_a_ring_warns_that_its_moves_are_not_rigid():
+    """Proline's phi turns part of its ring: exact by NeRF, but ring-closing bonds stretch, so the user is told."""
+    from openmm_flowplugin import systems
+
+    proline = systems.get("dipeptide_pro_vacuum")
+    with pytest.warns(UserWarning, match="do not turn their atoms rigidly"):
+        proposal = InternalCoordinateProposal.for_system(proline, hidden=(4,), moves="torsions", torsions=[(4, 6, 7, 12)])
+    assert proposal._rotations is None

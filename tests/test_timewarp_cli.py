@@ -131,3 +131,23 @@ def test_an_internal_coordinate_proposal_trains_and_jumps_in_md(trajectories, tm
     assert "of 4 " in result.output
     _assert_user_error(runner.invoke(main, ["train-timewarp", "alanine_dipeptide_vacuum", "-d", trajectories[0], "--lag", "2",
                                             "--internal", "all", "--transferable", "-o", str(tmp_path / "x.pt")]), "choose one")
+    _assert_user_error(runner.invoke(main, ["train-timewarp", "alanine_dipeptide_vacuum", "-d", trajectories[0], "--lag", "2",
+                                            "--torsion", "backbone", "-o", str(tmp_path / "x.pt")]), "--torsion needs --internal torsions")
+
+
+def test_a_backbone_mixture_trains_and_jumps_in_md(trajectories, tmp_path):
+    runner = CliRunner()
+    flow = str(tmp_path / "jumps.pt")
+    trained = runner.invoke(main, ["train-timewarp", "alanine_dipeptide_vacuum", "-d", trajectories[0], "--lag", "2", "--internal",
+                                   "torsions", "--torsion", "backbone", "--components", "4", "--hidden", "8", "--batch-size", "8",
+                                   "--steps", "3", "--no-progress", "-o", flow])
+    assert trained.exit_code == 0, trained.output
+    model = load_conditional_flow(flow, cache=False)
+    assert model.config["torsions"] == [[4, 6, 8, 14], [6, 8, 14, 16]] and model.config["components"] == 4
+    result = runner.invoke(main, ["md", "alanine_dipeptide_vacuum", "--flow", flow, "--steps", "20", "--interval", "10",
+                                  "--jump-interval", "5", "--platform", "Reference", "--seed", "1", "--log", str(tmp_path / "log.csv")])
+    assert result.exit_code == 0, result.output
+    assert "of 4 " in result.output
+    _assert_user_error(runner.invoke(main, ["train-timewarp", "alanine_dipeptide_vacuum", "-d", trajectories[0], "--lag", "2",
+                                            "--internal", "torsions", "--torsion", "4,6,8", "-o", str(tmp_path / "x.pt")]),
+                       "four comma-separated atom indices")

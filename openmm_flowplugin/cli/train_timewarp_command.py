@@ -17,11 +17,43 @@ exists, training resumes from it (same data and settings) and continues to --ste
 
 --internal all|torsions trains an InternalCoordinateProposal: a conditional Gaussian on bonds, angles and
 torsions (or on the torsions alone, bonds and angles kept: a block move to mix with MD, as `md --flow` does).
+With --internal torsions, --torsion backbone (every phi and psi) or --torsion A,B,C,D (repeatable) moves only
+the rotations about those dihedrals' bonds, and --components K > 1 learns a mixture that jumps between their
+basins: train it on pairs far apart in time (a --lag of several ps).
 
 --transferable trains one model over atoms (atom features from elements and bonds, distance-kernel
 attention) that runs on other molecules too; then -d NAME=FILE adds a trajectory of another registered
 system NAME (e.g. -d dipeptide_ser=ser.dcd), so one model learns from several molecules.
 """
+
+
+def _dihedrals(ctx, param, values):
+    """``--torsion``: 'backbone', or comma-separated quadruples of atom indices."""
+    quadruples = []
+    for value in values:
+        if value == "backbone":
+            quadruples.append(value)
+            continue
+        try:
+            atoms = tuple(int(a) for a in value.split(","))
+        except ValueError:
+            atoms = ()
+        if len(atoms) != 4:
+            raise click.BadParameter(f"give 'backbone' or four comma-separated atom indices, e.g. 4,6,8,14; got {value!r}.")
+        quadruples.append(atoms)
+    return quadruples
+
+
+def _backbone_dihedrals(molecular_system):
+    """Atom quadruples of every phi and psi of the system (mdtraj's definitions)."""
+    import mdtraj
+    import numpy as np
+
+    trajectory = mdtraj.Trajectory(np.zeros((1, molecular_system.n_atoms, 3)), molecular_system.mdtraj_topology)
+    quadruples = [tuple(int(a) for a in q) for compute in (mdtraj.compute_phi, mdtraj.compute_psi) for q in compute(trajectory)[0]]
+    if not quadruples:
+        raise InvalidInputError(f"--torsion backbone: {molecular_system.name} has no phi or psi (not a peptide); give A,B,C,D quadruples.")
+    return quadruples
 
 
 def _widths(ctx, param, value):
@@ -50,6 +82,11 @@ def _widths(ctx, param, value):
 @click.option("--internal", type=click.Choice(["all", "torsions"]), default=None,
               help="An InternalCoordinateProposal moving all internal coordinates or the torsions only (bonds and angles kept: "
                    "use it beside MD, e.g. `md --flow`); --hidden sets its MLP.")
+@click.option("--torsion", "torsions", multiple=True, callback=_dihedrals,
+              help="With --internal torsions: move only the rotation about this dihedral's bond, A,B,C,D (repeatable), or "
+                   "'backbone' for every phi and psi.")
+@click.option("--components", default=1, show_default=True, type=POSITIVE_INT,
+              help="With --internal: mixture components of the torsion density (K > 1 jumps between basins).")
 @click.option("--rounds", default=2, show_default=True, type=click.IntRange(min=0), help="Attention rounds per coupling (--transferable).")
 @click.option("--no-rotations", is_flag=True, help="Do not augment pairs by random rigid rotations.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
@@ -59,7 +96,8 @@ def _widths(ctx, param, value):
 @click.option("--progress/--no-progress", default=None, help="Progress bar with the loss on stderr [default: when stderr is a terminal].")
 @_user_errors
 def train_timewarp(molecular_system_options, data, lag, output, steps, batch_size, learning_rate, layers, hidden, context_features,
-                   step_scale, transferable, internal, rounds, no_rotations, seed, checkpoint, checkpoint_every, overwrite, progress):
+                   step_scale, transferable, internal, torsions, components, rounds, no_rotations, seed, checkpoint, checkpoint_every, overwrite,
+                   progress):
     from pathlib import Path
 
     import torch
@@ -73,6 +111,8 @@ def train_timewarp(molecular_system_options, data, lag, output, steps, batch_siz
 
     if transferable and internal:
         raise InvalidInputError("--transferable and --internal are two different models: choose one.")
+    if (torsions and internal != "torsions") or (components > 1 and not internal):
+        raise InvalidInputError("--torsion needs --internal torsions, and --components needs --internal.")
     if checkpoint is not None and Path(checkpoint).resolve() == Path(output).resolve():
         raise InvalidInputError("--checkpoint and --output must be different files (the checkpoint also holds the optimizer).")
     check_output_path(output, overwrite)  # refuse an existing output before training
@@ -88,7 +128,10 @@ def train_timewarp(molecular_system_options, data, lag, output, steps, batch_siz
     with torch.random.fork_rng():  # initial weights from --seed, without touching torch's global stream
         torch.manual_seed(seed)
         if internal:
-            flow = InternalCoordinateProposal.for_system(molecules[0][0], hidden=hidden, moves=internal, metadata=metadata)
+            molecule = molecules[0][0]
+            selected = [q for t in torsions for q in (_backbone_dihedrals(molecule) if t == "backbone" else [t])] or None
+            flow = InternalCoordinateProposal.for_system(molecule, hidden=hidden, moves=internal, torsions=selected, components=components,
+                                                         metadata=metadata)
             pairs = datasets[0][1]
         elif transferable:
             flow = TransferableConditionalFlow(n_layers=layers, hidden=hidden[0], n_rounds=rounds, step_scale=step_scale,

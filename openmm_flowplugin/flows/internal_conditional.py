@@ -22,11 +22,21 @@ molecule in vacuum or implicit solvent does not depend on the frame, so internal
 exact Boltzmann distribution (as for ``ConditionalFlow``, which keeps the centre; combine with MD where
 external forces act on the frame). Proposals outside the domain (a bond <= 0, an angle outside (0, pi))
 get a Hastings term of -inf: rejections, counted as invalid by the moves.
+
+Jumps between basins. With ``moves="torsions"``, ``torsions=`` restricts the move to the Z-matrix torsions
+that rotate about the central bonds of given dihedrals (e.g. a peptide's phi and psi): each rotates the
+atoms on one side of its bond rigidly. ``components=K > 1`` makes the torsion density a mixture of K
+wrapped normals whose weights, centres (absolute angles, not steps) and widths are functions of everything
+the move keeps (bonds, angles, the other torsions), not of the moved torsions' current values: a learned
+Gibbs-like block proposal q(t | rest) that jumps between basins. As the rest is the same before and after
+the move, one evaluation gives both densities, and the Hastings term is q(t | rest) / q(t' | rest), exact.
+With ``moves="all"`` the mixture conditions on all of ic.
 """
 
 __all__ = ["InternalCoordinateProposal"]
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -46,6 +56,94 @@ def _wrap(angle):
     return torch.remainder(angle + math.pi, 2.0 * math.pi) - math.pi
 
 
+def _wrapped_normal_log_prob(delta, log_scale):
+    """Elementwise log density of a wrapped normal of log width ``log_scale`` at angular distance ``delta``."""
+    shifted = (_wrap(delta)[..., None] + _IMAGES.to(delta)) / log_scale.exp()[..., None]
+    return torch.logsumexp(-0.5 * shifted.square(), -1) - log_scale - _LOG_SQRT_2PI
+
+
+def _cap_torsion_scale(log_scale):
+    return math.log(_MAX_TORSION_SCALE) - nn.functional.softplus(math.log(_MAX_TORSION_SCALE) - log_scale)
+
+
+def _rotated_atoms(zmatrix, r):
+    """The atoms placed from row ``r``'s atom: ``i`` and every later atom that refers to one of them."""
+    moved = {zmatrix[r][0]}
+    for i, *references in zmatrix[r + 1:]:
+        if moved.intersection(references):
+            moved.add(i)
+    return moved
+
+
+def _rigid_rotations(transform, rows):
+    """``[(j, k, atoms), ...]`` if changing each row's torsion only rotates its atoms rigidly about the bond j-k, else None.
+
+    That holds when every atom placed from the row's atom refers only to atoms that rotate with it or lie on the
+    bond: then the rotation keeps every other internal coordinate, and rotating is the same as rebuilding the
+    Cartesian positions from the changed torsions (NeRF), only much cheaper.
+    """
+    zmatrix = [tuple(int(a) for a in row) for row in transform.zmatrix]
+    rotations = []
+    for r in rows:
+        i, j, k, _ = zmatrix[r]
+        moved = _rotated_atoms(zmatrix, r)
+        for m, *references in zmatrix[r + 1:]:
+            if m in moved and not set(references) <= moved | {j, k}:
+                return None
+        rotations.append((j, k, torch.as_tensor(sorted(moved), dtype=torch.long)))
+    return rotations
+
+
+def _rotate(x, j, k, atoms, angle):
+    """Rotate ``atoms`` of ``x`` (b, n, 3) about the bond axis from ``k`` to ``j`` by ``angle`` (b,), Rodrigues' formula."""
+    axis = x[:, j] - x[:, k]
+    axis = (axis / torch.linalg.norm(axis, dim=-1, keepdim=True))[:, None]
+    v = x[:, atoms] - x[:, j, None]
+    cos, sin = torch.cos(angle)[:, None, None], torch.sin(angle)[:, None, None]
+    rotated = v * cos + torch.linalg.cross(axis.expand_as(v), v, dim=-1) * sin + axis * (axis * v).sum(-1, keepdim=True) * (1.0 - cos)
+    x = x.clone()
+    x[:, atoms] = x[:, j, None] + rotated
+    return x
+
+
+def _rotating_rows(transform, dihedrals):
+    """Z-matrix rows whose torsions rotate the given dihedrals (a, b, c, d) about their central bonds b-c.
+
+    A row ``(i, j, k, l)`` with ``{j, k} = {b, c}`` and ``l`` not bonded to ``j`` (not a sibling-relative
+    torsion) rotates ``i`` and every atom placed from it rigidly about the bond; it changes the dihedral
+    when exactly one of ``a`` and ``d`` is among those atoms.
+    """
+    bonded = set(transform.bond_graph)
+    zmatrix = [tuple(int(a) for a in row) for row in transform.zmatrix]
+    rows = []
+    for dihedral in dihedrals:
+        atoms = tuple(int(a) for a in dihedral)
+        if len(atoms) != 4 or not all(0 <= a < transform.n_atoms for a in atoms):
+            raise InvalidInputError(f"torsions must be quadruples of atom indices below {transform.n_atoms}, got {tuple(dihedral)!r}.")
+        a, b, c, d = atoms
+        if tuple(sorted((b, c))) not in bonded:
+            raise InvalidInputError(f"dihedral {atoms}: atoms {b} and {c} are not bonded, so there is no bond to rotate about.")
+        for r, (i, j, k, l) in enumerate(zmatrix):
+            if {j, k} != {b, c} or tuple(sorted((j, l))) in bonded:
+                continue
+            moved = _rotated_atoms(zmatrix, r)
+            if (a in moved) != (d in moved):
+                rows.append(r)
+                break
+        else:
+            raise InvalidInputError(f"dihedral {atoms}: no torsion of the Z-matrix rotates it about the bond {b}-{c} (a terminal or "
+                                    "ring atom, or the frame's root atoms); choose another dihedral about a rotatable bond.")
+    if len(set(rows)) != len(rows):
+        raise InvalidInputError(f"torsions {[tuple(t) for t in dihedrals]} name the same bond twice.")
+    return rows
+
+
+def _expand(step, n):
+    """The parameters of one state's proposal (:meth:`InternalCoordinateProposal._step`) broadcast to ``n`` rows."""
+    return tuple(None if part is None else tuple(p.expand(n, *p.shape[1:]) for p in part) if isinstance(part, tuple)
+                 else part.expand(n, -1) for part in step)
+
+
 class InternalCoordinateProposal(nn.Module):
     """Conditional Gaussian ``p(ic' | ic)`` on a molecule's internal coordinates, the root frame kept.
 
@@ -61,6 +159,13 @@ class InternalCoordinateProposal(nn.Module):
     moves : {"all", "torsions"}, optional
         ``"all"`` (default) proposes new bonds, angles and torsions; ``"torsions"`` keeps bonds and angles
         (a block update, exact but not ergodic alone: use it beside MD).
+    torsions : sequence of (int, int, int, int), optional
+        With ``moves="torsions"``: move only the torsions that rotate these dihedrals about their central
+        bonds (e.g. phi and psi); the others are kept too. Default: all torsions.
+    components : int, optional
+        1 (default): a wrapped normal step for each torsion. K > 1: a mixture of K wrapped normals over the
+        moved torsions with absolute centres, able to jump between basins; with ``moves="torsions"`` it
+        conditions only on the coordinates the move keeps.
     metadata : dict, optional
         Plain data stored with checkpoints.
 
@@ -72,6 +177,13 @@ class InternalCoordinateProposal(nn.Module):
     >>> x_new, log_h = proposal.propose(ala2.positions_nm, 4, generator=torch.Generator().manual_seed(0))
     >>> x_new.shape, log_h.shape
     ((4, 22, 3), (4,))
+
+    Jumps of phi and psi only, between learned basins:
+
+    >>> jumps = InternalCoordinateProposal.for_system(ala2, hidden=(16,), moves="torsions",
+    ...                                               torsions=[(4, 6, 8, 14), (6, 8, 14, 16)], components=8)
+    >>> jumps.propose(ala2.positions_nm, 4, generator=torch.Generator().manual_seed(0))[0].shape
+    (4, 22, 3)
     """
 
     rigid_invariant = False
@@ -79,8 +191,8 @@ class InternalCoordinateProposal(nn.Module):
     #: No auxiliary velocities: training draws empty ones.
     dim = 0
 
-    def __init__(self, n_atoms, bonds, hidden=(128, 128), initial_scales=(0.003, 0.05, 0.3), moves="all", metadata=None,
-                 dtype=torch.float64):
+    def __init__(self, n_atoms, bonds, hidden=(128, 128), initial_scales=(0.003, 0.05, 0.3), moves="all", torsions=None, components=1,
+                 metadata=None, dtype=torch.float64):
         super().__init__()
         if moves not in ("all", "torsions"):
             raise InvalidInputError(f"moves must be 'all' or 'torsions', got {moves!r}.")
@@ -88,15 +200,37 @@ class InternalCoordinateProposal(nn.Module):
             raise InvalidInputError(f"initial_scales must be three positive numbers (bonds nm, angles rad, torsions rad), got {initial_scales!r}.")
         if not initial_scales[2] < _MAX_TORSION_SCALE:
             raise InvalidInputError(f"the torsion scale must stay below {_MAX_TORSION_SCALE} rad, got {initial_scales[2]!r}.")
+        if torsions is not None and moves != "torsions":
+            raise InvalidInputError("torsions= selects which torsions move with moves='torsions'; with moves='all' every coordinate moves.")
+        if isinstance(components, bool) or not isinstance(components, (int, np.integer)) or components < 1:
+            raise InvalidInputError(f"components must be a positive integer (1: one wrapped normal step), got {components!r}.")
         self.transform = InternalCoordinateTransform(n_atoms, bonds)
+        rows = range(self.transform.n_torsions) if torsions is None else _rotating_rows(self.transform, torsions)
         self.config = dict(architecture="internal", n_atoms=int(n_atoms), bonds=[list(b) for b in self.transform.bond_graph],
-                           hidden=[int(h) for h in hidden], initial_scales=[float(s) for s in initial_scales], moves=moves)
+                           hidden=[int(h) for h in hidden], initial_scales=[float(s) for s in initial_scales], moves=moves,
+                           torsions=None if torsions is None else [[int(a) for a in t] for t in torsions], components=int(components))
         self.metadata = dict(metadata or {})
         t = self.transform
         self.sizes = (t.n_bonds, t.n_angles, t.n_torsions)
-        self.net = _mlp(t.n_bonds + t.n_angles + 2 * t.n_torsions, list(hidden), 2 * t.dim)
+        self.register_buffer("moved", torch.as_tensor(list(rows), dtype=torch.long), persistent=False)
+        self._rotations = _rigid_rotations(self.transform, rows) if moves == "torsions" else None
+        if torsions is not None and self._rotations is None:
+            warnings.warn("some of these torsions do not turn their atoms rigidly (e.g. in a ring): the molecule is rebuilt from its "
+                          "internal coordinates, which stretches ring-closing bonds; exact, but such moves are mostly rejected.",
+                          stacklevel=2)
+        # a torsion-only mixture conditions on what the move keeps, so p(. | ic) = p(. | ic'): one evaluation serves both directions
+        self._mixture_is_blind = moves == "torsions" and components > 1
+        n_features = t.n_bonds + t.n_angles + 2 * t.n_torsions
+        # the Gaussian steps; unused (not built) when a torsion-only mixture moves everything that moves
+        self.net = _mlp(n_features, list(hidden), 2 * t.dim) if moves == "all" or components == 1 else None
         initial = torch.cat([torch.full((n,), math.log(s), dtype=torch.float64) for n, s in zip(self.sizes, initial_scales)])
         self.log_scale = nn.Parameter(initial)
+        if components > 1:
+            k, n = int(components), len(self.moved)
+            self.mixture_net = _mlp(n_features, list(hidden), k + 3 * k * n)
+            with torch.no_grad():  # start with equal weights and centres spread over the circle, the same for every state
+                centres = 2.0 * math.pi * torch.rand(k, n, dtype=torch.float64) - math.pi
+                self.mixture_net[-1].bias[k : k + 2 * k * n] = torch.stack((torch.sin(centres), torch.cos(centres)), -1).flatten()
         self.to(dtype)
 
     @classmethod
@@ -122,32 +256,57 @@ class InternalCoordinateProposal(nn.Module):
         return x
 
     def _step(self, ic):
-        """Mean step and log scale (b, 3N-6) of the proposal from internal coordinates ``ic``."""
+        """The proposal's parameters at internal coordinates ``ic``: mean step and log scale (b, 3N-6), and the mixture.
+
+        The mixture is None for one component, else log weights (b, K), centres (b, K, n) and log scales (b, K, n) of the
+        n moved torsions; the step is None when the mixture moves everything that moves (torsions only).
+        """
         bonds, angles, torsions = ic
         features = torch.cat([10.0 * bonds, angles, torch.sin(torsions), torch.cos(torsions)], -1)
-        mean, raw = self.net(features).chunk(2, -1)
-        log_scale = self.log_scale + 3.0 * torch.tanh(raw / 3.0)
-        n_t = self.sizes[2]
-        capped = math.log(_MAX_TORSION_SCALE) - nn.functional.softplus(math.log(_MAX_TORSION_SCALE) - log_scale[:, -n_t:])
-        return mean, torch.cat([log_scale[:, :-n_t], capped], -1) if n_t else log_scale
+        mean = log_scale = None
+        if self.config["moves"] == "all" or self.config["components"] == 1:  # else the mixture alone moves anything
+            mean, raw = self.net(features).chunk(2, -1)
+            log_scale = self.log_scale + 3.0 * torch.tanh(raw / 3.0)
+            n_t = self.sizes[2]
+            log_scale = torch.cat([log_scale[:, :-n_t], _cap_torsion_scale(log_scale[:, -n_t:])], -1) if n_t else log_scale
+        if self.config["components"] == 1:
+            return mean, log_scale, None
+        k, n = self.config["components"], len(self.moved)
+        if self._mixture_is_blind:  # a density over the moved torsions given everything else: blind to their current values
+            n_f = self.sizes[0] + self.sizes[1]
+            blind = torch.ones(features.shape[-1], dtype=features.dtype, device=features.device)
+            blind[n_f + self.moved] = 0.0
+            blind[n_f + self.sizes[2] + self.moved] = 0.0
+            features = features * blind
+        logits, sin_cos, raw = self.mixture_net(features).split([k, 2 * k * n, k * n], -1)
+        sin_cos = sin_cos.unflatten(-1, (k, n, 2))
+        base = self.log_scale[self.sizes[0] + self.sizes[1] + self.moved]
+        mixture_log_scale = _cap_torsion_scale(base + 3.0 * torch.tanh(raw.unflatten(-1, (k, n)) / 3.0))
+        return mean, log_scale, (logits.log_softmax(-1), torch.atan2(sin_cos[..., 0], sin_cos[..., 1]), mixture_log_scale)
 
     def internal_log_prob(self, ic_new, ic, step=None):
         """``log p(ic' | ic)`` (b,), float64: normal in bonds and angles, wrapped normal in torsions.
 
         ``step``: ``_step(ic)`` if the caller has it already (a proposal's forward density).
         """
-        mean, log_scale = self._step(ic) if step is None else step
-        delta = torch.cat(list(ic_new), -1) - torch.cat(list(ic), -1) - mean
-        z = delta / log_scale.exp()
+        mean, log_scale, mixture = self._step(ic) if step is None else step
         n_t = self.sizes[2]
-        log_p = torch.zeros(len(delta), dtype=delta.dtype, device=delta.device)
-        if self.config["moves"] == "all":
-            log_p = log_p + (-0.5 * z[:, : z.shape[1] - n_t].square() - log_scale[:, : z.shape[1] - n_t] - _LOG_SQRT_2PI).sum(-1)
-        if n_t:
-            scale_t = log_scale[:, -n_t:].exp()
-            shifted = (_wrap(delta[:, -n_t:])[..., None] + _IMAGES.to(delta)) / scale_t[..., None]
-            wrapped = torch.logsumexp(-0.5 * shifted.square(), -1) - log_scale[:, -n_t:] - _LOG_SQRT_2PI
-            log_p = log_p + wrapped.sum(-1)
+        log_p = torch.zeros(len(ic.torsions), dtype=ic.torsions.dtype, device=ic.torsions.device)
+        if mean is not None:
+            delta = torch.cat(list(ic_new), -1) - torch.cat(list(ic), -1) - mean
+            n_bonded = delta.shape[1] - n_t
+            if self.config["moves"] == "all":
+                z = delta[:, :n_bonded] / log_scale[:, :n_bonded].exp()
+                log_p = log_p + (-0.5 * z.square() - log_scale[:, :n_bonded] - _LOG_SQRT_2PI).sum(-1)
+        if not n_t:
+            return log_p.to(torch.float64)
+        if mixture is None:
+            moved = self.moved + n_bonded
+            log_p = log_p + _wrapped_normal_log_prob(delta[:, moved], log_scale[:, moved]).sum(-1)
+        else:
+            log_weights, centres, mixture_log_scale = mixture
+            per_component = _wrapped_normal_log_prob(ic_new.torsions[:, None, self.moved] - centres, mixture_log_scale).sum(-1)
+            log_p = log_p + torch.logsumexp(log_weights + per_component, -1)
         return log_p.to(torch.float64)
 
     def log_prob(self, x_new, v_new, x, v=None):
@@ -162,15 +321,38 @@ class InternalCoordinateProposal(nn.Module):
 
     def _draw(self, ic, generator, step):
         """``ic'`` for each row of ``ic`` given its ``step = _step(ic)`` (broadcast over rows)."""
-        mean, log_scale = step
+        mean, log_scale, mixture = step
         flat = torch.cat(list(ic), -1)
-        eps = torch.randn(flat.shape, generator=generator, dtype=torch.float64).to(flat)
-        new = flat + mean + log_scale.exp() * eps
+        new = flat
+        if mean is not None:
+            eps = torch.randn(flat.shape, generator=generator, dtype=torch.float64).to(flat)
+            new = flat + mean + log_scale.exp() * eps
         n_b, n_a, n_t = self.sizes
         if self.config["moves"] == "torsions":
             new = torch.cat([flat[:, : n_b + n_a], new[:, n_b + n_a :]], -1)
         bonds, angles, torsions = new[:, :n_b], new[:, n_b : n_b + n_a], _wrap(new[:, n_b + n_a :])
+        if mixture is not None:
+            log_weights, centres, mixture_log_scale = mixture
+            rows = torch.arange(len(flat), device=flat.device)
+            # drawn on the CPU, as every other draw here: the generator is a CPU generator
+            k = torch.multinomial(log_weights.exp().to(torch.float64).cpu(), 1, generator=generator)[:, 0].to(flat.device)
+            noise = torch.randn(centres[rows, k].shape, generator=generator, dtype=torch.float64).to(flat)
+            torsions[:, self.moved] = _wrap(centres[rows, k] + mixture_log_scale[rows, k].exp() * noise)
+        if len(self.moved) < n_t:
+            kept = torch.ones(n_t, dtype=torch.bool)
+            kept[self.moved] = False
+            torsions = torch.where(kept.to(flat.device), ic.torsions, torsions)
         return InternalCoordinates(bonds, angles, torsions)
+
+    def _to_cartesian(self, ic_new, ic, x, origin, rotation):
+        """Positions of ``ic_new`` with the frame of ``x`` (whose internal coordinates are ``ic``): rigid torsion rotations where
+        they are exact (:func:`_rigid_rotations`), else NeRF."""
+        if self._rotations is None:
+            return self.transform.to_cartesian(ic_new, origin, rotation)
+        x = x.expand(len(ic_new.torsions), -1, -1)
+        for r, (j, k, atoms) in zip(self.moved.tolist(), self._rotations):
+            x = _rotate(x, j, k, atoms, ic_new.torsions[:, r] - ic.torsions[:, r])
+        return x
 
     def sample(self, x, v=None, generator=None):
         """One draw ``x' ~ p(. | x)`` per row (frame kept): x' (b, n_atoms, 3) nm, empty velocities (b, 0), ``log p(x' | x)``."""
@@ -178,7 +360,7 @@ class InternalCoordinateProposal(nn.Module):
         ic, origin, rotation = self.transform.to_internal(x)
         step = self._step(ic)
         ic_new = self._draw(ic, generator, step)
-        x_new = self.transform.to_cartesian(ic_new, origin, rotation)
+        x_new = self._to_cartesian(ic_new, ic, x, origin, rotation)
         log_p = self.internal_log_prob(ic_new, ic, step) - self.transform.log_det_jacobian(ic_new.bonds, ic_new.angles).to(torch.float64)
         return x_new, x_new.new_zeros(len(x), 0), log_p
 
@@ -186,14 +368,20 @@ class InternalCoordinateProposal(nn.Module):
         """``n`` proposals from positions ``x`` (n_atoms, 3) nm and their log Hastings terms (numpy, float64)."""
         with torch.no_grad(), package_threads():
             x = self._positions(torch.as_tensor(np.asarray(x, dtype=np.float64))[None])
-            ic, origin, rotation = self.transform.to_internal(x)
-            step = tuple(part.expand(int(n), -1) for part in self._step(ic))  # one state: its step once, for all n
+            if self._rotations is None:
+                ic, origin, rotation = self.transform.to_internal(x)
+                origin, rotation = origin.expand(int(n), -1), rotation.expand(int(n), -1, -1)
+            else:  # rigid torsion rotations need no frame
+                ic, origin, rotation = self.transform.internal_coordinates(x), None, None
+            step = _expand(self._step(ic), int(n))  # one state: its step once, for all n
             ic = InternalCoordinates(*(part.expand(int(n), -1) for part in ic))
             ic_new = self._draw(ic, generator, step)
-            x_new = self.transform.to_cartesian(ic_new, origin.expand(int(n), -1), rotation.expand(int(n), -1, -1))
-            log_jacobian = self.transform.log_det_jacobian
-            log_hastings = (self.internal_log_prob(ic, ic_new) - self.internal_log_prob(ic_new, ic, step)
-                            + log_jacobian(ic_new.bonds, ic_new.angles) - log_jacobian(ic.bonds, ic.angles)).to(torch.float64)
+            x_new = self._to_cartesian(ic_new, ic, x, origin, rotation)
+            reverse_step = step if self._mixture_is_blind else None
+            log_hastings = (self.internal_log_prob(ic, ic_new, reverse_step) - self.internal_log_prob(ic_new, ic, step)).to(torch.float64)
+            if self.config["moves"] == "all":  # with bonds and angles kept, J(ic') / J(ic) = 1
+                log_jacobian = self.transform.log_det_jacobian
+                log_hastings = log_hastings + (log_jacobian(ic_new.bonds, ic_new.angles) - log_jacobian(ic.bonds, ic.angles)).to(torch.float64)
             valid = (ic_new.bonds > 0).all(-1) & (ic_new.angles > 0).all(-1) & (ic_new.angles < math.pi).all(-1)
             log_hastings = torch.where(valid, log_hastings, torch.full_like(log_hastings, -math.inf))
         return x_new.to(torch.float64).numpy(), log_hastings.numpy()

@@ -141,6 +141,11 @@ class InternalCoordinateTransform:
 
         Computed in float64; results have the input's dtype.
         """
+        origin, rotation = self.frame(x.to(torch.float64))
+        return self.internal_coordinates(x), origin.to(x.dtype), rotation.to(x.dtype)
+
+    def internal_coordinates(self, x):
+        """Cartesian (B, N, 3) nm -> InternalCoordinates, without the frame (computed in float64, returned in x's dtype)."""
         dtype = x.dtype
         x = x.to(torch.float64)
         a0, a1, a2 = self.roots
@@ -155,9 +160,7 @@ class InternalCoordinateTransform:
         )
         angles = torch.cat((_angle(x[:, a1], x[:, a0], x[:, a2])[:, None], _angle(x[:, i], x[:, j], x[:, k])), dim=1)
         torsions = dihedral(x[:, l], x[:, k], x[:, j], x[:, i])
-        origin, rotation = self.frame(x)
-        ic = InternalCoordinates(bonds.to(dtype), angles.to(dtype), torsions.to(dtype))
-        return ic, origin.to(dtype), rotation.to(dtype)
+        return InternalCoordinates(bonds.to(dtype), angles.to(dtype), torsions.to(dtype))
 
     def frame(self, x):
         """Origin (position of ``a0``) and rotation matrix (columns e1, e2, e3) of the root frame."""
