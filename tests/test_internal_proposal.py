@@ -158,10 +158,11 @@ def test_internal_coordinate_averages_are_exact(moves, options):
         assert np.ptp(bond) > 0.02
 
 
-@pytest.mark.parametrize("moves, control, options", [("all", NoJacobian, {}), ("torsions", NoReverse, {}), ("torsions", NoReverse, MIXTURE)],
+@pytest.mark.parametrize("moves, control, options, n_apply", [("all", NoJacobian, {}, 3000), ("torsions", NoReverse, {}, 3000),
+                                                             ("torsions", NoReverse, MIXTURE, 1000)],  # the mixture's misses by ~80 SE
                          ids=["all", "torsions", "mixture"])
-def test_controls_with_a_wrong_hastings_term_fail_the_same_check(moves, control, options):
-    x, _ = run_chain(random_proposal(moves, cls=control, **options))
+def test_controls_with_a_wrong_hastings_term_fail_the_same_check(moves, control, options, n_apply):
+    x, _ = run_chain(random_proposal(moves, cls=control, **options), n_apply=n_apply)
     z = z_scores(x, moves)
     assert np.abs(z).max() > 2 * N_SIGMA, np.round(z, 1)
 
