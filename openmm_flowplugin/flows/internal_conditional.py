@@ -221,6 +221,14 @@ class InternalCoordinateProposal(nn.Module):
         # a torsion-only mixture conditions on what the move keeps, so p(. | ic) = p(. | ic'): one evaluation serves both directions
         self._mixture_is_blind = moves == "torsions" and components > 1
         n_features = t.n_bonds + t.n_angles + 2 * t.n_torsions
+        kept = torch.ones(t.n_torsions, dtype=torch.bool)
+        kept[self.moved] = False
+        self.register_buffer("kept_torsions", kept, persistent=False)
+        visible = torch.ones(n_features, dtype=torch.float64)  # the mixture's input mask: the moved torsions' sin/cos hidden if blind
+        if self._mixture_is_blind:
+            visible[t.n_bonds + t.n_angles + self.moved] = 0.0
+            visible[t.n_bonds + t.n_angles + t.n_torsions + self.moved] = 0.0
+        self.register_buffer("mixture_inputs", visible, persistent=False)
         # the Gaussian steps; unused (not built) when a torsion-only mixture moves everything that moves
         self.net = _mlp(n_features, list(hidden), 2 * t.dim) if moves == "all" or components == 1 else None
         initial = torch.cat([torch.full((n,), math.log(s), dtype=torch.float64) for n, s in zip(self.sizes, initial_scales)])
@@ -272,13 +280,8 @@ class InternalCoordinateProposal(nn.Module):
         if self.config["components"] == 1:
             return mean, log_scale, None
         k, n = self.config["components"], len(self.moved)
-        if self._mixture_is_blind:  # a density over the moved torsions given everything else: blind to their current values
-            n_f = self.sizes[0] + self.sizes[1]
-            blind = torch.ones(features.shape[-1], dtype=features.dtype, device=features.device)
-            blind[n_f + self.moved] = 0.0
-            blind[n_f + self.sizes[2] + self.moved] = 0.0
-            features = features * blind
-        logits, sin_cos, raw = self.mixture_net(features).split([k, 2 * k * n, k * n], -1)
+        # blind (torsion moves): a density over the moved torsions given everything else, not their current values
+        logits, sin_cos, raw = self.mixture_net(features * self.mixture_inputs).split([k, 2 * k * n, k * n], -1)
         sin_cos = sin_cos.unflatten(-1, (k, n, 2))
         base = self.log_scale[self.sizes[0] + self.sizes[1] + self.moved]
         mixture_log_scale = _cap_torsion_scale(base + 3.0 * torch.tanh(raw.unflatten(-1, (k, n)) / 3.0))
@@ -339,9 +342,7 @@ class InternalCoordinateProposal(nn.Module):
             noise = torch.randn(centres[rows, k].shape, generator=generator, dtype=torch.float64).to(flat)
             torsions[:, self.moved] = _wrap(centres[rows, k] + mixture_log_scale[rows, k].exp() * noise)
         if len(self.moved) < n_t:
-            kept = torch.ones(n_t, dtype=torch.bool)
-            kept[self.moved] = False
-            torsions = torch.where(kept.to(flat.device), ic.torsions, torsions)
+            torsions = torch.where(self.kept_torsions, ic.torsions, torsions)
         return InternalCoordinates(bonds, angles, torsions)
 
     def _to_cartesian(self, ic_new, ic, x, origin, rotation):
