@@ -8,21 +8,24 @@ otherwise, :func:`select_platform` times the candidates on the System itself:
 
 1. the ``platform`` argument, if given;
 2. else the environment variable ``OPENMM_FLOWPLUGIN_PLATFORM`` (e.g. ``CPU``);
-3. else CUDA, then OpenCL, when present. GPU platforms are not timed: a first Context compiles
-   kernels (seconds), more than any choice could save, and for all but tiny systems they win.
-   On a GPU machine, tiny vacuum systems evaluated one configuration at a time may still be
-   faster on Reference: set the environment variable to compare;
-4. else, for systems of at most :data:`REFERENCE_MAX_PARTICLES` particles, Reference and CPU are
-   timed the first time the System is seen in this process and the faster one is kept, cached
-   by a digest of the System's XML and the purpose. Timing: after a warm-up, short blocks of the
-   two alternate for up to ~0.25 s (0.1 s once one is 3x faster) and each
-   one's best block counts (integrator steps that recompute the forces for ``purpose="md"``,
-   energy+force evaluations for ``purpose="energy"``); it costs 0.1-0.3 s for alanine
-   dipeptide on 2 cores, a cache hit ~20 µs. It runs on the caller's
-   ``positions`` if given, else on a jittered lattice at liquid density (or filling the box);
-5. larger systems go to CPU without timing: Reference never won there. Measured on 2 cores (MD
-   steps): TIP3P water boxes with PME of 306, 774 and 1,503 particles ran 7x, 7x and 13x slower
-   on Reference, explicit-solvent alanine dipeptide (2,269 particles) 13x; the largest system
+3. else, for systems of more than :data:`REFERENCE_MAX_PARTICLES` particles, CUDA, then OpenCL,
+   when present, untimed;
+4. else, for systems of at most :data:`REFERENCE_MAX_PARTICLES` particles, Reference and CPU —
+   and the GPU platform of step 3, when present — are timed the first time the System is seen in
+   this process and the fastest is kept, cached by a digest of the System's XML and the purpose.
+   Timing: after a warm-up, short blocks of the candidates alternate for up to ~0.25 s (0.1 s once
+   the best two are 3x apart) and each one's best block counts (integrator steps that recompute the
+   forces for ``purpose="md"``, energy+force evaluations for ``purpose="energy"``, each block ending
+   with a read-back so a GPU's queued work is counted); it costs 0.1-0.3 s for alanine dipeptide on
+   2 cores, plus the first GPU Context's kernel compilation, a cache hit ~20 µs. It runs on the
+   caller's ``positions`` if given, else on a jittered lattice at liquid density (or filling the box).
+   GPUs are timed for small systems because they do not always win there: on an H200 with
+   OpenMM 8.6, alanine dipeptide in vacuum ran 4,571 ns/day on Reference against 2,402 on CUDA and
+   evaluated 52,000 configurations/s against 12,000, while in OBC implicit solvent CUDA was 20x
+   faster than the CPU platform (``benchmarks/bench_platforms.py``);
+5. larger systems without a GPU go to CPU without timing: Reference never won there. Measured on 2
+   cores (MD steps): TIP3P water boxes with PME of 306, 774 and 1,503 particles ran 7x, 7x and 13x
+   slower on Reference, explicit-solvent alanine dipeptide (2,269 particles) 13x; the largest system
    where Reference kept up was a 156-particle host-guest complex in vacuum (0.25 vs 0.30 ms).
 
 What was measured and why a platform was chosen is returned by :func:`platform_choice` and
@@ -106,8 +109,9 @@ def select_platform(system=None, platform=None, purpose="md", positions=None):
 
     Order of precedence: the ``platform`` argument, the environment variable
     ``OPENMM_FLOWPLUGIN_PLATFORM``, then the automatic choice described in
-    :mod:`openmm_flowplugin.platforms` (a GPU platform if present, else the faster of Reference
-    and CPU, timed once per System and purpose in this process).
+    :mod:`openmm_flowplugin.platforms` (for small Systems the fastest of Reference, CPU and a GPU
+    platform if present, timed once per System and purpose in this process; for larger ones the GPU
+    platform if present, else CPU).
 
     Parameters
     ----------
@@ -154,8 +158,8 @@ def platform_choice(system=None, platform=None, purpose="md", positions=None):
     --------
     >>> from openmm_flowplugin import systems
     >>> choice = platform_choice(systems.get("alanine_dipeptide_vacuum").system, purpose="md")
-    >>> choice.name, sorted(choice.timings)
-    ('Reference', ['CPU', 'Reference'])
+    >>> choice.name, "CPU" in choice.timings
+    ('Reference', True)
     >>> choice.timings["Reference"] < choice.timings["CPU"]
     True
     """
@@ -169,25 +173,27 @@ def platform_choice(system=None, platform=None, purpose="md", positions=None):
     from_env = os.environ.get(PLATFORM_ENV_VAR, "").strip()
     if from_env:
         return PlatformChoice(_checked(from_env, available, "env"), purpose, f"environment variable {PLATFORM_ENV_VAR}={from_env}")
-    for gpu in _GPU_PLATFORMS:
-        if gpu in available:
-            return PlatformChoice(gpu, purpose, f"{gpu} is present (GPU platforms are not timed)")
+    gpu = next((name for name in _GPU_PLATFORMS if name in available), None)
     if system is None:
-        return PlatformChoice("Reference", purpose, "no System given to time on")
+        return PlatformChoice(gpu or "Reference", purpose, "no System given to time on")
     if not isinstance(system, openmm.System):
         hint = " (pass its .system)" if hasattr(system, "system") else ""
         raise TypeError(f"system must be an openmm.System{hint}, got {type(system).__name__}.")
-    if "CPU" not in available:  # e.g. a build whose CPU plugin failed to load
-        return PlatformChoice("Reference", purpose, "the CPU platform is not available here")
     n_particles = system.getNumParticles()
     if n_particles > REFERENCE_MAX_PARTICLES:
-        return PlatformChoice("CPU", purpose, f"{n_particles} particles > {REFERENCE_MAX_PARTICLES}: Reference cannot win")
+        if gpu:
+            return PlatformChoice(gpu, purpose, f"{n_particles} particles > {REFERENCE_MAX_PARTICLES}: {gpu} untimed")
+        if "CPU" in available:
+            return PlatformChoice("CPU", purpose, f"{n_particles} particles > {REFERENCE_MAX_PARTICLES}: Reference cannot win")
+    candidates = tuple(name for name in _CANDIDATES if name in available) + ((gpu,) if gpu else ())
+    if len(candidates) == 1:  # e.g. a build whose CPU plugin failed to load
+        return PlatformChoice(candidates[0], purpose, f"the only platform available here is {candidates[0]}")
     x = None if positions is None else _checked_positions(positions, n_particles)
     with _lock:
         key = (_digest(system), purpose)
         choice = _cache.get(key)
         if choice is None:
-            choice = _cache[key] = _time_candidates(system, purpose, x)
+            choice = _cache[key] = _time_candidates(system, purpose, x, candidates)
             _logger.info("%s platform for a %d-particle System: %s", purpose, n_particles, choice.reason)
     return choice
 
@@ -233,16 +239,16 @@ def _forget(key):
     return lambda _: _by_identity.pop(key, None)
 
 
-def _time_candidates(system, purpose, positions):
+def _time_candidates(system, purpose, positions, candidates):
     start = time.perf_counter()
     x = _timing_positions(system, positions)
     blocks, errors = {}, {}
-    for name in _CANDIDATES:
+    for name in candidates:
         try:
             blocks[name] = _timer(system, name, purpose, x)
         except Exception as error:  # e.g. a force this platform does not support
             errors[name] = error
-    timings = {name: math.inf for name in _CANDIDATES}
+    timings = {name: math.inf for name in candidates}
     # Blocks of the candidates alternate, spread over 0.1-0.25 s: a short burst of load elsewhere on
     # the machine cannot make one candidate look slow in all its blocks. The best block counts.
     started = time.perf_counter()
@@ -259,9 +265,9 @@ def _time_candidates(system, purpose, positions):
             break
     blocks.clear()  # releases the Contexts
     cost = time.perf_counter() - start
-    best = min(_CANDIDATES, key=lambda name: timings[name])
+    best = min(candidates, key=lambda name: timings[name])
     unit = "step" if purpose == "md" else "evaluation"
-    measured = ", ".join(f"{name} {timings[name] * 1e3:.3g} ms/{unit}" for name in _CANDIDATES)
+    measured = ", ".join(f"{name} {timings[name] * 1e3:.3g} ms/{unit}" for name in candidates)
     reason = f"fastest when timed ({measured}; timing took {cost:.2f} s)"
     if errors:
         reason += "; failed: " + "; ".join(f"{name}: {_first_line(error)}" for name, error in errors.items())
@@ -318,7 +324,9 @@ def _timer(system, name, purpose, positions):
     context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName(name))
     context.setPositions(positions)
     if purpose == "md":
-        run = integrator.step
+        def run(n):
+            integrator.step(n)
+            integrator.getPerDofVariable(0)  # a read-back: GPU steps are queued, not done, when step returns
     else:
         forces = np.zeros_like(positions)
 

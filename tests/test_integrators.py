@@ -342,6 +342,19 @@ def test_nan_proposals_are_rejections():
 
 # --- GPU -------------------------------------------------------------------------------------------------
 
+def test_md_and_jump_programs_share_one_random_seed():
+    """CUDA and OpenCL refuse a CompoundIntegrator whose integrators ask for different seeds."""
+    ho = systems.get("harmonic_oscillator")
+    integrator = FlowMCIntegrator(ho.temperature, 1.0, 0.01, GaussianProposal(ho.positions_nm, 0.1, seed=1))
+
+    def seeds(compound):
+        return {compound.getIntegrator(i).getRandomNumberSeed() for i in range(compound.getNumIntegrators())}
+
+    assert len(seeds(integrator)) == 1  # by default
+    integrator.setRandomNumberSeed(5)
+    assert seeds(integrator) == {5} and seeds(copy.deepcopy(integrator)) == {5}
+
+
 @pytest.mark.gpu
 def test_cuda_platform_is_exact_on_harmonic_oscillator():
     ho = systems.get("harmonic_oscillator")

@@ -16,7 +16,10 @@ from openmm_flowplugin.platforms import (
 
 @pytest.fixture(autouse=True)
 def fresh_cache(monkeypatch):
+    """A clean cache, and the platforms of a CPU machine (GPU choices: tests/test_cuda.py and the fakes below)."""
     monkeypatch.delenv(PLATFORM_ENV_VAR, raising=False)
+    available = platforms._available_platforms() & {"Reference", "CPU"}
+    monkeypatch.setattr(platforms, "_available_platforms", lambda: available)
     platforms.clear_platform_cache()
     yield
     platforms.clear_platform_cache()
@@ -157,12 +160,27 @@ def test_without_the_cpu_platform_reference_is_taken_untimed(vacuum, monkeypatch
     assert platform_choice(vacuum.system).name == "Reference" and timing_calls == []
 
 
-def test_a_gpu_platform_is_taken_untimed(vacuum, monkeypatch, timing_calls):
+def test_a_gpu_platform_is_taken_untimed_for_large_systems(monkeypatch, timing_calls):
+    system = openmm.System()
+    for _ in range(REFERENCE_MAX_PARTICLES + 1):
+        system.addParticle(1.0)
     monkeypatch.setattr(platforms, "_available_platforms", lambda: {"Reference", "CPU", "OpenCL", "CUDA"})
-    assert platform_choice(vacuum.system).name == "CUDA"
+    assert platform_choice(system).name == "CUDA"
     monkeypatch.setattr(platforms, "_available_platforms", lambda: {"Reference", "CPU", "OpenCL"})
-    assert platform_choice(vacuum.system).name == "OpenCL"
+    assert platform_choice(system).name == "OpenCL"
+    assert platform_choice(None).name == "OpenCL"
     assert timing_calls == []
+
+
+def test_a_gpu_platform_is_timed_against_reference_and_cpu_for_small_systems(vacuum, monkeypatch):
+    """On an H200, alanine dipeptide in vacuum ran twice as fast on Reference as on CUDA: small systems are timed."""
+    monkeypatch.setattr(platforms, "_available_platforms", lambda: {"Reference", "CPU", "CUDA"})
+    _fake_timings(monkeypatch, {"Reference": 2e-4, "CPU": 5e-3, "CUDA": 4e-4})
+    choice = platform_choice(vacuum.system, purpose="energy")
+    assert choice.name == "Reference" and sorted(choice.timings) == ["CPU", "CUDA", "Reference"]
+    platforms.clear_platform_cache()
+    _fake_timings(monkeypatch, {"Reference": 2e-3, "CPU": 1e-3, "CUDA": 1e-4})
+    assert platform_choice(vacuum.system, purpose="energy").name == "CUDA"
 
 
 def test_a_system_that_cannot_be_serialized_is_cached_for_itself_only(vacuum, monkeypatch, timing_calls):

@@ -317,6 +317,7 @@ class FlowMCIntegrator(openmm.CompoundIntegrator):
         else:
             self._md = openmm.LangevinMiddleIntegrator(temperature, friction, timestep)
         self._jump = openmm.CustomIntegrator(timestep)
+        self._jump.setRandomNumberSeed(self._md.getRandomNumberSeed())  # see setRandomNumberSeed
         for name, value in (("fmc_kT", kT(temperature)), ("fmc_friction", friction), ("fmc_a", 0.0), ("fmc_b", 0.0),
                             ("fmc_probe_done", 0.0), ("fmc_constraint_shift", 0.0), ("fmc_jump_ready", 0.0), ("fmc_snap", 0.0),
                             ("fmc_stale", 0.0), ("fmc_until_jump", float(self.jump_interval - 1)), ("fmc_n_proposed", 0.0),
@@ -539,9 +540,15 @@ class FlowMCIntegrator(openmm.CompoundIntegrator):
         self._jump.setConstraintTolerance(tol)
 
     def setRandomNumberSeed(self, seed):
-        """Seed both device random streams (the proposal keeps its own seed)."""
+        """Seed the device's random numbers for the MD and the jumps (the proposal keeps its own seed).
+
+        Both integrators get the same seed: the CUDA and OpenCL platforms keep one random stream per
+        Context, shared by the integrators of a ``CompoundIntegrator``, and refuse a Context whose
+        integrators ask for different seeds. On Reference the stream is shared too; on CPU the Langevin
+        kernel derives its own per-thread seeds from this one.
+        """
         self._md.setRandomNumberSeed(seed)
-        self._jump.setRandomNumberSeed(seed + 1 if seed else 0)
+        self._jump.setRandomNumberSeed(seed)
 
     # --- internals ------------------------------------------------------------------------------------
     def _check_system(self, n_particles, n_constraints):
