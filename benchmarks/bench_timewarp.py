@@ -129,6 +129,17 @@ def train_for(seconds, flow, pairs, batch_size, chunk, seed):
     return history, steps, time.process_time() - start
 
 
+def propose_seconds(propose, x, repeats=5, calls=200):
+    """Median CPU seconds of one ``propose(x, 1, generator)`` over ``repeats`` blocks of ``calls``."""
+    blocks = []
+    for r in range(repeats):
+        start = time.process_time()
+        for k in range(calls):
+            propose(x, 1, generator=torch.Generator().manual_seed(k))
+        blocks.append((time.process_time() - start) / calls)
+    return float(np.median(blocks))
+
+
 def md(molecular_system, positions, budget, stride_steps, seed, integrator=None):
     """Frames every ``stride_steps`` of Langevin MD (1 fs, 1/ps; or ``integrator``) for ``budget`` CPU seconds, and the CPU time."""
     if integrator is None:
@@ -249,6 +260,14 @@ def main():
         rows.append(summary(f"FlowMCIntegrator ({args.integrator_mode}), a jump every {args.jump_interval} MD steps", frames, cpu, ala.mdtraj_topology,
                             integrator.acceptance_rate, tica=tica))
         print(f"FlowMCIntegrator: {integrator.n_proposed} proposals, {integrator.n_accepted} accepted, {integrator.n_invalid} invalid")
+        md_step = rows[0]["cpu"] / (rows[0]["n"] * 10)
+        per_jump = cpu / integrator.n_proposed - args.jump_interval * md_step
+        print(f"cost: {md_step * 1e6:.1f} us per MD step (the MD row), so about {per_jump * 1e3:.3f} ms per jump beyond plain MD "
+              f"({cpu / integrator.n_proposed * 1e3:.3f} ms per {args.jump_interval} steps with a jump)")
+    if hasattr(flow, "_propose_torch"):
+        x = xyz[0]
+        fast, slow = (propose_seconds(f, x) for f in (flow.propose, flow._propose_torch))
+        print(f"propose(x, 1), median of 5 x 200 calls: {fast * 1e3:.3f} ms; the torch path {slow * 1e3:.3f} ms ({slow / fast:.1f}x)")
 
     print("\n| method | frames | CPU s | acceptance | ESS/CPU-s sin/cos phi,psi (min) | ESS/CPU-s slowest TICA | ESS/CPU-s basin "
           "| transitions/CPU-s | phi>0 | C5 population |")

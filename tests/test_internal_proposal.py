@@ -270,3 +270,42 @@ def test_a_torsion_in_a_ring_warns_that_its_moves_are_not_rigid():
     with pytest.warns(UserWarning, match="do not turn their atoms rigidly"):
         proposal = InternalCoordinateProposal.for_system(proline, hidden=(4,), moves="torsions", torsions=[(4, 6, 7, 12)])
     assert proposal._rotations is None
+
+
+def test_the_numpy_path_of_a_torsion_mixture_equals_the_torch_path():
+    """propose() of a float64 blind torsion mixture runs in NumPy: the same draws, positions and Hastings terms."""
+    from openmm_flowplugin import systems
+    from openmm_flowplugin.flows._numpy_internal import NumpyTorsionMixture
+
+    ala = systems.get("alanine_dipeptide_vacuum")
+    torch.manual_seed(0)
+    proposal = InternalCoordinateProposal.for_system(ala, hidden=(16, 16), moves="torsions", torsions=[(4, 6, 8, 14), (6, 8, 14, 16)],
+                                                     components=5)
+    with torch.no_grad():
+        for parameter in proposal.mixture_net.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    x = np.asarray(ala.positions_nm)
+    assert NumpyTorsionMixture.build(proposal) is not None
+
+    def both(n, seed):
+        fast = proposal.propose(x, n, generator=torch.Generator().manual_seed(seed))
+        slow = proposal._propose_torch(x, n, generator=torch.Generator().manual_seed(seed))
+        return fast, slow
+
+    for n, seed in ((1, 0), (1, 1), (1, 3), (16, 2)):
+        (x_fast, log_fast), (x_slow, log_slow) = both(n, seed)
+        np.testing.assert_allclose(x_fast, x_slow, atol=1e-12)
+        np.testing.assert_allclose(log_fast, log_slow, rtol=1e-10, atol=1e-10)
+    assert np.ptp(log_fast) > 0.1 and np.abs(x_fast - x).max() > 0.05  # real moves with varying Hastings terms
+    with torch.no_grad():  # a parameter change is seen: the snapshot is rebuilt
+        proposal.mixture_net[0].bias.add_(1.0)
+    (x_fast, log_fast), (x_slow, log_slow) = both(16, 2)
+    np.testing.assert_allclose(log_fast, log_slow, rtol=1e-10, atol=1e-10)
+    # Control: the comparison sees a stale snapshot (the weights before the change).
+    with torch.no_grad():
+        proposal.mixture_net[0].bias.sub_(1.0)
+    _, log_before = both(16, 2)[0]
+    assert np.abs(log_before - log_slow).max() > 1e-3
+    # Only float64 CPU blind mixtures with rigid rotations take this path.
+    assert NumpyTorsionMixture.build(proposal.to(torch.float32)) is None
+    assert NumpyTorsionMixture.build(InternalCoordinateProposal.for_system(ala, hidden=(8,), moves="torsions")) is None

@@ -161,17 +161,24 @@ class NumpyLogProb:
             return log_base + np.asarray(ladj, dtype=np.float64) - log_det
 
 
-_snapshots = weakref.WeakKeyDictionary()  # flow -> (its version, its snapshot); outside the flow, so never pickled
+_snapshots = weakref.WeakKeyDictionary()  # owner -> {build: (its version, its snapshot)}; outside the owner, so never pickled
+
+
+def cached_snapshot(owner, build):
+    """``build(owner)`` for the owner's current parameter version: rebuilt only when
+    :func:`~openmm_flowplugin.proposals.protocol.proposal_version` changes (``None`` if ``build`` cannot represent it)."""
+    from ..proposals.protocol import proposal_version
+
+    version = proposal_version(owner)
+    per_owner = _snapshots.setdefault(owner, {})
+    cached = per_owner.get(build)
+    if cached is None or cached[0] != version:
+        cached = per_owner[build] = (version, build(owner))
+    return cached[1]
 
 
 def numpy_log_prob(flow, x):
     """``flow.log_prob(x)`` as a float64 NumPy array through the flow's cached :class:`NumpyLogProb`, or ``None``."""
-    from ..proposals.protocol import proposal_version
-
-    version = proposal_version(flow)
-    cached = _snapshots.get(flow)
-    if cached is None or cached[0] != version:
-        cached = (version, NumpyLogProb.build(flow))
-        _snapshots[flow] = cached
-    return None if cached[1] is None else cached[1](x)
+    snapshot = cached_snapshot(flow, NumpyLogProb.build)
+    return None if snapshot is None else snapshot(x)
 
