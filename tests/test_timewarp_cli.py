@@ -151,3 +151,19 @@ def test_a_backbone_mixture_trains_and_jumps_in_md(trajectories, tmp_path):
     _assert_user_error(runner.invoke(main, ["train-timewarp", "alanine_dipeptide_vacuum", "-d", trajectories[0], "--lag", "2",
                                             "--internal", "torsions", "--torsion", "4,6,8", "-o", str(tmp_path / "x.pt")]),
                        "four comma-separated atom indices")
+
+
+def test_fine_tuning_after_training_changes_the_model_and_refuses_several_molecules(trajectories, tmp_path):
+    runner = CliRunner()
+    common = ["train-timewarp", "alanine_dipeptide_vacuum", "-d", trajectories[0], "--lag", "2", "--internal", "torsions",
+              "--torsion", "backbone", "--components", "3", "--hidden", "8", "--batch-size", "8", "--steps", "3", "--no-progress"]
+    plain, tuned = str(tmp_path / "plain.pt"), str(tmp_path / "tuned.pt")
+    assert runner.invoke(main, common + ["-o", plain]).exit_code == 0
+    result = runner.invoke(main, common + ["--fine-tune-steps", "4", "--likelihood-weight", "0.5", "-o", tuned])
+    assert result.exit_code == 0, result.output
+    assert "fine-tuned 4 steps, acceptance of the training starts" in result.output
+    before, after = (load_conditional_flow(path, cache=False).state_dict() for path in (plain, tuned))
+    assert any(not torch.equal(before[name], after[name]) for name in before)  # the same likelihood training, then tuned
+    _assert_user_error(runner.invoke(main, ["train-timewarp", "-d", f"alanine_dipeptide_vacuum={trajectories[0]}", "-d",
+                                            f"dipeptide_ala_vacuum={trajectories[1]}", "--transferable", "--lag", "2",
+                                            "--fine-tune-steps", "2", "-o", str(tmp_path / "t.pt")]), "--fine-tune-steps")

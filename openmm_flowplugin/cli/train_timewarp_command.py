@@ -21,6 +21,10 @@ With --internal torsions, --torsion backbone (every phi and psi) or --torsion A,
 the rotations about those dihedrals' bonds, and --components K > 1 learns a mixture that jumps between their
 basins: train it on pairs far apart in time (a --lag of several ps).
 
+--fine-tune-steps N then tunes the acceptance through the System's energy (Timewarp's acceptance loss beside
+--likelihood-weight times the likelihood; not checkpointed, so a rerun repeats it from the trained model).
+It raises acceptance by shrinking moves: measure effective samples, not acceptance (docs/timewarp.md).
+
 --transferable trains one model over atoms (atom features from elements and bonds, distance-kernel
 attention) that runs on other molecules too; then -d NAME=FILE adds a trajectory of another registered
 system NAME (e.g. -d dipeptide_ser=ser.dcd), so one model learns from several molecules.
@@ -90,14 +94,18 @@ def _widths(ctx, param, value):
 @click.option("--rounds", default=2, show_default=True, type=click.IntRange(min=0), help="Attention rounds per coupling (--transferable).")
 @click.option("--no-rotations", is_flag=True, help="Do not augment pairs by random rigid rotations.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--fine-tune-steps", default=0, show_default=True, type=click.IntRange(min=0),
+              help="After the likelihood training, steps of acceptance fine-tuning through the System's energy (one molecule).")
+@click.option("--likelihood-weight", default=1.0, show_default=True, type=click.FloatRange(min=0.0),
+              help="Weight of the likelihood beside the acceptance loss in --fine-tune-steps (it holds the step length).")
 @click.option("--checkpoint", default=None, type=click.Path(dir_okay=False), help="Training checkpoint to write, and to resume from if it exists.")
 @click.option("--checkpoint-every", default=100, show_default=True, type=POSITIVE_INT, help="Steps between checkpoints.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar with the loss on stderr [default: when stderr is a terminal].")
 @_user_errors
 def train_timewarp(molecular_system_options, data, lag, output, steps, batch_size, learning_rate, layers, hidden, context_features,
-                   step_scale, transferable, internal, torsions, components, rounds, no_rotations, seed, checkpoint, checkpoint_every, overwrite,
-                   progress):
+                   step_scale, transferable, internal, torsions, components, rounds, no_rotations, seed, fine_tune_steps, likelihood_weight,
+                   checkpoint, checkpoint_every, overwrite, progress):
     from pathlib import Path
 
     import torch
@@ -117,6 +125,11 @@ def train_timewarp(molecular_system_options, data, lag, output, steps, batch_siz
         raise InvalidInputError("--checkpoint and --output must be different files (the checkpoint also holds the optimizer).")
     check_output_path(output, overwrite)  # refuse an existing output before training
     molecules = _trajectories_by_molecule(data, molecular_system_options, transferable)
+    if fine_tune_steps and transferable:
+        raise InvalidInputError("--fine-tune-steps works on a per-molecule model: train --transferable without it.")
+    if fine_tune_steps and len(molecules) > 1:
+        raise InvalidInputError(f"--fine-tune-steps tunes the acceptance on one molecule's energy, but -d gives {len(molecules)} molecules: "
+                                "fine-tune a model per molecule, or train without it.")
     longest = max(len(frames) for _, trajectories in molecules for frames in trajectories)
     if lag >= longest:
         raise InvalidInputError(f"--lag {lag} frames is too long: the longest trajectory has {longest} frames, so there is no pair; "
@@ -146,10 +159,28 @@ def train_timewarp(molecular_system_options, data, lag, output, steps, batch_siz
     resumed = f" (resumed from {checkpoint})" if checkpoint is not None and Path(checkpoint).is_file() else ""
     history = train(flow, pairs, n_steps=steps, batch_size=batch_size, learning_rate=learning_rate, rotations=not no_rotations,
                     seed=seed, checkpoint=checkpoint, checkpoint_every=checkpoint_every, progress=progress)
+    tuned = ""
+    if fine_tune_steps:
+        tuned = _fine_tune(flow, datasets[0], fine_tune_steps, batch_size, likelihood_weight, not no_rotations, seed, progress)
     save_conditional_flow(flow, output, overwrite=overwrite)
     tail = history[-min(len(history), 100):]
     click.echo(f"{n_pairs} pairs from {n_trajectories} trajectories of {len(datasets)} molecule(s); loss (nats per pair, mean of the last {len(tail)} "
-               f"steps) {sum(tail) / len(tail):.3f}{resumed}; wrote {output}")
+               f"steps) {sum(tail) / len(tail):.3f}{resumed}{tuned}; wrote {output}")
+
+
+def _fine_tune(flow, dataset, n_steps, batch_size, likelihood_weight, rotations, seed, progress):
+    """Acceptance fine-tuning of ``flow`` on one molecule's pairs (not checkpointed: a rerun repeats it from the trained model)."""
+    from ..bridge.energy import OpenMMEnergy
+    from ..flows.conditional_training import fine_tune_acceptance
+
+    molecule, (x_t, x_lag) = dataset
+    if not hasattr(molecule, "system"):
+        raise InvalidInputError("--fine-tune-steps needs the molecule's System: give SYSTEM (or --system ...).")
+    energy = OpenMMEnergy(molecule.system, molecule.temperature)
+    accepted = fine_tune_acceptance(flow, (x_t, x_lag), energy, n_steps=n_steps, batch_size=batch_size, likelihood_weight=likelihood_weight,
+                                    rotations=rotations, seed=seed + 1, progress=progress)
+    tail = accepted[-min(len(accepted), 100):]
+    return f"; fine-tuned {n_steps} steps, acceptance of the training starts (mean of the last {len(tail)} steps) {float(sum(tail) / len(tail)):.3g}"
 
 
 def _trajectories_by_molecule(data, molecular_system_options, transferable):
