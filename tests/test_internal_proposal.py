@@ -309,3 +309,18 @@ def test_the_numpy_path_of_a_torsion_mixture_equals_the_torch_path():
     # Only float64 CPU blind mixtures with rigid rotations take this path.
     assert NumpyTorsionMixture.build(proposal.to(torch.float32)) is None
     assert NumpyTorsionMixture.build(InternalCoordinateProposal.for_system(ala, hidden=(8,), moves="torsions")) is None
+
+
+def test_propose_rejects_degenerate_states_and_refuses_a_bad_count():
+    from openmm_flowplugin import systems
+
+    ala = systems.get("alanine_dipeptide_vacuum")
+    proposal = InternalCoordinateProposal.for_system(ala, hidden=(8,), moves="torsions", torsions=[(4, 6, 8, 14), (6, 8, 14, 16)],
+                                                     components=3)
+    collapsed = np.zeros((22, 3))  # a Context's positions before setPositions: no rotation axis
+    for propose in (proposal.propose, proposal._propose_torch):
+        x_new, log_h = propose(collapsed, 2, generator=torch.Generator().manual_seed(0))
+        assert x_new.shape == (2, 22, 3) and np.all(log_h == -np.inf)
+    for bad in (-1, 2.7, True):
+        with pytest.raises(InvalidInputError, match="n must be a non-negative integer"):
+            proposal.propose(ala.positions_nm, bad)

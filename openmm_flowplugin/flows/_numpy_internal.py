@@ -115,8 +115,15 @@ class NumpyTorsionMixture:
         return _logsumexp(log_weights + per_component, -1)
 
     def propose(self, x, n, generator=None):
-        """As ``InternalCoordinateProposal.propose``: ``n`` proposals from ``x`` (n_atoms, 3) nm and their log Hastings terms."""
-        x = np.asarray(x, dtype=np.float64)
+        """As ``InternalCoordinateProposal.propose``: ``n`` proposals from ``x`` (n_atoms, 3) nm and their log Hastings terms.
+
+        A configuration outside the domain (a bond <= 0, an angle outside (0, pi), NaN) gives the current
+        positions with Hastings terms of -inf, rejections, as in torch.
+        """
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # overflows and NaNs end as -inf or rejections
+            return self._propose(np.asarray(x, dtype=np.float64), n, generator)
+
+    def _propose(self, x, n, generator):
         bonds, angles, torsions = self._internal(x)
         log_weights, centres, log_scale = self._mixture(bonds, angles, torsions)
         uniform = torch.rand(n, generator=generator, dtype=torch.float64).numpy()
@@ -126,9 +133,8 @@ class NumpyTorsionMixture:
         current = torsions[self.moved]
         log_q = self._log_density(np.concatenate((current[None], new)), log_weights, centres, log_scale)
         log_hastings = log_q[0] - log_q[1:]
-        valid = (bonds > 0).all() and (angles > 0).all() and (angles < math.pi).all()
-        if not valid:
-            log_hastings = np.full(n, -math.inf)
+        if not ((bonds > 0).all() and (angles > 0).all() and (angles < math.pi).all()):  # also: no rotation axis
+            return np.repeat(x[None], n, axis=0), np.full(n, -math.inf)
         if n == 1:  # one jump of an integrator: scalar rotation matrices
             x_new = x.copy()
             for (j, k, atoms), angle in zip(self.rotations, (new[0] - current).tolist()):

@@ -373,10 +373,14 @@ class InternalCoordinateProposal(nn.Module):
         """``n`` proposals from positions ``x`` (n_atoms, 3) nm and their log Hastings terms (numpy, float64).
 
         A float64 blind torsion mixture with rigid rotations runs in NumPy (:mod:`._numpy_internal`): the same
-        draws from ``generator`` and the same arithmetic, several times faster for one configuration.
+        draws from ``generator`` and the same arithmetic, several times faster for one configuration. Its
+        snapshot of the weights follows every change :func:`~openmm_flowplugin.proposals.protocol.proposal_version`
+        sees (optimizer steps, in-place changes under ``torch.no_grad()``, ``load_state_dict``, ``.to``).
         """
-        fast = cached_snapshot(self, NumpyTorsionMixture.build)
-        if fast is None:
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise InvalidInputError(f"n must be a non-negative integer (proposals to draw), got {n!r}.")
+        fast = cached_snapshot(self, NumpyTorsionMixture.build) if type(self) is InternalCoordinateProposal else None
+        if fast is None:  # subclasses may override the density or the draw: torch, which calls them
             return self._propose_torch(x, n, generator)
         x = np.asarray(x, dtype=np.float64)
         if x.shape != (self.n_atoms, 3):

@@ -90,7 +90,9 @@ def proposal_version(proposal):
     counter of every parameter and buffer; for other objects, the same for the tensors and modules
     among their attributes (one level deep, e.g. a wrapper holding a flow). A proposal whose state
     cannot be tracked this way (no tensors, no ``version``) is refused: draws made ahead and cached
-    ``log q`` values could otherwise outlive a change of its parameters.
+    ``log q`` values could otherwise outlive a change of its parameters. Changes made through
+    ``parameter.data`` (a view with a version counter of its own) are not seen: change parameters in
+    place under ``torch.no_grad()``, as optimizers do, or declare ``version``.
 
     Raises
     ------
