@@ -21,8 +21,8 @@ otherwise, :func:`select_platform` times the candidates on the System itself:
    caller's ``positions`` if given, else on a jittered lattice at liquid density (or filling the box).
    GPUs are timed for small systems because they do not always win there: on an H200 with
    OpenMM 8.6, alanine dipeptide in vacuum ran 4,571 ns/day on Reference against 2,402 on CUDA and
-   evaluated 52,000 configurations/s against 12,000, while in OBC implicit solvent CUDA was 20x
-   faster than the CPU platform (``benchmarks/bench_platforms.py``);
+   evaluated 52,000 configurations/s against 12,000, while in OBC implicit solvent CUDA ran MD
+   20x faster than the CPU platform (``benchmarks/bench_platforms.py``);
 5. larger systems without a GPU go to CPU without timing: Reference never won there. Measured on 2
    cores (MD steps): TIP3P water boxes with PME of 306, 774 and 1,503 particles ran 7x, 7x and 13x
    slower on Reference, explicit-solvent alanine dipeptide (2,269 particles) 13x; the largest system
