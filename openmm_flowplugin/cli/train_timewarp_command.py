@@ -174,8 +174,6 @@ def _fine_tune(flow, dataset, n_steps, batch_size, likelihood_weight, rotations,
     from ..flows.conditional_training import fine_tune_acceptance
 
     molecule, (x_t, x_lag) = dataset
-    if not hasattr(molecule, "system"):
-        raise InvalidInputError("--fine-tune-steps needs the molecule's System: give SYSTEM (or --system ...).")
     energy = OpenMMEnergy(molecule.system, molecule.temperature)
     accepted = fine_tune_acceptance(flow, (x_t, x_lag), energy, n_steps=n_steps, batch_size=batch_size, likelihood_weight=likelihood_weight,
                                     rotations=rotations, seed=seed + 1, progress=progress)
