@@ -206,6 +206,13 @@ def block_delta_f(s, log_w, case, kT, n_blocks):
     return value, error
 
 
+def tail_summary(delta):
+    """The weights' tail per basin for a table cell: reliable or not, Pareto k̂ and effective samples (first / second basin)."""
+    k = " / ".join(f"{v:.2f}" for v in delta.pareto_k.values())
+    ess = " / ".join(f"{v:.0f}" for v in delta.effective_samples.values())
+    return f"{'reliable' if delta.reliable else 'UNRELIABLE'}: k̂ {k}, ESS {ess}"
+
+
 def estimate(result, case, edges, exact, temperature, kT, n_blocks, n_bootstrap, seed):
     """Adds FES error and Delta F (with error) to a run's result (analysis time not counted)."""
     s, log_w = result["s"], result.get("log_w", np.zeros(len(result["s"])))
@@ -216,6 +223,7 @@ def estimate(result, case, edges, exact, temperature, kT, n_blocks, n_bootstrap,
             delta = basin_free_energy_difference(s, log_w, {"A": case["A"], "B": case["B"]}, "A", "B", temperature,
                                                  n_bootstrap=n_bootstrap, seed=seed)
             result["delta_f"], result["delta_f_error"] = delta.value, delta.error
+            result["tail"] = tail_summary(delta)
         except InvalidInputError:  # a basin without weight: reported as never visited
             result["delta_f"], result["delta_f_error"] = math.nan, math.nan
     else:
@@ -305,14 +313,14 @@ def main(budget=(30000, 100000), systems_=tuple(CASES), sample_fraction=0.25, bi
                     delta = "a basin never visited"
                 else:
                     delta = fmt(r["delta_f"]) + (" ± ∞" if err == INF else "" if not np.isfinite(err) else f" ± {err:.2f}")
-                rows.append(f"| {n_eval} | {method} | {fmt(r['fes_error'])} | {delta} | {fmt(z, 1)} | {r['evaluations']} | "
+                rows.append(f"| {n_eval} | {method} | {fmt(r['fes_error'])} | {delta} | {fmt(z, 1)} | {r.get('tail', '–')} | {r['evaluations']} | "
                             f"{r['cpu']:.1f} | {fmt(r.get('ess'), 0)} | {r['detail']} |")
         print(f"### {name} (T = {temperature.value_in_unit(unit.kelvin):.0f} K, kT = {kT:.3f} kJ/mol)\n")
         print(f"Exact Delta F(A -> B) = {exact_df:.2f} kJ/mol (A = {case['A']}, B = {case['B']}); {len(edges[0]) - 1}x{len(edges[1]) - 1} "
               f"bins, {int((f <= 20).sum())} within 20 kJ/mol. MD dt = {dt_fs:.0f} fs (omega_max = {omega:.2f}/ps, omega_max dt = "
               f"{omega * dt_fs / 1000:.2f}); NVE check at that dt: drift {drift:+.1e} kT/ns, std(E_total)/std(E_kin) = {ratio:.3f}.\n")
-        print("| budget | method | FES error (kJ/mol) | ΔF(A→B) ± err (kJ/mol) | z vs exact | energy evaluations | CPU s | ESS | run |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("| budget | method | FES error (kJ/mol) | ΔF(A→B) ± err (kJ/mol) | z vs exact | weights' tail (A / B) | energy evaluations | CPU s | ESS | run |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         print("\n".join(rows) + "\n", flush=True)
 
 

@@ -4,7 +4,8 @@
 Each method gets the same number of energy/force evaluations (``--budget``):
 
 (a) the CV-biased diffusion sampler in internal coordinates (``InternalCoordinateSpace`` standardized on a short
-    MD run whose frames also warm-start the replay buffer: its steps count), ``WellTemperedBias`` on phi/psi
+    MD run whose frames also warm-start the replay buffer: its steps count; the torsions that turn phi and psi get a
+    spread of at least ``--rotor-scale`` rad), ``WellTemperedBias`` on phi/psi
     (periodic grid, gamma 8, hill width 0.2 rad), frozen for production; production samples take
     ``--sample-fraction`` of the budget; exact discrete-chain importance weights;
 (a') the same run's final bias read as F = -gamma/(gamma-1) V (approximate);
@@ -46,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import openmm
 import torch
-from bench_diffusion import block_delta_f, fmt, in_box
+from bench_diffusion import block_delta_f, fmt, in_box, tail_summary
 from openmm import app, unit
 
 from openmm_flowplugin import systems
@@ -154,11 +155,12 @@ def reference(molecular_system, output, metad_ns, static_ns, seed):
 
 
 # ---------------------------------------------------------------------------------------------- diffusion
-def run_diffusion(molecular_system, budget, sample_fraction, biased, seed):
+def run_diffusion(molecular_system, budget, sample_fraction, biased, seed, rotor_scale=1.0):
     start = time.process_time()
     frames = _md_frames(molecular_system, WARM_START["frames"], WARM_START["interval"], seed, PLATFORMS[molecular_system.name])
     md_evaluations = WARM_START["frames"] * WARM_START["interval"]
-    space = InternalCoordinateSpace.from_positions(molecular_system.topology, frames)
+    rotors = [PHI, PSI] if rotor_scale else []  # the torsions that turn phi and psi: spread >= rotor_scale rad
+    space = InternalCoordinateSpace.from_positions(molecular_system.topology, frames, rotors=rotors, rotor_scale=rotor_scale or 1.0)
     bias = None
     if biased:
         n = int(math.ceil(2 * PI / (HILL_WIDTH / 4))) + 1
@@ -189,6 +191,7 @@ def estimate(result, edges, ref, temperature, kT, n_blocks, n_bootstrap, seed):
         try:
             delta = basin_free_energy_difference(s, log_w, BASINS, "C7eq", "C7ax", temperature, n_bootstrap=n_bootstrap, seed=seed)
             result["delta_f"], result["delta_f_error"] = delta.value, delta.error
+            result["tail"] = tail_summary(delta)
         except InvalidInputError:  # a basin without weight
             result["delta_f"], result["delta_f_error"] = math.nan, math.nan
     else:
@@ -231,7 +234,7 @@ def row(budget, method, r, ref_df):
         delta = "a basin never visited"
     else:
         delta = fmt(r["delta_f"]) + (" ± ∞" if err == math.inf else "" if not np.isfinite(err) else f" ± {err:.2f}")
-    return (f"| {budget} | {method} | {fmt(r['fes_error'])} | {fmt(r['fes_error_uniform'])} | {delta} | {fmt(z, 1)} | {r['evaluations']} | {r['cpu']:.1f} | "
+    return (f"| {budget} | {method} | {fmt(r['fes_error'])} | {fmt(r['fes_error_uniform'])} | {delta} | {fmt(z, 1)} | {r.get('tail', '–')} | {r['evaluations']} | {r['cpu']:.1f} | "
             f"{fmt(r.get('ess'), 0)} | {r['detail']} |")
 
 
@@ -264,7 +267,7 @@ def main(args):
     kT = (temperature * unit.MOLAR_GAS_CONSTANT_R).value_in_unit(unit.kilojoule_per_mole)
     edges = [np.linspace(-PI, PI, args.bins + 1)] * 2
     print(f"Settings: seed {args.seed}; CVs phi {PHI}, psi {PSI}; {args.bins}x{args.bins} bins; basins {BASINS}; diffusion: "
-          f"NoiseSchedule{SCHEDULE} (standardized internal coordinates), {DIFFUSION}, warm start {WARM_START}, "
+          f"NoiseSchedule{SCHEDULE} (standardized internal coordinates, rotor scale {args.rotor_scale} rad), {DIFFUSION}, warm start {WARM_START}, "
           f"{args.sample_fraction:.0%} of the training budget as production samples, bias gamma {BIAS_FACTOR}, width {HILL_WIDTH} rad, "
           f"{DIFFUSION_HILL_HEIGHT} kJ/mol per end point; metadynamics: gamma {BIAS_FACTOR}, width {HILL_WIDTH} rad, "
           f"{args.metad_height} kJ/mol every {args.metad_frequency} steps, first {args.metad_discard:.0%} not reweighted; "
@@ -290,7 +293,7 @@ def main(args):
         runs = {}
         for key, biased, seed in (("(a) diffusion + WT bias (exact weights)", True, args.seed),
                                   ("(b) diffusion, no bias (exact weights)", False, args.seed + 1)):
-            result = run_diffusion(molecular_system, budget, args.sample_fraction, biased, seed)
+            result = run_diffusion(molecular_system, budget, args.sample_fraction, biased, seed, args.rotor_scale)
             runs[key] = estimate(result, edges, ref, temperature, kT, args.blocks, args.n_bootstrap, seed)
             print(f"  {key}: {result['detail']}, {result['cpu']:.0f} CPU s, ESS {result['ess']:.1f}", flush=True)
             if biased:
@@ -304,8 +307,8 @@ def main(args):
     for budget in args.md_budgets:
         rows += [row(budget, method, r, ref_df) for method, r in
                  md_rows(molecular_system, budget, edges, ref, temperature, kT, args, args.seed + 2).items()]
-    print("| budget | method | FES error (kJ/mol) | FES error, bins equal (kJ/mol) | ΔF(C7eq→C7ax) ± err (kJ/mol) | z vs reference | energy evaluations | CPU s | ESS | run |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| budget | method | FES error (kJ/mol) | FES error, bins equal (kJ/mol) | ΔF(C7eq→C7ax) ± err (kJ/mol) | z vs reference | weights' tail (C7eq / C7ax) | energy evaluations | CPU s | ESS | run |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows), flush=True)
 
 
@@ -316,6 +319,8 @@ if __name__ == "__main__":
     parser.add_argument("--budget", type=int, nargs="+", default=[100000, 200000, 500000], help="energy evaluations per method, all four methods")
     parser.add_argument("--md-budgets", type=int, nargs="*", default=[1000000, 5000000], help="extra budgets for metadynamics and MD only")
     parser.add_argument("--sample-fraction", type=float, default=0.25, help="share of the diffusion budget (after warm start) for samples")
+    parser.add_argument("--rotor-scale", type=float, default=1.0,
+                        help="least standardization spread (rad) of the Z-matrix torsions that turn phi and psi; 0: the MD run's spread")
     parser.add_argument("--bins", type=int, default=24, help="bins per torsion for the FES")
     parser.add_argument("--metad-frequency", type=int, default=500, help="steps between hills")
     parser.add_argument("--metad-height", type=float, default=1.2, help="initial hill height, kJ/mol")

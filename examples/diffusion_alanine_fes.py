@@ -40,6 +40,7 @@ print(f"{results['iterations']} iterations, {results['energy_evaluations']:,} en
 pair = results["basins"]["C7eq -> C7ax"]
 if "delta_f_kJ_per_mol" in pair:
     print(f"ΔF(C7eq → C7ax) = {pair['delta_f_kJ_per_mol']:.2f} ± {pair['error_kJ_per_mol']:.2f} kJ/mol (exact weights; reference 11.66 ± 0.10)")
+    print(f"  weights' tail: {pair['diagnosis']}")
 else:
     print(f"ΔF(C7eq → C7ax) not estimated: {pair['not_estimated']}")
 print(f"results in {args.output}/ (fes.png, results.json)")

@@ -52,6 +52,7 @@ print(f"Müller–Brown, {results['iterations']} iterations, {results['energy_ev
       f"ESS {results['ess_fraction']:.4f}")
 if "delta_f_kJ_per_mol" in pair:
     print(f"ΔF(A → B) reweighted  {pair['delta_f_kJ_per_mol']:.2f} ± {pair['error_kJ_per_mol']:.2f} kJ/mol")
+    print(f"  weights' tail: {pair['diagnosis']}")
 else:
     print(f"ΔF(A → B) reweighted  not estimated: {pair['not_estimated']}")
 print(f"ΔF(A → B) quadrature  {exact:.2f} kJ/mol")

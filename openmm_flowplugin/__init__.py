@@ -7,7 +7,7 @@ Public API (imported lazily, so ``import openmm_flowplugin`` stays fast and quie
 - Coordinates and flows: :class:`InternalCoordinateTransform`, :class:`BoltzmannGenerator`,
   :func:`load_flow`, :func:`save_flow`
 - Training and evaluation: :func:`train_maximum_likelihood`, :func:`train_reverse_kl`,
-  :func:`evaluate_flow`, :func:`importance_weights`, :func:`effective_sample_size`, :func:`simulate`
+  :func:`evaluate_flow`, :func:`importance_weights`, :func:`effective_sample_size`, :func:`pareto_k`, :func:`simulate`
 - Proposals and exact moves: :class:`GaussianProposal`, :class:`ProposalBuffer`, :class:`FlowMCMove` (openmmtools),
   :class:`FlowMCIntegrator` (drop-in OpenMM integrator), :class:`FlowMCReporter`
 - Forces: :func:`as_openmm_force`, :func:`flow_potential`, :func:`parameter_derivative`,
@@ -46,6 +46,7 @@ _EXPORTS = {
     "train_reverse_kl": ".flows.training",
     "importance_weights": ".analysis.weights",
     "effective_sample_size": ".analysis.weights",
+    "pareto_k": ".analysis.weights",
     "simulate": ".simulation.md",
     "evaluate_flow": ".analysis.evaluation",
     # proposals

@@ -13,10 +13,7 @@ from openmm import app, unit
 
 from openmm_flowplugin.errors import InvalidInputError
 from openmm_flowplugin.systems.molecular_system import MolecularSystem
-
-#: One-letter code -> residue name of the mutations PDBFixer and amber14 build.
-RESIDUES = {"A": "ALA", "R": "ARG", "N": "ASN", "D": "ASP", "C": "CYS", "Q": "GLN", "E": "GLU", "G": "GLY", "H": "HIS", "I": "ILE",
-            "L": "LEU", "K": "LYS", "M": "MET", "F": "PHE", "P": "PRO", "S": "SER", "T": "THR", "W": "TRP", "Y": "TYR", "V": "VAL"}
+from openmm_flowplugin.systems.registry import DIPEPTIDE_RESIDUES as RESIDUES
 
 
 def _mutated_topology(residue):

@@ -28,6 +28,8 @@ def test_a_small_run_writes_results_and_resumes(tmp_path):
     assert results["iterations"] == 3 and "A -> B" in results["basins"] and "approximate" in results["well_tempered_estimate"]
     basin = results["basins"]["A -> B"]  # three tiny iterations: an estimate, or the reason there is none
     assert ("delta_f_kJ_per_mol" in basin) != ("not_estimated" in basin)
+    if "delta_f_kJ_per_mol" in basin:  # three iterations cannot give reliable weights: the result must say so
+        assert basin["reliable"] is False and "UNRELIABLE" in basin["diagnosis"] and "UNRELIABLE" in (out / "results.md").read_text()
     assert results["energy_evaluations"] == 3 * 16 + 64
     stored = np.load(out / "samples.npz")
     assert stored["log_weights"].shape == (64,) and stored["cv_values"].shape == (64, 2)
@@ -70,6 +72,10 @@ def test_internal_coordinates_on_a_molecule(tmp_path):
     assert results["settings"]["coordinates"]["kind"] == "internal"
     schedule = results["settings"]["schedule"]  # standardized units: the internal-coordinate defaults
     assert (schedule["sigma_max"], schedule["sigma_min"]) == (1.2, 0.05)
+    # the torsions that turn phi and psi (Z-matrix rows 3 and 9) are standardized on at least --rotor-scale (default 1 rad)
+    coordinates = results["settings"]["coordinates"]
+    first_torsion = 21 + 20  # 21 bonds, 20 angles
+    assert [coordinates["scale"][first_torsion + i] for i in (3, 9)] == [1.0, 1.0]
     # the standardization MD and its warm start count: 10,000 MD steps + 200 warm-start energies + 2 x 16 + 64
     assert results["energy_evaluations"] == 10_000 + 200 + 2 * 16 + 64
     energies = np.load(out / "samples.npz")["reduced_energies"]

@@ -149,3 +149,26 @@ def test_stored_cv_jacobians_give_the_bias_gradient_through_the_coordinate_trans
     resumed.load_checkpoint(tmp_path / "old.pt")
     for key, value in stored.items():
         assert torch.allclose(resumed.buffer.data[key], value, rtol=0, atol=1e-12)
+
+
+def test_rotors_widen_the_spread_of_the_torsions_about_the_cv_bonds_only():
+    from openmm_flowplugin import systems
+    from openmm_flowplugin.diffusion.coordinates import rotor_torsions
+
+    ala2 = systems.get("alanine_dipeptide_vacuum")
+    frames = ala2.positions_nm[None] + 0.01 * np.random.default_rng(0).normal(size=(20, 22, 3))
+    phi, psi = (4, 6, 8, 14), (6, 8, 14, 16)
+    plain = InternalCoordinateSpace.from_positions(ala2.topology, frames)
+    wide = InternalCoordinateSpace.from_positions(ala2.topology, frames, rotors=[phi, psi], rotor_scale=1.0)
+    rows = rotor_torsions(plain.transform, [phi, psi])
+    assert [plain.transform.zmatrix[i].tolist() for i in rows] == [[4, 6, 8, 10], [15, 14, 8, 6]]  # proper torsions about 6-8 and 8-14
+    first_torsion = plain.transform.n_bonds + plain.transform.n_angles
+    widened = torch.zeros(plain.dimension, dtype=torch.bool)
+    widened[[first_torsion + i for i in rows]] = True
+    assert torch.all(plain.scale[widened] < 1.0) and torch.all(wide.scale[widened] == 1.0)
+    assert torch.equal(wide.scale[~widened], plain.scale[~widened]) and torch.equal(wide.mean, plain.mean)
+    for rotor, message in (((4, 6, 14, 16), "not bonded"), ((4, 6, 8, 99), "four atom indices")):
+        with pytest.raises(InvalidInputError, match=message):
+            InternalCoordinateSpace.from_positions(ala2.topology, frames, rotors=[rotor])
+    with pytest.raises(InvalidInputError, match="rotor_scale"):
+        InternalCoordinateSpace.from_positions(ala2.topology, frames, rotors=[phi], rotor_scale=4.0)

@@ -29,6 +29,11 @@ import numpy as np
 from ..errors import InvalidInputError
 from ..proposals.streams import numpy_generator
 from ..units import kT as _kT
+from .weights import pareto_k, pareto_k_threshold
+
+
+# Effective samples a basin needs before its weight (and the bootstrap error of it) is trusted.
+MIN_EFFECTIVE_SAMPLES = 100
 
 
 @dataclasses.dataclass
@@ -62,11 +67,50 @@ class FreeEnergySurface:
 
 @dataclasses.dataclass
 class BasinFreeEnergy:
-    """ΔF = F(B) − F(A) = −kT ln(P_B / P_A) in kJ/mol with its bootstrap standard error (``inf`` if a replica leaves a basin empty)."""
+    """ΔF = F(B) − F(A) = −kT ln(P_B / P_A) in kJ/mol with its bootstrap standard error (``inf`` if a replica leaves a basin empty).
+
+    The bootstrap error is only as good as the weights' tail: where a basin's largest weights have a
+    Pareto shape k̂ above :func:`~openmm_flowplugin.analysis.weights.pareto_k_threshold`, its weight
+    is dominated by samples not drawn yet, the estimate is biased with high probability and the error
+    bar cannot show it. ``reliable`` says whether both basins pass.
+
+    Attributes
+    ----------
+    value, error : float
+        kJ/mol.
+    probabilities : dict
+        Basin name → weighted probability.
+    samples : dict
+        Basin name → number of samples with nonzero weight inside it.
+    effective_samples : dict
+        Basin name → Kish effective sample size of the weights inside it.
+    pareto_k : dict
+        Basin name → k̂ of the weights inside it (``nan`` below 25 samples).
+    """
 
     value: float
     error: float
     probabilities: dict
+    samples: dict = dataclasses.field(default_factory=dict)
+    effective_samples: dict = dataclasses.field(default_factory=dict)
+    pareto_k: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def reliable(self):
+        """True when every basin has an effective sample size ≥ 100 and k̂ below the threshold for its sample count.
+
+        Both are needed: with a few dozen samples in a basin the tail fit itself is noise.
+        """
+        return bool(self.pareto_k) and all(
+            self.effective_samples[name] >= MIN_EFFECTIVE_SAMPLES and self.pareto_k[name] < pareto_k_threshold(self.samples[name])
+            for name in self.pareto_k)
+
+    def diagnosis(self):
+        """One line on the weights' tail in each basin, for logs and result files."""
+        parts = [f"{name}: {self.samples[name]} samples, ESS {self.effective_samples[name]:.1f}, k̂ {self.pareto_k[name]:.2f}"
+                 for name in self.pareto_k]
+        verdict = "reliable" if self.reliable else "UNRELIABLE: a basin's weight rests on a heavy tail (k̂ above threshold) or on fewer than 100 effective samples"
+        return f"{verdict} ({'; '.join(parts)})"
 
 
 def _checked(cv_values, log_weights):
@@ -183,8 +227,13 @@ def basin_free_energy_difference(cv_values, log_weights, basins, first, second, 
     replicas = _bootstrap(len(s), n_bootstrap, seed, delta) if n_bootstrap else np.array([np.nan])
     # replicas that leave a basin empty mean it is too sparsely sampled for a finite error bar
     error = math.nan if not n_bootstrap else float(np.std(replicas)) if np.isfinite(replicas).all() else math.inf
+    log_w = np.log(w, where=w > 0, out=np.full_like(w, -np.inf))
+    members = {name: log_w[inside[name] & (w > 0)] for name in (first, second)}
     return BasinFreeEnergy(value=float(value), error=error,
-                           probabilities={name: float(w[inside[name]].sum() / total) for name in (first, second)})
+                           probabilities={name: float(w[inside[name]].sum() / total) for name in (first, second)},
+                           samples={name: int(len(v)) for name, v in members.items()},
+                           effective_samples={name: float(np.exp(2 * np.logaddexp.reduce(v) - np.logaddexp.reduce(2 * v))) for name, v in members.items()},
+                           pareto_k={name: pareto_k(v) for name, v in members.items()})
 
 
 def fes_error(estimate, reference, reference_probability, cutoff=20.0):

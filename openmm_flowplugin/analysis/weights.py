@@ -1,6 +1,6 @@
-"""Importance weights of flow samples against a Boltzmann distribution, and their effective sample size."""
+"""Importance weights of flow samples against a Boltzmann distribution, their effective sample size and tail."""
 
-__all__ = ["importance_weights", "effective_sample_size", "weighted_fraction", "normalized_weights"]
+__all__ = ["importance_weights", "effective_sample_size", "weighted_fraction", "normalized_weights", "pareto_k", "pareto_k_threshold"]
 
 import math
 
@@ -88,3 +88,53 @@ def weighted_fraction(indicator, log_weights):
     p = float(np.sum(w * f))
     se = float(np.sqrt(np.sum(w**2 * (f - p) ** 2)))
     return p, se
+
+
+def pareto_k(log_weights):
+    """Shape k̂ of a generalized Pareto fit to the largest importance weights: how heavy their tail is.
+
+    The diagnostic of Pareto-smoothed importance sampling (Vehtari, Simpson, Gelman, Yao, Gabry, JMLR
+    2024): the M = min(n/5, 3√n) largest weights, less the next one, are fitted by maximum likelihood
+    (``scipy.stats.genpareto``). A self-normalized estimate from n weights is trustworthy for
+    k̂ < :func:`pareto_k_threshold` (0.7 for n ≥ 2,154). Above it the estimate is dominated by weights
+    not drawn yet: it is biased with high probability, and bootstrap or delta-method errors cannot
+    show it. Weights with no finite variance have k ≥ 0.5; bounded weights k < 0.
+
+    Returns ``nan`` for fewer than 25 finite weights (too few to fit a tail).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> heavy = np.log(rng.pareto(1 / 0.9, 20000) + 1)  # Pareto tail, k = 0.9
+    >>> bool(pareto_k(heavy) > pareto_k_threshold(20000))
+    True
+    >>> bool(pareto_k(rng.normal(0, 0.1, 20000)) < 0.3)  # nearly equal weights
+    True
+    """
+    from scipy import stats
+
+    log_w = np.asarray(log_weights, dtype=np.float64).reshape(-1)
+    log_w = np.sort(log_w[np.isfinite(log_w)])
+    n = len(log_w)
+    if n < 25:
+        return math.nan
+    m = int(min(0.2 * n, 3.0 * math.sqrt(n)))
+    top, threshold = log_w[-m:], log_w[-m - 1]
+    exceedances = np.exp(top - top[-1]) - math.exp(threshold - top[-1])  # scaled by the largest weight: no overflow
+    if not np.any(exceedances > 0):
+        return -math.inf  # the top weights are all equal: a bounded tail
+    shape, _, _ = stats.genpareto.fit(exceedances, floc=0.0)
+    return float(shape)
+
+
+def pareto_k_threshold(n):
+    """The largest k̂ for which n importance samples give a reliable estimate: min(1 − 1/log10 n, 0.7) (Vehtari et al. 2024).
+
+    Examples
+    --------
+    >>> pareto_k_threshold(10000)
+    0.7
+    >>> round(pareto_k_threshold(100), 2)
+    0.5
+    """
+    return min(1.0 - 1.0 / math.log10(max(n, 11)), 0.7)

@@ -43,6 +43,9 @@ exact either way (see docs/diffusion.md for alanine dipeptide).
 @click.option("--hill-width", default=0.2, show_default=True, type=FINITE_POSITIVE, help="Hill width in the CVs' units.")
 @click.option("--coordinates", type=click.Choice(["cartesian", "internal"]), default="cartesian", show_default=True,
               help="The sampler's variables: Cartesian positions, or standardized internal coordinates (molecules).")
+@click.option("--rotor-scale", default=1.0, show_default=True, type=click.FloatRange(0.0, 3.14159),
+              help="With --coordinates internal: least standardization spread (rad) of the torsions about the bonds of torsion CVs, "
+                   "so the noise reaches their other basins; 0 keeps the MD run's spread.")
 @click.option("--max-gradient-norm", default=20.0, show_default=True, type=FINITE_POSITIVE,
               help="Clip of each |grad u| (1/nm, u = U/kT) in the training target; the weights stay exact.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Root seed of every random stream.")
@@ -50,7 +53,7 @@ exact either way (see docs/diffusion.md for alanine dipeptide).
 @click.option("--progress/--no-progress", default=None, help="Progress bar (loss, buffer ESS, bias height) [default: on a terminal].")
 @_user_errors
 def diffuse(molecular_system_options, cv_specs, grid_specs, basin_specs, output, iterations, samples, batch_size, steps, sigma_max,
-            sigma_min, gamma, hill_height, hill_width, coordinates, max_gradient_norm, seed, platform, progress):
+            sigma_min, gamma, hill_height, hill_width, coordinates, rotor_scale, max_gradient_norm, seed, platform, progress):
     import sys
 
     from ..diffusion.workflow import diffusion_free_energy_surface, parse_basin, parse_cv
@@ -80,7 +83,7 @@ def diffuse(molecular_system_options, cv_specs, grid_specs, basin_specs, output,
                                             n_samples=samples, bias_factor=gamma, hill_height=hill_height, hill_width=hill_width,
                                             sigma_max=sigma_max, sigma_min=sigma_min, n_steps=steps, batch_size=batch_size, seed=seed,
                                             platform=platform, progress=progress, max_gradient_norm=max_gradient_norm,
-                                            coordinates=coordinates)
+                                            coordinates=coordinates, rotor_scale=rotor_scale or None)
     from pathlib import Path
 
     click.echo((Path(output) / "results.md").read_text())

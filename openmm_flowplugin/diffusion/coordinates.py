@@ -26,7 +26,7 @@ Examples
 (torch.Size([2, 22, 3]), torch.Size([2]))
 """
 
-__all__ = ["CartesianSpace", "InternalCoordinateSpace"]
+__all__ = ["CartesianSpace", "InternalCoordinateSpace", "rotor_torsions"]
 
 import math
 
@@ -38,6 +38,34 @@ from ..geometry import InternalCoordinateTransform
 from ..geometry.internal import InternalCoordinates
 
 _N_IMAGES = 3  # images on each side: with w <= pi the neglected terms are below exp(-(2*pi*4)^2 / (2 pi^2)) ~ 1e-14
+
+
+def rotor_torsions(transform, rotors):
+    """Indices of the Z-matrix torsions that turn the molecule about the central bond of any of ``rotors``.
+
+    A Z-matrix row (a, b, c, d) places atom a by a torsion about the bond b–c; it is a proper torsion
+    (a rotation about that bond) when d is bonded to c, and a relative one (a second substituent of b
+    placed against the first, a stiff improper-like angle) when d is bonded to b.
+
+    Examples
+    --------
+    >>> from openmm_flowplugin import systems
+    >>> ala2 = systems.get("alanine_dipeptide_vacuum")
+    >>> transform = InternalCoordinateTransform.from_topology(ala2.topology)
+    >>> [transform.zmatrix[i].tolist() for i in rotor_torsions(transform, [(4, 6, 8, 14), (6, 8, 14, 16)])]
+    [[4, 6, 8, 10], [15, 14, 8, 6]]
+    """
+    bonds = {frozenset(map(int, bond)) for bond in transform.bond_graph}
+    axes = set()
+    for rotor in rotors:
+        atoms = [int(a) for a in rotor]
+        if len(atoms) != 4 or max(atoms) >= transform.n_atoms or min(atoms) < 0:
+            raise InvalidInputError(f"a rotor is four atom indices in 0..{transform.n_atoms - 1}, got {tuple(rotor)!r}.")
+        if frozenset(atoms[1:3]) not in bonds:
+            raise InvalidInputError(f"the rotor {tuple(atoms)!r} turns about atoms {atoms[1]}-{atoms[2]}, which are not bonded.")
+        axes.add(frozenset(atoms[1:3]))
+    rows = np.asarray(transform.zmatrix).tolist()  # one row per torsion, in the transform's torsion order
+    return [i for i, (a, b, c, d) in enumerate(rows) if frozenset((b, c)) in axes and frozenset((c, d)) in bonds]
 
 
 class CartesianSpace:
@@ -87,7 +115,7 @@ class InternalCoordinateSpace:
         self._splits = (transform.n_bonds, transform.n_angles, transform.n_torsions)
 
     @classmethod
-    def from_positions(cls, topology, positions, min_scale=(1e-3, 1e-2, 1e-2)):
+    def from_positions(cls, topology, positions, min_scale=(1e-3, 1e-2, 1e-2), rotors=(), rotor_scale=1.0):
         """Standardize with the mean and spread of reference configurations (circular statistics for torsions).
 
         Parameters
@@ -98,6 +126,16 @@ class InternalCoordinateSpace:
             nm; at least two configurations.
         min_scale : tuple of float
             Lower bounds of the spreads of bonds (nm), angles and torsions (rad).
+        rotors : sequence of (int, int, int, int)
+            Torsions (0-based atom indices, e.g. the CVs of a bias) whose rotation the sampler must
+            reach beyond the reference run's basin: the Z-matrix's proper torsions about the same bonds
+            get a spread of at least ``rotor_scale``. A short MD run sees one rotamer (alanine
+            dipeptide's φ spreads 0.23 rad in C7eq), and standardizing by that spread puts the other
+            basins ten noise scales away (C7ax, 2.6 rad): measured on alanine dipeptide at 200,000
+            evaluations, ΔF(C7eq → C7ax) came out 22.4 kJ/mol without and 15.3 with ``rotor_scale`` 1 rad
+            (reference 11.7; ``benchmarks/bench_diffusion_alanine.py``).
+        rotor_scale : float
+            rad.
         """
         transform = InternalCoordinateTransform.from_topology(topology)
         x = torch.as_tensor(np.asarray(positions, dtype=np.float64))
@@ -111,7 +149,13 @@ class InternalCoordinateSpace:
         sin, cos = torch.sin(ic.torsions).mean(0), torch.cos(ic.torsions).mean(0)
         means.append(torch.atan2(sin, cos))
         resultant = torch.clamp(torch.sqrt(sin**2 + cos**2), min=1e-12, max=1.0)
-        scales.append(torch.clamp(torch.sqrt(-2.0 * torch.log(resultant)), min=min_scale[2], max=math.pi))
+        torsion_scales = torch.clamp(torch.sqrt(-2.0 * torch.log(resultant)), min=min_scale[2], max=math.pi)
+        widened = torch.as_tensor(rotor_torsions(transform, rotors), dtype=torch.long)
+        if len(widened):
+            if not 0 < rotor_scale <= math.pi:
+                raise InvalidInputError(f"rotor_scale must be in (0, pi] rad, got {rotor_scale!r}.")
+            torsion_scales[widened] = torch.clamp(torsion_scales[widened], min=float(rotor_scale))
+        scales.append(torsion_scales)
         return cls(transform, torch.cat(means).numpy(), torch.cat(scales).numpy())
 
     def _unstandardize(self, z):

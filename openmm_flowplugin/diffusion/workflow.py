@@ -97,7 +97,7 @@ def _grid(cvs, grid_ranges, hill_width):
 def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges=None, basins=None, n_iterations=200,
                                   n_samples=8000, bias_factor=8.0, hill_height=0.02, hill_width=0.2, sigma_max=None,
                                   sigma_min=None, n_steps=50, batch_size=128, seed=0, platform=None, progress=None,
-                                  coordinates="cartesian", md_frames=200, md_interval=50, **sampler_options):
+                                  coordinates="cartesian", md_frames=200, md_interval=50, rotor_scale=1.0, **sampler_options):
     """Train (or resume) a CV-biased diffusion sampler, draw weighted samples, write the FES and basin ΔF.
 
     Parameters
@@ -125,6 +125,11 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
         system's positions), which also warm-start the replay buffer; its steps count as energy
         evaluations. ``sigma_max``/``sigma_min`` are then in standardized units.
     md_frames, md_interval : int
+    rotor_scale : float or None
+        With ``"internal"``: the proper torsions about the bonds of torsion CVs get a standardization
+        spread of at least this (rad), so the noise reaches the CVs' other basins (see
+        :meth:`~openmm_flowplugin.diffusion.InternalCoordinateSpace.from_positions`); ``None``: the MD
+        run's spread.
     platform : str, optional
     progress : bool, optional
     **sampler_options
@@ -158,7 +163,9 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
 
         frames = _md_frames(molecular_system, md_frames, md_interval, seed, platform)
         md_evaluations = md_frames * md_interval
-        space = InternalCoordinateSpace.from_positions(molecular_system.topology, frames)
+        rotors = [cv.atoms for cv in cvs.values() if isinstance(cv, Torsion)] if rotor_scale is not None else []
+        space = InternalCoordinateSpace.from_positions(molecular_system.topology, frames, rotors=rotors,
+                                                       rotor_scale=rotor_scale if rotor_scale is not None else 1.0)
     sampler = DiffusionSampler(molecular_system, bias=bias, schedule=NoiseSchedule(sigma_max, sigma_min, n_steps), batch_size=batch_size,
                                seed=seed, platform=platform, coordinates=space, **sampler_options)
     if frames is not None and not (output_dir / "checkpoint.pt").exists():
@@ -182,7 +189,9 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
                 basin_results[f"{first} -> {other}"] = dict(not_estimated=str(error))
                 continue
             basin_results[f"{first} -> {other}"] = dict(delta_f_kJ_per_mol=delta.value, error_kJ_per_mol=delta.error,
-                                                        probabilities=delta.probabilities)
+                                                        probabilities=delta.probabilities, reliable=delta.reliable,
+                                                        diagnosis=delta.diagnosis(), samples=delta.samples,
+                                                        effective_samples=delta.effective_samples, pareto_k=delta.pareto_k)
     results = dict(
         system=molecular_system.name, cvs={name: repr(cv) for name, cv in cvs.items()}, cv_units=dict(zip(names, units)),
         iterations=sampler.iteration, samples=int(n_samples), ess_fraction=samples.ess_fraction, n_effective=samples.n_effective,
@@ -215,13 +224,17 @@ def _markdown(results):
              f"- bias: {results['n_hills']} hills, max {results['bias_max_kJ_per_mol']:.2f} kJ/mol",
              f"- estimator: {results['estimator']}; {results['well_tempered_estimate']}", ""]
     if results["basins"]:
-        lines += ["| basins | ΔF, kJ/mol | probabilities |", "|---|---:|---|"]
+        lines += ["| basins | ΔF, kJ/mol | probabilities | weights' tail |", "|---|---:|---|---|"]
         for pair, value in results["basins"].items():
             if "not_estimated" in value:
-                lines.append(f"| {pair} | not estimated: {value['not_estimated']} | |")
+                lines.append(f"| {pair} | not estimated: {value['not_estimated']} | | |")
                 continue
             probabilities = ", ".join(f"{k} {v:.4f}" for k, v in value["probabilities"].items())
-            lines.append(f"| {pair} | {value['delta_f_kJ_per_mol']:.3f} ± {value['error_kJ_per_mol']:.3f} | {probabilities} |")
+            lines.append(f"| {pair} | {value['delta_f_kJ_per_mol']:.3f} ± {value['error_kJ_per_mol']:.3f} | {probabilities} | {value['diagnosis']} |")
+        lines += ["", "ΔF errors are bootstrap standard errors over the independent samples. They are trustworthy only where the "
+                  "row says reliable: a basin whose weights have a heavy tail (Pareto k̂ above the threshold) or fewer than 100 "
+                  "effective samples has an estimate biased with high probability and an error bar that cannot show it; train "
+                  "longer or draw more samples."]
     return "\n".join(lines) + "\n"
 
 

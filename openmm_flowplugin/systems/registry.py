@@ -45,10 +45,13 @@ _REGISTRY = {
     ),
 }
 
+#: One-letter code -> residue name of the 20 standard amino acids, the dipeptides' mutations (PDBFixer, amber14).
+DIPEPTIDE_RESIDUES = {"A": "ALA", "R": "ARG", "N": "ASN", "D": "ASP", "C": "CYS", "Q": "GLN", "E": "GLU", "G": "GLY", "H": "HIS",
+                      "I": "ILE", "L": "LEU", "K": "LYS", "M": "MET", "F": "PHE", "P": "PRO", "S": "SER", "T": "THR", "W": "TRP",
+                      "Y": "TYR", "V": "VAL"}
+
 # Capped dipeptides as Timewarp's 2AA set: dipeptide_ser (amber14 + OBC1, 310 K), dipeptide_ser_vacuum, ...
-_DIPEPTIDES = ("ALA", "ARG", "ASN", "ASP", "CYS", "GLN", "GLU", "GLY", "HIS", "ILE", "LEU", "LYS", "MET", "PHE", "PRO", "SER", "THR",
-               "TRP", "TYR", "VAL")
-for _residue in _DIPEPTIDES:
+for _residue in sorted(DIPEPTIDE_RESIDUES.values()):
     _REGISTRY[f"dipeptide_{_residue.lower()}"] = (
         "dipeptides:dipeptide",
         f"ACE-{_residue}-NME mutated from alanine dipeptide (PDBFixer), amber14 + OBC1, 310 K, no constraints",
