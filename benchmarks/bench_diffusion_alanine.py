@@ -294,6 +294,8 @@ def main(args):
         for key, biased, seed in (("(a) diffusion + WT bias (exact weights)", True, args.seed),
                                   ("(b) diffusion, no bias (exact weights)", False, args.seed + 1)):
             result = run_diffusion(molecular_system, budget, args.sample_fraction, biased, seed, args.rotor_scale)
+            np.savez(Path(args.output) / f"samples_{args.system}_{budget}_{'biased' if biased else 'unbiased'}_seed{seed}_rotor{args.rotor_scale:g}.npz",
+                     s=result["s"], log_w=result["log_w"])  # for re-analysis without a rerun
             runs[key] = estimate(result, edges, ref, temperature, kT, args.blocks, args.n_bootstrap, seed)
             print(f"  {key}: {result['detail']}, {result['cpu']:.0f} CPU s, ESS {result['ess']:.1f}", flush=True)
             if biased:

@@ -172,3 +172,39 @@ def test_rotors_widen_the_spread_of_the_torsions_about_the_cv_bonds_only():
             InternalCoordinateSpace.from_positions(ala2.topology, frames, rotors=[rotor])
     with pytest.raises(InvalidInputError, match="rotor_scale"):
         InternalCoordinateSpace.from_positions(ala2.topology, frames, rotors=[phi], rotor_scale=4.0)
+
+
+def test_ring_bonds_and_unbonded_atoms_are_not_rotors_and_the_workflow_skips_such_cvs(tmp_path):
+    from openmm_flowplugin import systems
+    from openmm_flowplugin.diffusion.coordinates import why_not_a_rotor
+    from openmm_flowplugin.diffusion.workflow import _cv_rotors
+    from openmm_flowplugin.geometry import InternalCoordinateTransform
+
+    topology = app.Topology()  # a four-membered ring 0-1-2-3 with a two-atom tail 0-4-5
+    residue = topology.addResidue("RNG", topology.addChain())
+    atoms = [topology.addAtom(f"C{i}", app.element.carbon, residue) for i in range(6)]
+    for i, j in ((0, 1), (1, 2), (2, 3), (3, 0), (0, 4), (4, 5)):
+        topology.addBond(atoms[i], atoms[j])
+    ring = InternalCoordinateTransform.from_topology(topology)
+    assert "in a ring" in why_not_a_rotor(ring, (3, 0, 1, 2))
+    assert why_not_a_rotor(ring, (1, 0, 4, 5)) is None
+    assert "not bonded" in why_not_a_rotor(ring, (1, 0, 5, 4))
+
+    ala2 = systems.get("alanine_dipeptide_vacuum")
+    cvs = {"phi": Torsion(4, 6, 8, 14), "pseudo": Torsion(4, 6, 14, 16)}  # 6 and 14 are not bonded
+    with pytest.warns(UserWarning, match="'pseudo' turns about atoms 6-14, which are not bonded"):
+        assert _cv_rotors(ala2, cvs) == [(4, 6, 8, 14)]
+
+
+def test_a_run_standardized_without_rotors_says_how_to_resume(tmp_path):
+    from openmm_flowplugin import systems
+
+    ala2 = systems.get("alanine_dipeptide_vacuum")
+    frames = ala2.positions_nm[None] + 0.01 * np.random.default_rng(0).normal(size=(20, 22, 3))
+    options = dict(schedule=NoiseSchedule(1.2, 0.05, 5), hidden=8, n_layers=1, batch_size=4, seed=0)
+    plain = InternalCoordinateSpace.from_positions(ala2.topology, frames)
+    DiffusionSampler(ala2, coordinates=plain, **options).save_checkpoint(tmp_path / "old.pt")
+    wide = InternalCoordinateSpace.from_positions(ala2.topology, frames, rotors=[(4, 6, 8, 14)])
+    assert wide.describe()["rotors"] == [[4, 6, 8, 14]] and "rotors" not in plain.describe()
+    with pytest.raises(InvalidInputError, match="--rotor-scale 0"):
+        DiffusionSampler(ala2, coordinates=wide, **options).load_checkpoint(tmp_path / "old.pt")

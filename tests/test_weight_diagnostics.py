@@ -8,6 +8,7 @@ from scipy import stats
 
 from openmm_flowplugin.analysis import basin_free_energy_difference
 from openmm_flowplugin.analysis.weights import pareto_k, pareto_k_threshold
+from openmm_flowplugin.errors import InvalidInputError
 from openmm_flowplugin.units import kT as reduced_kT
 
 N = 40000
@@ -25,15 +26,19 @@ def test_pareto_k_recovers_the_shape_of_pareto_weights(k):
 def test_pareto_k_separates_light_from_heavy_tails():
     """Control for the test above: its tolerance is far narrower than the gap between a finite- and an infinite-variance tail."""
     rng = np.random.default_rng(8)
+    m = int(math.ceil(3 * math.sqrt(N)))
+    assert 0.9 - 4 * 1.9 / math.sqrt(m) > 0.2 + 4 * 1.2 / math.sqrt(m)  # the acceptance windows of k = 0.2 and 0.9 do not overlap
     light, heavy = (pareto_k(np.log1p(rng.pareto(1.0 / k, N))) for k in (0.2, 0.9))
-    m = int(3 * math.sqrt(N))
-    assert heavy - light > 4 * (1.2 + 1.9) / math.sqrt(m)  # the two tests' acceptance windows do not overlap
     assert light < pareto_k_threshold(N) < heavy
 
 
 def test_pareto_k_needs_enough_weights_and_ignores_zero_weights():
-    assert math.isnan(pareto_k(np.zeros(24)))
+    assert math.isnan(pareto_k(np.zeros(24))) and math.isnan(pareto_k(np.full(100, -np.inf)))
     assert pareto_k(np.r_[np.zeros(100), [-np.inf] * 10]) == -math.inf  # equal weights: a bounded tail
+    nearly_equal = 1e-14 * np.random.default_rng(0).normal(size=1000)  # no false heavy tail from rounding-size exceedances
+    assert pareto_k(nearly_equal) < 0.5
+    with pytest.raises(InvalidInputError, match="NaN or \\+inf"):
+        pareto_k(np.r_[np.zeros(100), np.nan])
 
 
 def _gaussian_importance_samples(proposal_variance, seed, n=20000):
@@ -56,9 +61,25 @@ def test_a_basin_difference_from_bounded_weights_is_reliable_and_right():
 
 
 def test_a_basin_difference_from_infinite_variance_weights_says_it_is_unreliable():
-    """Control: a proposal too narrow for the target (k = 0.9) leaves the tail basin to a few huge weights; the flag must say so."""
-    s, log_w = _gaussian_importance_samples(0.1, seed=1, n=40000)
-    delta = basin_free_energy_difference(s, log_w, BASINS, "core", "tail", 300.0, seed=1)
-    assert not delta.reliable
-    assert delta.pareto_k["tail"] > pareto_k_threshold(delta.samples["tail"])
-    assert "UNRELIABLE" in delta.diagnosis()
+    """Control: a proposal too narrow for the target (k = 0.9) leaves the tail basin to a few huge weights; the flag must say so.
+
+    The tail fit is a statistic too (1 of 60 seeds passed it in a scan), so ten seeds are checked and one miss is allowed.
+    """
+    flagged = []
+    for seed in range(10):
+        s, log_w = _gaussian_importance_samples(0.1, seed=seed, n=40000)
+        delta = basin_free_energy_difference(s, log_w, BASINS, "core", "tail", 300.0, n_bootstrap=0)
+        flagged.append(not delta.reliable and delta.pareto_k["tail"] > pareto_k_threshold(delta.n_draws) and "UNRELIABLE" in delta.diagnosis())
+    assert sum(flagged) >= 9, flagged
+
+
+def test_a_flow_evaluation_reports_its_weights_tail():
+    from openmm_flowplugin.analysis.evaluation import FlowEvaluation
+    from openmm_flowplugin.analysis.weights import effective_sample_size
+
+    rng = np.random.default_rng(3)
+    for k, verdict in ((0.2, "ok"), (0.9, "heavy")):
+        log_w = np.log1p(rng.pareto(1.0 / k, N))
+        evaluation = FlowEvaluation(n_samples=N, ess_fraction=effective_sample_size(log_w), positions=np.zeros((N, 1, 3)),
+                                    reduced_energies=np.zeros(N), log_weights=log_w)
+        assert any(line.startswith("weights' tail") and verdict in line for line in evaluation.summary()), evaluation.summary()

@@ -9,7 +9,7 @@ import torch
 
 from .._threads import package_threads
 from ..bridge.energy import OpenMMEnergy
-from .weights import effective_sample_size, importance_weights, normalized_weights, weighted_fraction
+from .weights import effective_sample_size, importance_weights, normalized_weights, pareto_k, pareto_k_threshold, weighted_fraction
 
 #: Below this Kish ESS fraction reweighted estimates rest on a handful of samples: reported as unusable.
 USABLE_ESS_FRACTION = 0.05
@@ -66,6 +66,13 @@ class FlowEvaluation:
         return self.ess_fraction * self.n_samples
 
     @property
+    def pareto_k(self):
+        """Pareto k̂ of the weights' tail (:func:`~openmm_flowplugin.analysis.weights.pareto_k`): above
+        :func:`~openmm_flowplugin.analysis.weights.pareto_k_threshold` reweighted estimates are biased with
+        high probability, whatever their error bars say."""
+        return pareto_k(self.log_weights)
+
+    @property
     def usable(self):
         """Whether the ESS suffices for reweighted estimates (at least :data:`USABLE_ESS_FRACTION` and 50 samples)."""
         return self.ess_fraction >= USABLE_ESS_FRACTION and self.n_effective >= 50
@@ -77,6 +84,10 @@ class FlowEvaluation:
             f"importance-sampling ESS: {self.ess_fraction * 100:.1f} % ({self.n_effective:.0f} effective samples)",
             f"failed energy evaluations: {self.n_failed}",
         ]
+        k, threshold = self.pareto_k, pareto_k_threshold(self.n_samples)
+        if k == k:  # not nan (too few samples for a tail fit)
+            verdict = "ok" if k < threshold else "heavy: reweighted estimates may be biased beyond their error bars"
+            lines.append(f"weights' tail: Pareto k̂ {k:.2f} (threshold {threshold:.2f}; {verdict})")
         if not self.usable:
             lines.append(
                 f"ESS {self.ess_fraction * 100:.1f} % ({self.n_effective:.0f} effective samples): the flow is not usable "

@@ -85,7 +85,9 @@ class BasinFreeEnergy:
     effective_samples : dict
         Basin name → Kish effective sample size of the weights inside it.
     pareto_k : dict
-        Basin name → k̂ of the weights inside it (``nan`` below 25 samples).
+        Basin name → k̂ of the weights w·1_basin over all ``n_draws`` samples (zero outside the basin).
+    n_draws : int
+        Samples the estimate used (the n of the tail fit and its threshold).
     """
 
     value: float
@@ -94,22 +96,25 @@ class BasinFreeEnergy:
     samples: dict = dataclasses.field(default_factory=dict)
     effective_samples: dict = dataclasses.field(default_factory=dict)
     pareto_k: dict = dataclasses.field(default_factory=dict)
+    n_draws: int = 0
 
     @property
     def reliable(self):
-        """True when every basin has an effective sample size ≥ 100 and k̂ below the threshold for its sample count.
+        """True when every basin has an effective sample size ≥ 100 and k̂ below the threshold for the n draws.
 
         Both are needed: with a few dozen samples in a basin the tail fit itself is noise.
         """
         return bool(self.pareto_k) and all(
-            self.effective_samples[name] >= MIN_EFFECTIVE_SAMPLES and self.pareto_k[name] < pareto_k_threshold(self.samples[name])
+            self.effective_samples[name] >= MIN_EFFECTIVE_SAMPLES and self.pareto_k[name] < pareto_k_threshold(self.n_draws)
             for name in self.pareto_k)
 
     def diagnosis(self):
         """One line on the weights' tail in each basin, for logs and result files."""
+        if not self.pareto_k:
+            return "no tail diagnostics (built without them)"
         parts = [f"{name}: {self.samples[name]} samples, ESS {self.effective_samples[name]:.1f}, k̂ {self.pareto_k[name]:.2f}"
                  for name in self.pareto_k]
-        verdict = "reliable" if self.reliable else "UNRELIABLE: a basin's weight rests on a heavy tail (k̂ above threshold) or on fewer than 100 effective samples"
+        verdict = "reliable" if self.reliable else f"UNRELIABLE: a basin's weight rests on a heavy tail (k̂ above {pareto_k_threshold(self.n_draws):.2f}) or on fewer than 100 effective samples"
         return f"{verdict} ({'; '.join(parts)})"
 
 
@@ -229,11 +234,12 @@ def basin_free_energy_difference(cv_values, log_weights, basins, first, second, 
     error = math.nan if not n_bootstrap else float(np.std(replicas)) if np.isfinite(replicas).all() else math.inf
     log_w = np.log(w, where=w > 0, out=np.full_like(w, -np.inf))
     members = {name: log_w[inside[name] & (w > 0)] for name in (first, second)}
+    # each basin's weight is a mean over all n draws of w·1_basin: its tail is fitted over all n
     return BasinFreeEnergy(value=float(value), error=error,
                            probabilities={name: float(w[inside[name]].sum() / total) for name in (first, second)},
-                           samples={name: int(len(v)) for name, v in members.items()},
+                           samples={name: int(len(v)) for name, v in members.items()}, n_draws=len(s),
                            effective_samples={name: float(np.exp(2 * np.logaddexp.reduce(v) - np.logaddexp.reduce(2 * v))) for name, v in members.items()},
-                           pareto_k={name: pareto_k(v) for name, v in members.items()})
+                           pareto_k={name: pareto_k(np.where(inside[name], log_w, -np.inf)) for name in (first, second)})
 
 
 def fes_error(estimate, reference, reference_probability, cutoff=20.0):

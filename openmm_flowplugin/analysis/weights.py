@@ -94,13 +94,25 @@ def pareto_k(log_weights):
     """Shape k̂ of a generalized Pareto fit to the largest importance weights: how heavy their tail is.
 
     The diagnostic of Pareto-smoothed importance sampling (Vehtari, Simpson, Gelman, Yao, Gabry, JMLR
-    2024): the M = min(n/5, 3√n) largest weights, less the next one, are fitted by maximum likelihood
-    (``scipy.stats.genpareto``). A self-normalized estimate from n weights is trustworthy for
-    k̂ < :func:`pareto_k_threshold` (0.7 for n ≥ 2,154). Above it the estimate is dominated by weights
-    not drawn yet: it is biased with high probability, and bootstrap or delta-method errors cannot
-    show it. Weights with no finite variance have k ≥ 0.5; bounded weights k < 0.
+    2024): the M = ⌈min(n/5, 3√n)⌉ largest of the n weights, less the next one, are fitted by maximum
+    likelihood (``scipy.stats.genpareto``; the paper uses the Zhang–Stephens estimator, whose results
+    are close for these M). A self-normalized estimate from n draws is trustworthy for
+    k̂ < :func:`pareto_k_threshold` (0.7 from n = 2,155 on). Above it the estimate is dominated by
+    weights not drawn yet: it is biased with high probability, and bootstrap or delta-method errors
+    cannot show it. Weights with no finite variance have k ≥ 0.5; bounded weights k < 0.
 
-    Returns ``nan`` for fewer than 25 finite weights (too few to fit a tail).
+    A weight of 0 (log weight ``-inf``: a failed sample, or a sample outside the region an estimate
+    counts) is one of the n draws. For the probability of a region, pass the log weights with
+    ``-inf`` outside it: that is the tail of h·w that decides the estimate of E[h], fitted with M of
+    all n draws (fitting the region's own weights with a smaller M misses heavy tails).
+
+    Returns ``nan`` for fewer than 25 draws or when every weight is 0 (no tail to fit). With fewer than
+    M + 1 nonzero weights, the nonzero ones are fitted as exceedances over 0.
+
+    Raises
+    ------
+    InvalidInputError
+        For NaN or +inf log weights.
 
     Examples
     --------
@@ -113,17 +125,23 @@ def pareto_k(log_weights):
     """
     from scipy import stats
 
-    log_w = np.asarray(log_weights, dtype=np.float64).reshape(-1)
-    log_w = np.sort(log_w[np.isfinite(log_w)])
+    from ..errors import InvalidInputError
+
+    log_w = np.sort(np.asarray(log_weights, dtype=np.float64).reshape(-1))
+    if np.isnan(log_w).any() or np.isposinf(log_w).any():
+        raise InvalidInputError("log weights must be finite or -inf (weight 0), not NaN or +inf.")
     n = len(log_w)
-    if n < 25:
+    if n < 25 or not np.isfinite(log_w[-1]):
         return math.nan
-    m = int(min(0.2 * n, 3.0 * math.sqrt(n)))
+    m = int(math.ceil(min(0.2 * n, 3.0 * math.sqrt(n))))
     top, threshold = log_w[-m:], log_w[-m - 1]
-    exceedances = np.exp(top - top[-1]) - math.exp(threshold - top[-1])  # scaled by the largest weight: no overflow
+    top = top[np.isfinite(top)]
+    # w − w_threshold, divided by the largest exceedance (the shape does not depend on the scale, and
+    # near-equal top weights would otherwise leave the optimiser numbers of order 1e-13)
+    exceedances = np.exp(top - top[-1]) - (math.exp(threshold - top[-1]) if np.isfinite(threshold) else 0.0)
     if not np.any(exceedances > 0):
         return -math.inf  # the top weights are all equal: a bounded tail
-    shape, _, _ = stats.genpareto.fit(exceedances, floc=0.0)
+    shape, _, _ = stats.genpareto.fit(exceedances / exceedances.max(), floc=0.0)
     return float(shape)
 
 

@@ -26,7 +26,7 @@ Examples
 (torch.Size([2, 22, 3]), torch.Size([2]))
 """
 
-__all__ = ["CartesianSpace", "InternalCoordinateSpace", "rotor_torsions"]
+__all__ = ["CartesianSpace", "InternalCoordinateSpace", "rotor_torsions", "why_not_a_rotor"]
 
 import math
 
@@ -47,6 +47,12 @@ def rotor_torsions(transform, rotors):
     (a rotation about that bond) when d is bonded to c, and a relative one (a second substituent of b
     placed against the first, a stiff improper-like angle) when d is bonded to b.
 
+    Raises
+    ------
+    InvalidInputError
+        For a rotor whose central atoms are not bonded, or bonded within a ring (a ring bond does not
+        rotate; widening its torsion would strain the ring): :func:`why_not_a_rotor` says which.
+
     Examples
     --------
     >>> from openmm_flowplugin import systems
@@ -55,17 +61,42 @@ def rotor_torsions(transform, rotors):
     >>> [transform.zmatrix[i].tolist() for i in rotor_torsions(transform, [(4, 6, 8, 14), (6, 8, 14, 16)])]
     [[4, 6, 8, 10], [15, 14, 8, 6]]
     """
-    bonds = {frozenset(map(int, bond)) for bond in transform.bond_graph}
+    bonds = _bonds(transform)
     axes = set()
     for rotor in rotors:
-        atoms = [int(a) for a in rotor]
-        if len(atoms) != 4 or max(atoms) >= transform.n_atoms or min(atoms) < 0:
-            raise InvalidInputError(f"a rotor is four atom indices in 0..{transform.n_atoms - 1}, got {tuple(rotor)!r}.")
-        if frozenset(atoms[1:3]) not in bonds:
-            raise InvalidInputError(f"the rotor {tuple(atoms)!r} turns about atoms {atoms[1]}-{atoms[2]}, which are not bonded.")
-        axes.add(frozenset(atoms[1:3]))
+        reason = why_not_a_rotor(transform, rotor)
+        if reason:
+            raise InvalidInputError(f"the rotor {tuple(rotor)!r} {reason}.")
+        axes.add(frozenset(int(a) for a in tuple(rotor)[1:3]))
     rows = np.asarray(transform.zmatrix).tolist()  # one row per torsion, in the transform's torsion order
     return [i for i, (a, b, c, d) in enumerate(rows) if frozenset((b, c)) in axes and frozenset((c, d)) in bonds]
+
+
+def why_not_a_rotor(transform, torsion):
+    """Why the torsion (four atom indices) turns about no free bond, or ``None`` if it does."""
+    atoms = [int(a) for a in torsion]
+    if len(atoms) != 4 or max(atoms) >= transform.n_atoms or min(atoms) < 0:
+        return f"is not four atom indices in 0..{transform.n_atoms - 1}"
+    bonds, (b, c) = _bonds(transform), atoms[1:3]
+    if frozenset((b, c)) not in bonds:
+        return f"turns about atoms {b}-{c}, which are not bonded"
+    neighbours = {}
+    for bond in bonds:
+        i, j = tuple(bond)
+        neighbours.setdefault(i, set()).add(j)
+        neighbours.setdefault(j, set()).add(i)
+    seen, frontier = {b}, [b]
+    while frontier:  # is c reachable from b without the bond b-c?
+        atom = frontier.pop()
+        for other in neighbours[atom]:
+            if {atom, other} != {b, c} and other not in seen:
+                seen.add(other)
+                frontier.append(other)
+    return f"turns about the bond {b}-{c}, which is in a ring" if c in seen else None
+
+
+def _bonds(transform):
+    return {frozenset(map(int, bond)) for bond in transform.bond_graph}
 
 
 class CartesianSpace:
@@ -101,7 +132,7 @@ class InternalCoordinateSpace:
 
     kind = "internal"
 
-    def __init__(self, transform, mean, scale, image_width=math.pi):
+    def __init__(self, transform, mean, scale, image_width=math.pi, rotors=(), rotor_scale=None):
         self.transform = transform
         self.n_atoms = transform.n_atoms
         self.dimension = transform.dim
@@ -112,6 +143,8 @@ class InternalCoordinateSpace:
         if not 0 < image_width <= math.pi:
             raise InvalidInputError(f"image_width must be in (0, pi], got {image_width!r}.")
         self.image_width = float(image_width)
+        self.rotors = [tuple(int(a) for a in rotor) for rotor in rotors]  # recorded only: from_positions applied them to scale
+        self.rotor_scale = None if rotor_scale is None else float(rotor_scale)
         self._splits = (transform.n_bonds, transform.n_angles, transform.n_torsions)
 
     @classmethod
@@ -136,6 +169,11 @@ class InternalCoordinateSpace:
             (reference 11.7; ``benchmarks/bench_diffusion_alanine.py``).
         rotor_scale : float
             rad.
+
+        Raises
+        ------
+        InvalidInputError
+            For a rotor about atoms that are not bonded or about a ring bond (:func:`why_not_a_rotor`).
         """
         transform = InternalCoordinateTransform.from_topology(topology)
         x = torch.as_tensor(np.asarray(positions, dtype=np.float64))
@@ -156,7 +194,8 @@ class InternalCoordinateSpace:
                 raise InvalidInputError(f"rotor_scale must be in (0, pi] rad, got {rotor_scale!r}.")
             torsion_scales[widened] = torch.clamp(torsion_scales[widened], min=float(rotor_scale))
         scales.append(torsion_scales)
-        return cls(transform, torch.cat(means).numpy(), torch.cat(scales).numpy())
+        return cls(transform, torch.cat(means).numpy(), torch.cat(scales).numpy(), rotors=rotors if len(widened) else (),
+                   rotor_scale=rotor_scale if len(widened) else None)
 
     def _unstandardize(self, z):
         q = self.mean.to(z) + self.scale.to(z) * z
@@ -202,5 +241,8 @@ class InternalCoordinateSpace:
 
     def describe(self):
         """Plain-data description (checkpoints compare it on resume)."""
-        return dict(kind=self.kind, n_atoms=self.n_atoms, bonds=[list(b) for b in self.transform.bond_graph],
-                    mean=self.mean.tolist(), scale=self.scale.tolist(), image_width=self.image_width)
+        description = dict(kind=self.kind, n_atoms=self.n_atoms, bonds=[list(b) for b in self.transform.bond_graph],
+                           mean=self.mean.tolist(), scale=self.scale.tolist(), image_width=self.image_width)
+        if self.rotors:
+            description.update(rotors=[list(r) for r in self.rotors], rotor_scale=self.rotor_scale)
+        return description

@@ -128,8 +128,9 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
     rotor_scale : float or None
         With ``"internal"``: the proper torsions about the bonds of torsion CVs get a standardization
         spread of at least this (rad), so the noise reaches the CVs' other basins (see
-        :meth:`~openmm_flowplugin.diffusion.InternalCoordinateSpace.from_positions`); ``None``: the MD
-        run's spread.
+        :meth:`~openmm_flowplugin.diffusion.InternalCoordinateSpace.from_positions`); ``None`` or 0: the
+        MD run's spread (as runs made before this option; resume those with it). Torsion CVs about a ring
+        bond, or about atoms that are not bonded, are skipped with a warning.
     platform : str, optional
     progress : bool, optional
     **sampler_options
@@ -161,11 +162,10 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
     if coordinates == "internal":
         from .coordinates import InternalCoordinateSpace
 
+        rotors = _cv_rotors(molecular_system, cvs) if rotor_scale else []  # checked before the MD run
         frames = _md_frames(molecular_system, md_frames, md_interval, seed, platform)
         md_evaluations = md_frames * md_interval
-        rotors = [cv.atoms for cv in cvs.values() if isinstance(cv, Torsion)] if rotor_scale is not None else []
-        space = InternalCoordinateSpace.from_positions(molecular_system.topology, frames, rotors=rotors,
-                                                       rotor_scale=rotor_scale if rotor_scale is not None else 1.0)
+        space = InternalCoordinateSpace.from_positions(molecular_system.topology, frames, rotors=rotors, rotor_scale=rotor_scale or 1.0)
     sampler = DiffusionSampler(molecular_system, bias=bias, schedule=NoiseSchedule(sigma_max, sigma_min, n_steps), batch_size=batch_size,
                                seed=seed, platform=platform, coordinates=space, **sampler_options)
     if frames is not None and not (output_dir / "checkpoint.pt").exists():
@@ -213,6 +213,25 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
          (f"well-tempered −γ/(γ−1)V, γ = {bias_factor:g} (approximate)", nodes, bias.free_energy_estimate())],
         names, units, output_dir / "fes.png", overwrite=True)
     return results
+
+
+def _cv_rotors(molecular_system, cvs):
+    """The torsion CVs that turn about a free (bonded, not ring) bond; the others are skipped with a warning."""
+    import warnings
+
+    from ..geometry import InternalCoordinateTransform
+    from .coordinates import why_not_a_rotor
+
+    transform = InternalCoordinateTransform.from_topology(molecular_system.topology)
+    rotors = []
+    for name, cv in cvs.items():
+        if isinstance(cv, Torsion):
+            reason = why_not_a_rotor(transform, cv.atoms)
+            if reason:
+                warnings.warn(f"CV {name!r} {reason}: its torsions keep the MD run's spread (no rotor widening).", stacklevel=3)
+            else:
+                rotors.append(cv.atoms)
+    return rotors
 
 
 def _markdown(results):
