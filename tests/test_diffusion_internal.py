@@ -189,6 +189,7 @@ def test_ring_bonds_and_unbonded_atoms_are_not_rotors_and_the_workflow_skips_suc
     assert "in a ring" in why_not_a_rotor(ring, (3, 0, 1, 2))
     assert why_not_a_rotor(ring, (1, 0, 4, 5)) is None
     assert "not bonded" in why_not_a_rotor(ring, (1, 0, 5, 4))
+    assert "four atom indices" in why_not_a_rotor(ring, (1.5, 0, 4, 5))
 
     ala2 = systems.get("alanine_dipeptide_vacuum")
     cvs = {"phi": Torsion(4, 6, 8, 14), "pseudo": Torsion(4, 6, 14, 16)}  # 6 and 14 are not bonded
@@ -205,6 +206,6 @@ def test_a_run_standardized_without_rotors_says_how_to_resume(tmp_path):
     plain = InternalCoordinateSpace.from_positions(ala2.topology, frames)
     DiffusionSampler(ala2, coordinates=plain, **options).save_checkpoint(tmp_path / "old.pt")
     wide = InternalCoordinateSpace.from_positions(ala2.topology, frames, rotors=[(4, 6, 8, 14)])
-    assert wide.describe()["rotors"] == [[4, 6, 8, 14]] and "rotors" not in plain.describe()
+    assert wide.rotors == [(4, 6, 8, 14)] and plain.rotors == [] and wide.describe()["scale"] != plain.describe()["scale"]
     with pytest.raises(InvalidInputError, match="--rotor-scale 0"):
         DiffusionSampler(ala2, coordinates=wide, **options).load_checkpoint(tmp_path / "old.pt")

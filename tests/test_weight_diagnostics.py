@@ -35,6 +35,10 @@ def test_pareto_k_separates_light_from_heavy_tails():
 def test_pareto_k_needs_enough_weights_and_ignores_zero_weights():
     assert math.isnan(pareto_k(np.zeros(24))) and math.isnan(pareto_k(np.full(100, -np.inf)))
     assert pareto_k(np.r_[np.zeros(100), [-np.inf] * 10]) == -math.inf  # equal weights: a bounded tail
+    assert math.isnan(pareto_k(np.r_[0.0, 1.0, [-np.inf] * 100]))  # two nonzero weights: no tail to fit
+    rare = np.full(40000, -np.inf)  # 300 nonzero weights with a k = 0.9 tail, fewer than M = 600
+    rare[:300] = np.log1p(np.random.default_rng(5).pareto(1.0 / 0.9, 300))
+    assert abs(pareto_k(rare) - 0.9) < 4 * 1.9 / math.sqrt(299)  # fitted over 0, the bulk pulled k̂ to ~0.3
     nearly_equal = 1e-14 * np.random.default_rng(0).normal(size=1000)  # no false heavy tail from rounding-size exceedances
     assert pareto_k(nearly_equal) < 0.5
     with pytest.raises(InvalidInputError, match="NaN or \\+inf"):
@@ -65,12 +69,16 @@ def test_a_basin_difference_from_infinite_variance_weights_says_it_is_unreliable
 
     The tail fit is a statistic too (1 of 60 seeds passed it in a scan), so ten seeds are checked and one miss is allowed.
     """
-    flagged = []
-    for seed in range(10):
-        s, log_w = _gaussian_importance_samples(0.1, seed=seed, n=40000)
-        delta = basin_free_energy_difference(s, log_w, BASINS, "core", "tail", 300.0, n_bootstrap=0)
-        flagged.append(not delta.reliable and delta.pareto_k["tail"] > pareto_k_threshold(delta.n_draws) and "UNRELIABLE" in delta.diagnosis())
-    assert sum(flagged) >= 9, flagged
+    # the second basin holds ~530 samples, fewer than the M = 600 largest weights the tail fit uses: a rare basin
+    rare = {"core": [(-0.7, 0.7)], "tail": [(0.7, 50.0)]}
+    for basins in (BASINS, rare):
+        flagged = []
+        for seed in range(10):
+            s, log_w = _gaussian_importance_samples(0.1, seed=seed, n=40000)
+            delta = basin_free_energy_difference(s, log_w, basins, "core", "tail", 300.0, n_bootstrap=0)
+            flagged.append(not delta.reliable and "UNRELIABLE" in delta.diagnosis())
+        assert sum(flagged) >= 9, (basins, flagged)
+    assert delta.samples["tail"] < math.ceil(3 * math.sqrt(40000))
 
 
 def test_a_flow_evaluation_reports_its_weights_tail():

@@ -87,7 +87,7 @@ class BasinFreeEnergy:
     pareto_k : dict
         Basin name → k̂ of the weights w·1_basin over all ``n_draws`` samples (zero outside the basin).
     n_draws : int
-        Samples the estimate used (the n of the tail fit and its threshold).
+        Samples the estimate used (the n of the tail fit and its threshold; 0: the basins' samples).
     """
 
     value: float
@@ -105,8 +105,12 @@ class BasinFreeEnergy:
         Both are needed: with a few dozen samples in a basin the tail fit itself is noise.
         """
         return bool(self.pareto_k) and all(
-            self.effective_samples[name] >= MIN_EFFECTIVE_SAMPLES and self.pareto_k[name] < pareto_k_threshold(self.n_draws)
+            self.effective_samples[name] >= MIN_EFFECTIVE_SAMPLES and self.pareto_k[name] < pareto_k_threshold(self._draws)
             for name in self.pareto_k)
+
+    @property
+    def _draws(self):
+        return self.n_draws or sum(self.samples.values())
 
     def diagnosis(self):
         """One line on the weights' tail in each basin, for logs and result files."""
@@ -114,7 +118,7 @@ class BasinFreeEnergy:
             return "no tail diagnostics (built without them)"
         parts = [f"{name}: {self.samples[name]} samples, ESS {self.effective_samples[name]:.1f}, k̂ {self.pareto_k[name]:.2f}"
                  for name in self.pareto_k]
-        verdict = "reliable" if self.reliable else f"UNRELIABLE: a basin's weight rests on a heavy tail (k̂ above {pareto_k_threshold(self.n_draws):.2f}) or on fewer than 100 effective samples"
+        verdict = "reliable" if self.reliable else f"UNRELIABLE: a basin's weight rests on a heavy tail (k̂ above {pareto_k_threshold(self._draws):.2f}) or on fewer than 100 effective samples"
         return f"{verdict} ({'; '.join(parts)})"
 
 

@@ -95,8 +95,8 @@ def pareto_k(log_weights):
 
     The diagnostic of Pareto-smoothed importance sampling (Vehtari, Simpson, Gelman, Yao, Gabry, JMLR
     2024): the M = ⌈min(n/5, 3√n)⌉ largest of the n weights, less the next one, are fitted by maximum
-    likelihood (``scipy.stats.genpareto``; the paper uses the Zhang–Stephens estimator, whose results
-    are close for these M). A self-normalized estimate from n draws is trustworthy for
+    likelihood (``scipy.stats.genpareto``; the paper uses the Zhang–Stephens estimator, which is
+    steadier for small M). A self-normalized estimate from n draws is trustworthy for
     k̂ < :func:`pareto_k_threshold` (0.7 from n = 2,155 on). Above it the estimate is dominated by
     weights not drawn yet: it is biased with high probability, and bootstrap or delta-method errors
     cannot show it. Weights with no finite variance have k ≥ 0.5; bounded weights k < 0.
@@ -106,8 +106,9 @@ def pareto_k(log_weights):
     ``-inf`` outside it: that is the tail of h·w that decides the estimate of E[h], fitted with M of
     all n draws (fitting the region's own weights with a smaller M misses heavy tails).
 
-    Returns ``nan`` for fewer than 25 draws or when every weight is 0 (no tail to fit). With fewer than
-    M + 1 nonzero weights, the nonzero ones are fitted as exceedances over 0.
+    Returns ``nan`` for fewer than 25 draws, or fewer than 5 distinct exceedances (no tail to fit), and
+    ``-inf`` when the top weights are all equal (a bounded tail). With fewer than M + 1 nonzero weights,
+    those above the smallest nonzero one are fitted.
 
     Raises
     ------
@@ -135,12 +136,20 @@ def pareto_k(log_weights):
         return math.nan
     m = int(math.ceil(min(0.2 * n, 3.0 * math.sqrt(n))))
     top, threshold = log_w[-m:], log_w[-m - 1]
-    top = top[np.isfinite(top)]
+    if not np.isfinite(threshold):
+        # fewer than M + 1 nonzero weights (a rare region): fit those above the smallest of them; fitted
+        # over 0, their bulk would pull k̂ far below the tail's shape
+        top = top[np.isfinite(top)]
+        top, threshold = top[1:], top[0]
+        if len(top) == 0:
+            return math.nan
     # w − w_threshold, divided by the largest exceedance (the shape does not depend on the scale, and
     # near-equal top weights would otherwise leave the optimiser numbers of order 1e-13)
-    exceedances = np.exp(top - top[-1]) - (math.exp(threshold - top[-1]) if np.isfinite(threshold) else 0.0)
-    if not np.any(exceedances > 0):
-        return -math.inf  # the top weights are all equal: a bounded tail
+    exceedances = np.exp(top - top[-1]) - math.exp(threshold - top[-1])
+    exceedances = exceedances[exceedances > 0]
+    if len(np.unique(exceedances)) < 5:
+        # all top weights equal (a bounded tail), or too few distinct ones to fit a shape
+        return -math.inf if len(exceedances) == 0 and len(top) >= 5 else math.nan
     shape, _, _ = stats.genpareto.fit(exceedances / exceedances.max(), floc=0.0)
     return float(shape)
 

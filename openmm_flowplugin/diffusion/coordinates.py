@@ -29,6 +29,7 @@ Examples
 __all__ = ["CartesianSpace", "InternalCoordinateSpace", "rotor_torsions", "why_not_a_rotor"]
 
 import math
+import operator
 
 import numpy as np
 import torch
@@ -67,14 +68,17 @@ def rotor_torsions(transform, rotors):
         reason = why_not_a_rotor(transform, rotor)
         if reason:
             raise InvalidInputError(f"the rotor {tuple(rotor)!r} {reason}.")
-        axes.add(frozenset(int(a) for a in tuple(rotor)[1:3]))
+        axes.add(frozenset(operator.index(a) for a in tuple(rotor)[1:3]))
     rows = np.asarray(transform.zmatrix).tolist()  # one row per torsion, in the transform's torsion order
     return [i for i, (a, b, c, d) in enumerate(rows) if frozenset((b, c)) in axes and frozenset((c, d)) in bonds]
 
 
 def why_not_a_rotor(transform, torsion):
     """Why the torsion (four atom indices) turns about no free bond, or ``None`` if it does."""
-    atoms = [int(a) for a in torsion]
+    try:
+        atoms = [operator.index(a) for a in torsion]
+    except TypeError:
+        atoms = []
     if len(atoms) != 4 or max(atoms) >= transform.n_atoms or min(atoms) < 0:
         return f"is not four atom indices in 0..{transform.n_atoms - 1}"
     bonds, (b, c) = _bonds(transform), atoms[1:3]
@@ -143,7 +147,7 @@ class InternalCoordinateSpace:
         if not 0 < image_width <= math.pi:
             raise InvalidInputError(f"image_width must be in (0, pi], got {image_width!r}.")
         self.image_width = float(image_width)
-        self.rotors = [tuple(int(a) for a in rotor) for rotor in rotors]  # recorded only: from_positions applied them to scale
+        self.rotors = [tuple(int(a) for a in rotor) for rotor in rotors]  # a record: from_positions applied them to scale
         self.rotor_scale = None if rotor_scale is None else float(rotor_scale)
         self._splits = (transform.n_bonds, transform.n_angles, transform.n_torsions)
 
@@ -241,8 +245,6 @@ class InternalCoordinateSpace:
 
     def describe(self):
         """Plain-data description (checkpoints compare it on resume)."""
-        description = dict(kind=self.kind, n_atoms=self.n_atoms, bonds=[list(b) for b in self.transform.bond_graph],
-                           mean=self.mean.tolist(), scale=self.scale.tolist(), image_width=self.image_width)
-        if self.rotors:
-            description.update(rotors=[list(r) for r in self.rotors], rotor_scale=self.rotor_scale)
-        return description
+        # the rotors are not listed: their widening is in scale, and the order of the CVs should not matter
+        return dict(kind=self.kind, n_atoms=self.n_atoms, bonds=[list(b) for b in self.transform.bond_graph],
+                    mean=self.mean.tolist(), scale=self.scale.tolist(), image_width=self.image_width)

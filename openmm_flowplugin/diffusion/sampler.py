@@ -490,8 +490,9 @@ class DiffusionSampler:
         differs = sorted(key for key in self.settings if stored.get(key) != self.settings[key])
         if differs:
             hint = ""
-            if "coordinates" in differs and stored.get("coordinates", {}).get("kind") == "internal" and "rotors" not in stored["coordinates"]:
-                hint = " (a run standardized without rotor widening resumes with rotor_scale=None, on the command line --rotor-scale 0)"
+            if "coordinates" in differs and stored.get("coordinates", {}).get("kind") == "internal" and getattr(self.coordinates, "rotors", None):
+                hint = (" (this run widens rotor torsions; a run standardized without that resumes with rotor_scale=None, "
+                        "on the command line --rotor-scale 0)")
             raise InvalidInputError(f"{path} was trained with other settings ({', '.join(differs)}){hint}; use the same ones to resume, "
                                     "or another checkpoint path.")
         self.controller.load_state_dict(state["controller"])

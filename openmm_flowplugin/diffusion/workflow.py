@@ -162,6 +162,8 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
     if coordinates == "internal":
         from .coordinates import InternalCoordinateSpace
 
+        if rotor_scale and not 0 < rotor_scale <= math.pi:
+            raise InvalidInputError(f"rotor_scale must be in (0, pi] rad, or None/0 for the MD run's spread; got {rotor_scale!r}.")
         rotors = _cv_rotors(molecular_system, cvs) if rotor_scale else []  # checked before the MD run
         frames = _md_frames(molecular_system, md_frames, md_interval, seed, platform)
         md_evaluations = md_frames * md_interval
@@ -196,7 +198,7 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
         system=molecular_system.name, cvs={name: repr(cv) for name, cv in cvs.items()}, cv_units=dict(zip(names, units)),
         iterations=sampler.iteration, samples=int(n_samples), ess_fraction=samples.ess_fraction, n_effective=samples.n_effective,
         energy_evaluations=sampler.n_energy_evaluations + md_evaluations, md_steps_for_standardization=md_evaluations,
-        coordinates=coordinates, invalid_energies=sampler.n_invalid,
+        coordinates=coordinates, rotors=[list(r) for r in getattr(space, 'rotors', [])], invalid_energies=sampler.n_invalid,
         cpu_seconds_this_process=time.process_time() - start, bias_max_kJ_per_mol=bias.max_value, n_hills=bias.n_hills,
         basins=basin_results, estimator="exact importance weights on the discretized chain (main result)",
         well_tempered_estimate="F = -gamma/(gamma-1) V: approximate (exact only at convergence), in fes.png only",
