@@ -209,3 +209,16 @@ def test_a_run_standardized_without_rotors_says_how_to_resume(tmp_path):
     assert wide.rotors == [(4, 6, 8, 14)] and plain.rotors == [] and wide.describe()["scale"] != plain.describe()["scale"]
     with pytest.raises(InvalidInputError, match="--rotor-scale 0"):
         DiffusionSampler(ala2, coordinates=wide, **options).load_checkpoint(tmp_path / "old.pt")
+
+
+def test_a_bad_rotor_scale_is_refused_before_the_md_run(tmp_path, monkeypatch):
+    from openmm_flowplugin import systems
+    from openmm_flowplugin.diffusion import workflow
+
+    def no_md(*args, **kwargs):
+        raise AssertionError("the MD run started before the rotor scale was checked")
+
+    monkeypatch.setattr(workflow, "_md_frames", no_md)
+    cvs = {"phi": Torsion(4, 6, 8, 14), "psi": Torsion(6, 8, 14, 16)}
+    with pytest.raises(InvalidInputError, match="rotor_scale must be in"):
+        workflow.diffusion_free_energy_surface(systems.get("alanine_dipeptide_vacuum"), cvs, tmp_path, coordinates="internal", rotor_scale=4.0)

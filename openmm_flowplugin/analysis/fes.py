@@ -29,7 +29,7 @@ import numpy as np
 from ..errors import InvalidInputError
 from ..proposals.streams import numpy_generator
 from ..units import kT as _kT
-from .weights import pareto_k, pareto_k_threshold
+from .weights import effective_sample_size, pareto_k, pareto_k_threshold
 
 
 # Effective samples a basin needs before its weight (and the bootstrap error of it) is trusted.
@@ -242,7 +242,7 @@ def basin_free_energy_difference(cv_values, log_weights, basins, first, second, 
     return BasinFreeEnergy(value=float(value), error=error,
                            probabilities={name: float(w[inside[name]].sum() / total) for name in (first, second)},
                            samples={name: int(len(v)) for name, v in members.items()}, n_draws=len(s),
-                           effective_samples={name: float(np.exp(2 * np.logaddexp.reduce(v) - np.logaddexp.reduce(2 * v))) for name, v in members.items()},
+                           effective_samples={name: effective_sample_size(v) * len(v) for name, v in members.items()},
                            pareto_k={name: pareto_k(np.where(inside[name], log_w, -np.inf)) for name in (first, second)})
 
 

@@ -99,6 +99,13 @@ def why_not_a_rotor(transform, torsion):
     return f"turns about the bond {b}-{c}, which is in a ring" if c in seen else None
 
 
+def checked_rotor_scale(rotor_scale):
+    """``rotor_scale`` as a float in (0, π] rad, or an InvalidInputError naming the range."""
+    if isinstance(rotor_scale, bool) or not isinstance(rotor_scale, (int, float, np.integer, np.floating)) or not 0 < rotor_scale <= math.pi:
+        raise InvalidInputError(f"rotor_scale must be in (0, pi] rad, got {rotor_scale!r}.")
+    return float(rotor_scale)
+
+
 def _bonds(transform):
     return {frozenset(map(int, bond)) for bond in transform.bond_graph}
 
@@ -194,9 +201,7 @@ class InternalCoordinateSpace:
         torsion_scales = torch.clamp(torch.sqrt(-2.0 * torch.log(resultant)), min=min_scale[2], max=math.pi)
         widened = torch.as_tensor(rotor_torsions(transform, rotors), dtype=torch.long)
         if len(widened):
-            if not 0 < rotor_scale <= math.pi:
-                raise InvalidInputError(f"rotor_scale must be in (0, pi] rad, got {rotor_scale!r}.")
-            torsion_scales[widened] = torch.clamp(torsion_scales[widened], min=float(rotor_scale))
+            torsion_scales[widened] = torch.clamp(torsion_scales[widened], min=checked_rotor_scale(rotor_scale))
         scales.append(torsion_scales)
         return cls(transform, torch.cat(means).numpy(), torch.cat(scales).numpy(), rotors=rotors if len(widened) else (),
                    rotor_scale=rotor_scale if len(widened) else None)

@@ -160,11 +160,11 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
                             temperature=molecular_system.temperature, **grid)
     space, frames, md_evaluations = None, None, 0
     if coordinates == "internal":
-        from .coordinates import InternalCoordinateSpace
+        from .coordinates import InternalCoordinateSpace, checked_rotor_scale
 
-        if rotor_scale and not 0 < rotor_scale <= math.pi:
-            raise InvalidInputError(f"rotor_scale must be in (0, pi] rad, or None/0 for the MD run's spread; got {rotor_scale!r}.")
-        rotors = _cv_rotors(molecular_system, cvs) if rotor_scale else []  # checked before the MD run
+        if rotor_scale:  # None or 0: the MD run's spread; checked before the MD run
+            rotor_scale = checked_rotor_scale(rotor_scale)
+        rotors = _cv_rotors(molecular_system, cvs) if rotor_scale else []
         frames = _md_frames(molecular_system, md_frames, md_interval, seed, platform)
         md_evaluations = md_frames * md_interval
         space = InternalCoordinateSpace.from_positions(molecular_system.topology, frames, rotors=rotors, rotor_scale=rotor_scale or 1.0)
