@@ -6,9 +6,10 @@ interrupted case (``--iterations`` is the total). Prints one table: ΔG ± stand
 energy evaluations of this process, and for the LJ fluids the comparison with the Johnson-Zollweg-Gubbins
 equation of state (full LJ), using the analytic tail correction for the truncated potential.
 
-``--method neural-ti`` (LJ cases) runs neural TI instead: endpoint MD, training, the exact path over
-``--nodes`` values of t with MBAR, and the amortized (approximate) estimate, in the same folder as the
-MBAR route's storage, so both routes of a case can be compared in one table.
+``--method neural-ti`` runs neural TI instead: endpoint MD, training, the exact path over ``--nodes``
+values of t with MBAR, and the amortized (approximate) estimate, in the same folder as the MBAR route's
+storage, so both routes of a case can be compared in one table (a molecule's vacuum leg, ``vacuum.nc``,
+is shared: it runs once).
 
 Run: ``python benchmarks/bench_solvation.py --cases lj-0.6 lj-0.8`` (LJ, N = 500, about 15 min each on
 2 cores at the defaults); ``--cases methane ethanol`` needs the ``solvation`` extra (AmberTools) and is an
@@ -59,9 +60,9 @@ def main():
             neural = neural_ti_free_energy(system, Path(args.output) / case, nodes=args.nodes, n_train_steps=args.train_steps,
                                            n_iterations=args.iterations, md_steps=args.md_steps,
                                            equilibration_iterations=args.equilibration, platform=args.platform)
-            delta_g, error = -neural["delta_f_kT"], neural["error_kT"]
+            delta_g, error = neural["delta_g_kT"], neural["delta_g_error_kT"]
             evaluations = sum(v for k, v in neural["costs"].items() if k != "cpu_seconds")
-            extra = (f"amortized (approximate) {-neural['amortized_delta_f_kT']:.3f} ± {neural['amortized_error_kT']:.3f} kT; "
+            extra = (f"amortized (approximate, solvent leg) {-neural['amortized_delta_f_kT']:.3f} ± {neural['amortized_error_kT']:.3f} kT; "
                      f"min. overlap {neural['path']['min_neighbour_overlap']:.3f}; ")
         cpu = time.process_time() - start
         kT_kcal = system.solvent.kT / 4.184

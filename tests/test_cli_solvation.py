@@ -19,7 +19,6 @@ def run(*args):
     (["--preset", "lj", "--padding", "1.0"], "--padding applies to molecules"),
     (["--preset", "lj", "--temperature", "300"], "reduced temperature"),
     (["--preset", "nope"], "Invalid value for '--preset'"),
-    (["--preset", "methane", "--method", "neural-ti"], "uncharged Lennard-Jones"),
     (["--preset", "lj", "--method", "exp"], "Invalid value for '--method'"),
     (["--preset", "lj", "--method", "neural-ti", "--nodes", "1,0.5"], "decrease from t = 1 to t = 0"),
     (["--preset", "lj", "--method", "neural-ti", "--nodes", "many"], "give a count"),

@@ -15,10 +15,11 @@ results.md, overlap.png (MBAR overlap) and dudl.png (<du/dlambda> against lambda
 the stored configurations; neural TI's <du/dt> at its nodes on the same axes). Run the same command again to resume an interrupted run or extend it
 (--iterations is the total); storage of another molecule or other settings is refused.
 
---method neural-ti (uncharged Lennard-Jones solutes: the lj and lj-paper presets) runs neural thermodynamic
-integration: OpenMM MD at the two end states, a learned time-dependent potential trained by target score
+--method neural-ti runs neural thermodynamic integration of the solvent leg: OpenMM MD at the two end
+states, a learned time-dependent potential (one learned pair function per class of solute-solvent atom pair;
+for a solute with charges the sterics come on over t in [0, 0.8], then the charges) trained by target score
 matching, then replica exchange over its --nodes values of t and MBAR (exact for any learned potential, given
-overlap). Thermodynamic integration over the same samples (trapezoid of <du/dt> over the nodes, with its
+overlap); a molecule's vacuum leg runs by the MBAR route (vacuum.nc, shared with --method mbar). Thermodynamic integration over the same samples (trapezoid of <du/dt> over the nodes, with its
 statistical and quadrature errors) is reported beside it, and the papers' amortized estimator, labelled
 approximate; results in neural_ti.json and neural_ti.md. --method both runs both routes.
 """
@@ -44,9 +45,10 @@ def _nodes(ctx, param, value):
 @click.option("--prmtop", type=click.Path(dir_okay=False, exists=True), default=None, help="Solvated AMBER topology (with --inpcrd).")
 @click.option("--inpcrd", type=click.Path(dir_okay=False, exists=True), default=None, help="Solvated AMBER coordinates.")
 @click.option("--method", type=click.Choice(["mbar", "neural-ti", "both"]), default="mbar", show_default=True,
-              help="Alchemical MBAR route, neural TI (LJ solutes), or both side by side.")
+              help="Alchemical MBAR route, neural TI, or both side by side.")
 @click.option("--nodes", default="11", show_default=True, callback=_nodes,
-              help="neural TI: values of t sampled on the learned path: a count (equally spaced), a list 1,...,0, or 'schedule' (the MBAR route's).")
+              help="neural TI: values of t sampled on the learned path: a count (equally spaced), a list 1,...,0, or 'schedule' "
+                   "(the MBAR route's states); a solute with charges also gets a node at t = 0.8.")
 @click.option("--train-steps", default=500, show_default=True, type=POSITIVE_INT, help="neural TI: training steps.")
 @click.option("--samples", default=200, show_default=True, type=POSITIVE_INT, help="neural TI: MD samples per end state.")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Output folder (resumed if it holds this run).")
@@ -82,9 +84,6 @@ def solvation(preset, smiles, mol2, frcmod, prmtop, inpcrd, method, nodes, train
         if preset in ("lj", "lj-paper"):
             raise InvalidInputError("the Lennard-Jones presets are defined by their reduced temperature; drop --temperature.")
         options["temperature"] = temperature
-    if method != "mbar" and preset not in ("lj", "lj-paper"):
-        raise InvalidInputError("--method neural-ti handles uncharged Lennard-Jones solutes (--preset lj or lj-paper) in this "
-                                "version; use --method mbar for molecules.")
     system = solvation_system(preset, **options)
     from ..freeenergy.mbar_route import _mpi_comm
 

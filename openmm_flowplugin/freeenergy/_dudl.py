@@ -36,8 +36,9 @@ class DerivativeProfile:
     Attributes
     ----------
     parameter : str
-        The λ moved: ``"lambda_sterics"`` (on the neural-TI path ``neural_ti_t`` moves with it: both are t)
-        or ``"lambda_electrostatics"``.
+        The λ moved: ``"lambda_sterics"`` (on an uncharged solute's neural-TI path ``neural_ti_t`` moves with
+        it: both are t) or ``"lambda_electrostatics"``; ``"neural_ti_t"`` on a charged solute's neural-TI
+        path (one profile per stage, x = t, the physical λ moved at their rates dλ/dt).
     states : list of int
         The leg's states on this stage (index into its schedule).
     lambdas : list of float
@@ -74,19 +75,30 @@ def _global_parameters(force):
 
 
 def _stages(leg):
-    """(parameter, moved parameters, state indices) for each stage of ``leg`` that moves something."""
+    """(parameter, {moved parameter: rate}, state indices, x parameter) for each stage of ``leg`` that moves something.
+
+    The derivative is taken along the x parameter, every moved parameter changing at its rate per unit of it.
+    """
     from .alchemical import _solute_charges
 
     schedule = leg.schedule
+    boundary = leg.record.get("t_boundary")
+    if boundary is not None:  # a charged solute's neural-TI path: the sterics below the boundary, the charges above
+        t = [float(state.neural_ti_t) for state in leg.thermodynamic_states]
+        return [(T_PARAMETER, {"lambda_sterics": 1.0 / boundary, T_PARAMETER: 1.0}, [k for k, v in enumerate(t) if v <= boundary],
+                 T_PARAMETER),
+                (T_PARAMETER, {"lambda_electrostatics": 1.0 / (1.0 - boundary), T_PARAMETER: 1.0},
+                 [k for k, v in enumerate(t) if v >= boundary], T_PARAMETER)]
     present = set().union(*(_global_parameters(f) for f in leg.alchemical_system.getForces()))
     charged = bool(np.any(_solute_charges(leg.molecular_system.system, leg.solute_atoms) != 0.0))
     stages = []
     if charged and "lambda_electrostatics" in present:
-        stages.append(("lambda_electrostatics", ("lambda_electrostatics",), [k for k, s in enumerate(schedule.sterics) if s == 1.0]))
+        stages.append(("lambda_electrostatics", {"lambda_electrostatics": 1.0}, [k for k, s in enumerate(schedule.sterics) if s == 1.0],
+                       "lambda_electrostatics"))
     sterics = [k for k, e in enumerate(schedule.electrostatics) if e == 0.0]
     if not charged and schedule.sterics[sterics[0]] < 1.0:
         sterics.insert(0, 0)  # no charges: the coupled state is λ_sterics = 1 whatever its λ_electrostatics
-    stages.append(("lambda_sterics", tuple(p for p in ("lambda_sterics", T_PARAMETER) if p in present), sterics))
+    stages.append(("lambda_sterics", {p: 1.0 for p in ("lambda_sterics", T_PARAMETER) if p in present}, sterics, "lambda_sterics"))
     return stages
 
 
@@ -102,21 +114,22 @@ def _derivative_context(system, parameters):
     return openmm.Context(reduced, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
 
 
-def _energy(context, values, moved, delta):
+def _energy(context, values, rates, delta):
     for name, value in values.items():
-        context.setParameter(name, value + delta if name in moved else value)
+        context.setParameter(name, value + rates.get(name, 0.0) * delta)
     return context.getState(energy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
 
 
-def _derivative(context, values, moved, h):
-    """dU/dλ (kJ/mol) moving every parameter in ``moved`` by the same amount; one-sided at the ends of [0, 1]."""
-    if min(values[name] for name in moved) - h < 0.0:
-        e0, e1, e2 = (_energy(context, values, moved, d) for d in (0.0, h, 2 * h))
+def _derivative(context, values, rates, h):
+    """dU/dx (kJ/mol) moving each parameter by ``rate * dx``; one-sided where a step would leave [0, 1]
+    (forward at x = 0 or where a stage starts, backward at its end)."""
+    if any(values[name] - rate * h < 0.0 for name, rate in rates.items()):
+        e0, e1, e2 = (_energy(context, values, rates, d) for d in (0.0, h, 2 * h))
         return (-3 * e0 + 4 * e1 - e2) / (2 * h)
-    if max(values[name] for name in moved) + h > 1.0:
-        e0, e1, e2 = (_energy(context, values, moved, d) for d in (0.0, -h, -2 * h))
+    if any(values[name] + rate * h > 1.0 for name, rate in rates.items()):
+        e0, e1, e2 = (_energy(context, values, rates, d) for d in (0.0, -h, -2 * h))
         return (3 * e0 - 4 * e1 + e2) / (2 * h)
-    return (_energy(context, values, moved, h) - _energy(context, values, moved, -h)) / (2 * h)
+    return (_energy(context, values, rates, h) - _energy(context, values, rates, -h)) / (2 * h)
 
 
 def _state_values(state, names):
@@ -158,17 +171,18 @@ def derivative_profiles(leg, storage, n_equilibration=0, h=1e-4):
     -------
     list of DerivativeProfile
         One per stage: the electrostatics (charged solutes: the states with λ_sterics = 1) first, then the
-        sterics (the states with λ_electrostatics = 0, and the coupled state for an uncharged solute).
+        sterics (the states with λ_electrostatics = 0, and the coupled state for an uncharged solute). On a
+        charged solute's neural-TI path: the sterics stage (t ≤ 0.8) first, then the charges (t ≥ 0.8).
     """
     with quiet_banners():
         from openmmtools.multistate import MultiStateReporter
 
     stages = _stages(leg)
-    context = _derivative_context(leg.alchemical_system, {p for _, moved, _ in stages for p in moved})
+    context = _derivative_context(leg.alchemical_system, {p for _, rates, _, _ in stages for p in rates})
     names = list(context.getParameters().keys())
     values = [_state_values(state, names) for state in leg.thermodynamic_states]
     beta = 1.0 / leg.molecular_system.kT
-    series = [{k: [] for k in states} for _, _, states in stages]
+    series = [{k: [] for k in states} for _, _, states, _ in stages]
     with quiet_banners():
         reporter = MultiStateReporter(str(storage), open_mode="r")
     try:
@@ -185,16 +199,16 @@ def derivative_profiles(leg, storage, n_equilibration=0, h=1e-4):
                     # box of exactly twice the cutoff below it (mbar_route._restore_fixed_box)
                     context.setPeriodicBoxVectors(*sampler_state.box_vectors)
                 context.setPositions(sampler_state.positions)
-                for (_, moved, _), per_state in zip(stages, series):
+                for (_, rates, _, _), per_state in zip(stages, series):
                     if k in per_state:
-                        per_state[k].append(beta * _derivative(context, values[k], moved, h))
+                        per_state[k].append(beta * _derivative(context, values[k], rates, h))
     finally:
         reporter.close()
     profiles = []
-    for (parameter, moved, states), per_state in zip(stages, series):
-        order = sorted(states, key=lambda k: values[k][moved[0]])
+    for (parameter, _, states, x), per_state in zip(stages, series):
+        order = sorted(states, key=lambda k: values[k][x])
         stats = [_mean_and_error(per_state[k]) for k in order]
-        profiles.append(DerivativeProfile(parameter, order, [values[k][moved[0]] for k in order], *map(list, zip(*stats))))
+        profiles.append(DerivativeProfile(parameter, order, [values[k][x] for k in order], *map(list, zip(*stats))))
     return profiles
 
 
@@ -244,7 +258,8 @@ def trapezoid_ti(lambdas, mean, error):
             "simpson_delta_f_kT": _finite_or_none(-simpson_value), "quadrature_error_method": QUADRATURE_METHOD}
 
 
-_AXIS = {"lambda_sterics": r"$\lambda_\mathrm{sterics}$ (neural TI: $t$)", "lambda_electrostatics": r"$\lambda_\mathrm{electrostatics}$"}
+_AXIS = {"lambda_sterics": r"$\lambda_\mathrm{sterics}$ (neural TI: $t$)", "lambda_electrostatics": r"$\lambda_\mathrm{electrostatics}$",
+         T_PARAMETER: r"$t$ (learned path: sterics up to the boundary, then the charges)"}
 
 
 def _curves(output_dir):
@@ -255,9 +270,11 @@ def _curves(output_dir):
         for leg, profiles in (json.loads(results.read_text()).get("dudl") or {}).items():
             curves += [(f"{leg} leg, alchemical MBAR route", profile) for profile in profiles]
     if neural.is_file():
-        profile = (json.loads(neural.read_text()).get("ti") or {}).get("profile")
-        if profile:
-            curves.append(("learned path (neural TI), dU/dt", profile))
+        ti = json.loads(neural.read_text()).get("ti") or {}
+        profiles = ti.get("profiles") or ([ti["profile"]] if ti.get("profile") else [])
+        for profile in profiles:
+            stage = "" if len(profiles) == 1 else (", sterics stage" if min(profile["lambdas"]) == 0.0 else ", charges stage")
+            curves.append((f"learned path (neural TI), dU/dt{stage}", profile))
     return curves
 
 
@@ -300,7 +317,7 @@ def write_dudl_plot(output_dir, name="dudl.png"):
         axis.axhline(0.0, color="0.7", lw=0.8)
         axis.set_xlabel(_AXIS[parameter])
         axis.set_ylabel(r"$\langle \partial u / \partial\lambda \rangle$ (kT)")
-        axis.set_title(parameter.replace("lambda_", "") + " stage")
+        axis.set_title("learned path (neural TI)" if parameter == T_PARAMETER else parameter.replace("lambda_", "") + " stage")
         axis.legend(fontsize=8)
     figure.tight_layout()
     path = output_dir / name

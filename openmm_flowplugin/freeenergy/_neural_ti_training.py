@@ -1,6 +1,6 @@
 """Neural TI before the exact path: endpoint MD, pairing, target score matching, the amortized estimate (:mod:`.neural_ti`)."""
 
-__all__ = ["EndpointSamples", "sample_endpoints", "train_neural_ti", "amortized_delta_f"]
+__all__ = ["ELECTROSTATICS_FROM", "path_lambdas", "EndpointSamples", "sample_endpoints", "train_neural_ti", "amortized_delta_f"]
 
 import math
 from dataclasses import dataclass
@@ -11,39 +11,90 @@ import torch
 from openmm import unit
 
 from ..errors import InvalidInputError
-from ._neural_ti_model import PairPotential
+from ._neural_ti_model import PairPotential, pair_classes
+
+#: t at which a charged solute's path has its Lennard-Jones fully on and starts to switch its charges on.
+ELECTROSTATICS_FROM = 0.8
+
+
+def path_lambdas(t, boundary=None):
+    """``(lambda_electrostatics, lambda_sterics)`` of the physical part of the learned path at ``t``.
+
+    Uncharged solutes (``boundary=None``): both are t. Charged solutes: the sterics come on over
+    [0, boundary] with the charges off, then the charges over [boundary, 1] (openmmtools annihilates
+    charges only on a fully interacting solute).
+
+    Examples
+    --------
+    >>> path_lambdas(0.4, boundary=0.8), path_lambdas(0.9, boundary=0.8), path_lambdas(0.4)
+    ((0.0, 0.5), (0.5, 1.0), (0.4, 0.4))
+    """
+    t = float(t)
+    if boundary is None:
+        return t, t
+    return max(0.0, (t - boundary) / (1.0 - boundary)), min(1.0, t / boundary)
+
+
+def path_boundary(leg):
+    """:data:`ELECTROSTATICS_FROM` for a leg whose solute has charges, else ``None``."""
+    return ELECTROSTATICS_FROM if any(_charges(leg)) else None
 
 
 @dataclass
 class EndpointSamples:
-    """Configurations (nm) and reduced forces -β∇U at t = 0 (decoupled) and t = 1 (coupled)."""
+    """Configurations (nm) and reduced forces -β∇U at t = 0 (decoupled) and t = 1 (coupled).
+
+    ``solute`` holds the solute's atom indices (a single index for earlier LJ samples is accepted).
+    """
 
     x0: np.ndarray
     f0: np.ndarray
     x1: np.ndarray
     f1: np.ndarray
     box: float
-    solute: int
+    solute: list
+
+    def __post_init__(self):
+        self.solute = [int(i) for i in np.atleast_1d(self.solute)]
+
+
+def _constant_volume(system):
+    """A copy of ``system`` with any barostat switched off (frequency 0)."""
+    system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(system))
+    for force in system.getForces():
+        if isinstance(force, openmm.MonteCarloBarostat):
+            force.setFrequency(0)
+    return system
 
 
 def _context(leg, platform):
     from ..platforms import select_platform
 
+    system = _constant_volume(leg.alchemical_system)
     integrator = openmm.LangevinMiddleIntegrator(leg.molecular_system.temperature, 5.0, 0.001)
-    return openmm.Context(leg.alchemical_system, integrator, select_platform(leg.alchemical_system, platform)), integrator
+    return openmm.Context(system, integrator, select_platform(system, platform)), integrator
 
 
-def _set_lambda(context, value):
-    context.setParameter("lambda_sterics", value)
+def _set_lambda(context, value, boundary=None):
+    electrostatics, sterics = path_lambdas(value, boundary)
+    context.setParameter("lambda_sterics", sterics)
     try:
-        context.setParameter("lambda_electrostatics", value)
+        context.setParameter("lambda_electrostatics", electrostatics)
     except Exception:  # noqa: BLE001 - no alchemical electrostatics in an uncharged system
         pass
 
 
 def sample_endpoints(leg, n_samples, steps_between=100, equilibration_steps=2000, timestep=None, seed=0, platform=None):
-    """OpenMM Langevin MD at the two end states of ``leg`` (an :class:`~.alchemical.AlchemicalLeg` of an
-    uncharged solute): ``n_samples`` frames each, with reduced forces (β times OpenMM's forces)."""
+    """OpenMM Langevin MD at the two end states of ``leg`` (an :class:`~.alchemical.AlchemicalLeg`):
+    ``n_samples`` frames each, with reduced forces (β times OpenMM's forces).
+
+    The samples are training data only (any θ gives exact end states), so they are drawn at constant
+    volume in the System's box even for an NPT leg, which keeps one box for all of them. The pairing and
+    the torch side of training assume a cubic box: other boxes are refused."""
+    vectors = np.array([v.value_in_unit(unit.nanometer) for v in leg.alchemical_system.getDefaultPeriodicBoxVectors()])
+    if not np.allclose(vectors, vectors[0, 0] * np.eye(3), rtol=0.0, atol=1e-9):
+        raise InvalidInputError(f"neural TI's training needs a cubic box; {leg.molecular_system.name} has box vectors "
+                                f"{vectors.round(4).tolist()} nm: solvate it in a cube, or use --method mbar.")
     context, integrator = _context(leg, platform)
     step = timestep if timestep is not None else leg.molecular_system.options.get("timestep_ps", 0.001)
     integrator.setStepSize(step)
@@ -64,24 +115,65 @@ def sample_endpoints(leg, n_samples, steps_between=100, equilibration_steps=2000
             fs.append(beta * state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer))
         out[value] = (np.array(xs), np.array(fs))
     box = leg.alchemical_system.getDefaultPeriodicBoxVectors()[0][0].value_in_unit(unit.nanometer)
-    return EndpointSamples(out[0.0][0], out[0.0][1], out[1.0][0], out[1.0][1], float(box), leg.solute_atoms[0])
+    return EndpointSamples(out[0.0][0], out[0.0][1], out[1.0][0], out[1.0][1], float(box), leg.solute_atoms)
 
 
-def _pair(samples, rng):
-    """Pairs (x0, x1): random partners, x1 shifted so that the solutes coincide, solvent matched by the
-    Hungarian algorithm on minimum-image distances (short straight paths, as in the papers' code)."""
+def _solvent_molecules(leg):
+    """The solvent's molecules (lists of atom indices, from OpenMM's bonds and constraints), each with its
+    kind: the nonbonded classes of its atoms in order (only molecules of one kind are matched to each other)."""
+    context, _ = _context(leg, "Reference")
+    classes = pair_classes(leg.molecular_system.system, leg.solute_atoms)
+    solvent_class = dict(zip(classes.solvent, classes.solvent_class))
+    solute = set(leg.solute_atoms)
+    molecules = [list(m) for m in context.getMolecules() if not solute & set(m)]
+    return molecules, [tuple(solvent_class[i] for i in m) for m in molecules]
+
+
+def _superposition(moving, target):
+    """Rotation R (3, 3) minimizing |moving @ R.T - target| for centred point sets (Kabsch); identity for < 3 points."""
+    if len(moving) < 3:
+        return np.eye(3)
+    u, _, vt = np.linalg.svd(moving.T @ target)
+    sign = np.sign(np.linalg.det(u @ vt))
+    return (u @ np.diag([1.0, 1.0, sign]) @ vt).T
+
+
+def _pair(samples, rng, molecules=None, kinds=None):
+    """Pairs (x0, x1): random partners; x1 (with its forces) translated and rotated so that its solute lies on
+    x0's (Kabsch), solvent molecules of one kind matched by the Hungarian algorithm on the minimum-image
+    distances of their first atoms and moved whole (short straight paths, as in the papers' code).
+    ``molecules``: the solvent's molecules (default: each solvent atom alone); ``kinds``: one hashable per
+    molecule (default: its size)."""
     from scipy.optimize import linear_sum_assignment
 
-    box, s = samples.box, samples.solute
+    box, solute = samples.box, list(samples.solute)
     partners = rng.permutation(len(samples.x1))
     x1, f1 = samples.x1[partners].copy(), samples.f1[partners].copy()
-    solvent = np.array([i for i in range(x1.shape[1]) if i != s])
+    if molecules is None:
+        molecules = [[i] for i in range(x1.shape[1]) if i not in set(solute)]
+    groups = {}
+    for molecule, kind in zip(molecules, kinds if kinds is not None else [len(m) for m in molecules]):
+        groups.setdefault(kind, []).append(molecule)
     for k in range(len(x1)):
-        x1[k] = x1[k] - x1[k, s] + samples.x0[k, s]
-        d = samples.x0[k, solvent][:, None] - x1[k, solvent][None]
-        d -= box * np.round(d / box)
-        _, columns = linear_sum_assignment((d**2).sum(-1))
-        x1[k, solvent], f1[k, solvent] = x1[k, solvent[columns]], f1[k, solvent[columns]]
+        anchor0, anchor1 = samples.x0[k, solute[0]], x1[k, solute[0]]
+        d0 = samples.x0[k, solute] - anchor0
+        d0 -= box * np.round(d0 / box)
+        d1 = x1[k] - anchor1
+        d1 -= box * np.round(d1 / box)
+        for group in groups.values():  # molecules whole before the rotation (a rotated box vector is no box vector)
+            atoms = np.array(group)
+            inner = d1[atoms[:, 1:]] - d1[atoms[:, :1]]
+            d1[atoms[:, 1:]] = d1[atoms[:, :1]] + inner - box * np.round(inner / box)
+        centre0, centre1 = d0.mean(0), d1[solute].mean(0)
+        rotation = _superposition(d1[solute] - centre1, d0 - centre0)
+        x1[k] = np.mod((d1 - centre1) @ rotation.T + centre0 + anchor0, box)
+        f1[k] = f1[k] @ rotation.T
+        for group in groups.values():
+            atoms = np.array(group)  # (molecules, atoms per molecule)
+            d = samples.x0[k, atoms[:, 0]][:, None] - x1[k, atoms[:, 0]][None]
+            d -= box * np.round(d / box)
+            _, columns = linear_sum_assignment((d**2).sum(-1))
+            x1[k, atoms], f1[k, atoms] = x1[k, atoms[columns]], f1[k, atoms[columns]]
     return x1, f1
 
 
@@ -91,12 +183,12 @@ def _interpolate(x0, x1, t, box):
     return np.mod(x0 + t[:, None, None] * dx, box)
 
 
-def _physical_reduced(context, x, t, beta, forces=True, derivative=True, h=1e-4):
-    """β U_phys(x; λ = t), its x-gradient, and ∂_t of it by central differences (one-sided at the ends).
+def _physical_reduced(context, x, t, beta, forces=True, derivative=True, h=1e-4, boundary=None):
+    """β U_phys(x; λ(t)), its x-gradient, and ∂_t of it by central differences (one-sided at the ends).
 
     openmmtools' alchemical forces declare no parameter derivatives (OpenMM would report 0), hence the differences.
     """
-    _set_lambda(context, t)
+    _set_lambda(context, t, boundary)
     context.setPositions(x)
     state = context.getState(energy=True, forces=forces)
     u = beta * state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
@@ -106,43 +198,61 @@ def _physical_reduced(context, x, t, beta, forces=True, derivative=True, h=1e-4)
     lo, hi = max(t - h, 0.0), min(t + h, 1.0)
     values = []
     for value in (lo, hi):
-        _set_lambda(context, value)
+        _set_lambda(context, value, boundary)
         values.append(beta * context.getState(energy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
     return u, grad, (values[1] - values[0]) / (hi - lo)
 
 
+#: kT/nm: residuals beyond it count linearly in the loss of a molecular solute (Huber), see :func:`train_neural_ti`.
+HUBER_DELTA = 100.0
+
+
 def train_neural_ti(leg, samples, pair_potential=None, n_steps=200, batch_size=8, learning_rate=1e-3, seed=0, platform=None,
-                    progress=None):
-    """Fit φ_θ by target score matching on ``samples`` (see the module docstring); returns (φ, loss history)."""
+                    progress=None, robust=None):
+    """Fit φ_θ by target score matching on ``samples`` (see the module docstring); returns (φ, loss history).
+
+    The loss is the mean squared residual of the reduced gradients. With ``robust`` (default: for
+    molecular solutes, more than one pair class) it is the Huber loss with :data:`HUBER_DELTA` instead:
+    straight-line interpolants of water clash (TIP3P hydrogens have no Lennard-Jones core), with
+    gradients up to 1e8 kT/nm that φ cannot follow and that would otherwise steer the fit. Training only
+    decides how good the path is: the exact-path estimate is exact for any θ.
+    """
     from tqdm import tqdm
 
     from .._threads import package_threads
 
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
+    classes = pair_classes(leg.molecular_system.system, leg.solute_atoms)
     if pair_potential is None:
-        cutoff = _cutoff(leg)
-        pair_potential = PairPotential(cutoff)
+        pair_potential = PairPotential(_cutoff(leg), n_classes=classes.n_classes)
     context, _ = _context(leg, platform)
     beta = 1.0 / leg.molecular_system.kT
-    x1, f1 = _pair(samples, rng)
+    boundary = path_boundary(leg)
+    x1, f1 = _pair(samples, rng, *_solvent_molecules(leg))
     optimizer = torch.optim.Adam(pair_potential.parameters(), lr=learning_rate)
-    box, solute = samples.box, samples.solute
+    box = samples.box
+    if robust is None:
+        robust = classes.n_classes > 1
     history = []
     with package_threads():
         for _ in tqdm(range(n_steps), disable=None if progress is None else not progress, desc="neural TI"):
             index = rng.integers(0, len(samples.x0), batch_size)
             t = rng.uniform(0.0, 1.0, batch_size)
             xt = _interpolate(samples.x0[index], x1[index], t, box)
-            grad_phys = np.array([_physical_reduced(context, xt[k], float(t[k]), beta, derivative=False)[1]
+            grad_phys = np.array([_physical_reduced(context, xt[k], float(t[k]), beta, derivative=False, boundary=boundary)[1]
                                   for k in range(batch_size)])
             left = -samples.f0[index] / np.clip(1 - t, 0.1, None)[:, None, None]  # ∇u_0(x_0) / (1 - t)
             right = -f1[index] / np.clip(t, 0.1, None)[:, None, None]  # ∇u_1(x_1) / t
             target = np.where((t < 0.5)[:, None, None], left, right)
             x = torch.tensor(xt, requires_grad=True)
-            energy = beta * pair_potential.learned_energy(x, torch.tensor(t), solute, box)
+            energy = beta * pair_potential.learned_energy(x, torch.tensor(t), None, box, classes)
             (grad_nn,) = torch.autograd.grad(energy.sum(), x, create_graph=True)
-            loss = ((torch.from_numpy(grad_phys) + grad_nn - torch.from_numpy(target)) ** 2).mean()
+            residual = torch.from_numpy(grad_phys) + grad_nn - torch.from_numpy(target)
+            if robust:
+                loss = torch.nn.functional.huber_loss(residual, torch.zeros_like(residual), delta=HUBER_DELTA)
+            else:
+                loss = (residual**2).mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -160,13 +270,16 @@ def amortized_delta_f(leg, samples, pair_potential, n_points=256, seed=1, platfo
     rng = np.random.default_rng(seed)
     context, _ = _context(leg, platform)
     beta = 1.0 / leg.molecular_system.kT
-    x1, _ = _pair(samples, rng)
+    boundary = path_boundary(leg)
+    x1, _ = _pair(samples, rng, *_solvent_molecules(leg))
     index = rng.integers(0, len(samples.x0), n_points)
     t = rng.uniform(0.0, 1.0, n_points)
     xt = _interpolate(samples.x0[index], x1[index], t, samples.box)
-    du_phys = np.array([_physical_reduced(context, xt[k], float(t[k]), beta, forces=False)[2] for k in range(n_points)])
+    du_phys = np.array([_physical_reduced(context, xt[k], float(t[k]), beta, forces=False, boundary=boundary)[2]
+                        for k in range(n_points)])
     t_torch = torch.tensor(t, requires_grad=True)
-    energy = beta * pair_potential.learned_energy(torch.tensor(xt), t_torch, samples.solute, samples.box)
+    classes = pair_classes(leg.molecular_system.system, leg.solute_atoms)
+    energy = beta * pair_potential.learned_energy(torch.tensor(xt), t_torch, None, samples.box, classes)
     (du_nn,) = torch.autograd.grad(energy.sum(), t_torch)
     du = du_phys + du_nn.detach().numpy()  # ∂_t u_θ at each point; f(1) - f(0) = E[∂_t u]
     return float(-du.mean()), float(du.std(ddof=1) / math.sqrt(n_points))

@@ -148,7 +148,8 @@ def alchemical_leg(molecular_system, solute_atoms, schedule=None, name="solvent"
         Default: :func:`default_schedule`, without its electrostatics stage if the solute has no charges.
     name : str
     pressure : openmm.unit.Quantity, optional
-        NPT states (the System must hold a ``MonteCarloBarostat``).
+        NPT states (the System must hold a ``MonteCarloBarostat``). Default: the barostat's pressure if the
+        System holds one (openmmtools samples at it anyway), else constant volume.
     softcore_alpha : float
         openmmtools' soft-core Lennard-Jones parameter.
 
@@ -171,6 +172,9 @@ def alchemical_leg(molecular_system, solute_atoms, schedule=None, name="solvent"
     system = molecular_system.system
     if not any(isinstance(f, openmm.NonbondedForce) for f in system.getForces()):
         raise InvalidInputError(f"{molecular_system.name} has no NonbondedForce: nothing couples the solute to its surroundings.")
+    if pressure is None:
+        barostat = next((f for f in system.getForces() if isinstance(f, openmm.MonteCarloBarostat)), None)
+        pressure = barostat.getDefaultPressure() if barostat is not None else None
     charged = bool(np.any(_solute_charges(system, atoms) != 0.0))
     schedule = default_schedule(charged=charged) if schedule is None else schedule
     factory = alchemy.AbsoluteAlchemicalFactory(alchemical_pme_treatment="exact")

@@ -1,10 +1,14 @@
-"""Neural thermodynamic integration for a solute in a Lennard-Jones solvent (Máté, Fleuret, Bereau).
+"""Neural thermodynamic integration of a solute in a solvent (Máté, Fleuret, Bereau).
 
 A time-dependent potential with exact end states,
 
-    U_θ(x, t) = U_phys(x; λ_sterics = t) + t (1 - t) Σ_j φ_θ(r_j, t),
+    U_θ(x, t) = U_phys(x; λ(t)) + t (1 - t) Σ_ij φ_θ(r_ij, t, class_ij),
 
-with r_j the distance of solvent particle j to the solute, t = 0 the decoupled solute, t = 1 the coupled one (openmmtools' soft-core alchemical path in between),
+with r_ij the distance of solute atom i to solvent atom j (one learned function per class of pair,
+:class:`PairClasses`), t = 0 the decoupled solute, t = 1 the coupled one, and openmmtools' alchemical
+path in between: λ_sterics = λ_electrostatics = t for an uncharged (Lennard-Jones) solute; for a solute
+with charges the sterics over [0, 0.8] with the charges off, then the charges over [0.8, 1]
+(:func:`path_lambdas`; a node always sits at 0.8),
 is trained by target score matching on endpoint samples only (OpenMM MD at t = 0 and t = 1): along the
 interpolant x_t = x_0 + t (x_1 - x_0) between paired samples, ∇U_θ(x_t, t) regresses onto
 ∇U_0(x_0) / (1 - t) for t < 1/2 and onto ∇U_1(x_1) / t above (reduced units; arXiv 2406.02313 and
@@ -26,20 +30,24 @@ lives in ``_neural_ti_model.py``, sampling and training in ``_neural_ti_training
 imported from here.
 """
 
-__all__ = ["PairPotential", "NeuralTIState", "EndpointSamples", "sample_endpoints", "train_neural_ti",
-           "amortized_delta_f", "learned_force", "exact_path_leg", "path_ti", "neural_ti_free_energy"]
+__all__ = ["PairPotential", "PairClasses", "pair_classes", "path_lambdas", "NeuralTIState", "EndpointSamples", "sample_endpoints",
+           "train_neural_ti", "amortized_delta_f", "learned_force", "exact_path_leg", "path_ti", "neural_ti_free_energy"]
 
 import json
+import math
 
 import numpy as np
 import openmm
 import torch
+from openmm import unit
 
 from .._quiet import quiet_banners
 from ..errors import InvalidInputError, NoOverlapError
-from ._neural_ti_model import _TABLE_R, _TABLE_T, T_PARAMETER, PairPotential, learned_force  # noqa: F401 - re-exported
-from ._neural_ti_training import (EndpointSamples, _charges, _context, _cutoff, _interpolate, _pair,  # noqa: F401
-                                  _physical_reduced, _set_lambda, amortized_delta_f, sample_endpoints, train_neural_ti)
+from ._neural_ti_model import (_TABLE_R, _TABLE_T, T_PARAMETER, PairClasses, PairPotential, learned_force,  # noqa: F401
+                               pair_classes)
+from ._neural_ti_training import (ELECTROSTATICS_FROM, EndpointSamples, _charges, _context, _cutoff, _interpolate,  # noqa: F401
+                                  _pair, _physical_reduced, _set_lambda, amortized_delta_f, path_boundary, path_lambdas,
+                                  sample_endpoints, train_neural_ti)
 
 with quiet_banners():
     from openmmtools.states import GlobalParameterState
@@ -52,20 +60,17 @@ class NeuralTIState(GlobalParameterState):
 
 
 def parse_nodes(text):
-    """``"11"`` -> 11 equally spaced nodes; ``"1,0.5,0.2,0"`` -> those values of t; ``"schedule"`` -> the MBAR route's λ_sterics.
+    """``"11"`` -> 11 equally spaced nodes; ``"1,0.5,0.2,0"`` -> those values of t; ``"schedule"`` -> the
+    MBAR route's states mapped onto t (:func:`exact_path_leg`).
 
     Examples
     --------
-    >>> parse_nodes("5"), parse_nodes("1, 0.3, 0")
-    (5, [1.0, 0.3, 0.0])
-    >>> len(parse_nodes("schedule"))
-    15
+    >>> parse_nodes("5"), parse_nodes("1, 0.3, 0"), parse_nodes("schedule")
+    (5, [1.0, 0.3, 0.0], 'schedule')
     """
-    from .alchemical import DEFAULT_STERICS
-
     text = str(text).strip()
     if text == "schedule":
-        return [float(v) for v in DEFAULT_STERICS]
+        return text
     try:
         if "," not in text:
             return int(text)
@@ -77,39 +82,68 @@ def parse_nodes(text):
     return values
 
 
+def _node_values(leg, nodes, boundary):
+    """The values of t (1 first) for ``nodes``: a count, a list, or ``"schedule"``; with the stage boundary added."""
+    if isinstance(nodes, str):
+        if nodes != "schedule":
+            raise InvalidInputError(f"nodes: give a count, values of t from 1 to 0, or 'schedule', got {nodes!r}.")
+        nodes = [s if boundary is None else (boundary * s if s < 1.0 else boundary + (1.0 - boundary) * e)
+                 for e, s in zip(leg.schedule.electrostatics, leg.schedule.sterics)]
+    elif isinstance(nodes, (int, np.integer)):
+        if nodes < 2:
+            raise InvalidInputError(f"nodes must be at least 2, got {nodes}.")
+        nodes = np.linspace(1.0, 0.0, nodes)
+    nodes = [float(v) for v in nodes]
+    if boundary is not None:  # ∂u/∂t jumps there: TI integrates each stage separately, both ending on this node
+        nodes = [boundary if abs(t - boundary) < 1e-9 else t for t in nodes]  # linspace's 0.7999999999999999 is 0.8
+        if boundary not in nodes:
+            nodes = sorted(nodes + [boundary], reverse=True)
+    return nodes
+
+
 def exact_path_leg(leg, pair_potential, nodes=11):
     """An alchemical leg whose states are U_θ(·, t) at ``nodes`` values of t (1 first): run it with
     :func:`~.mbar_route.run_leg` and estimate with :func:`~.mbar_route.analyze_leg` (MBAR over the nodes).
 
-    The System is ``leg``'s alchemical System plus :func:`learned_force`; each state sets
-    ``lambda_sterics = t`` and ``neural_ti_t = t``. The storage record includes φ's fingerprint, so a
-    run with other weights is never resumed into it.
+    The System is ``leg``'s alchemical System plus :func:`learned_force`; each state sets ``neural_ti_t = t``
+    and the physical λ of :func:`path_lambdas` (for a solute with charges, a node is added at the stage
+    boundary 0.8 if missing). ``nodes``: a count (equally spaced), values of t from 1 to 0, or ``"schedule"``
+    (``leg``'s own λ states mapped onto t). The storage record includes φ's fingerprint, so a run with
+    other weights is never resumed into it.
     """
     with quiet_banners():
         from openmmtools import alchemy, states
 
     from .alchemical import AlchemicalLeg, LambdaSchedule
 
-    if leg.schedule.electrostatics[1] != 0.0 or any(_charges(leg)):
-        raise InvalidInputError("neural TI here handles uncharged (Lennard-Jones) solutes only: the path turns the sterics on.")
-    if isinstance(nodes, int):
-        if nodes < 2:
-            raise InvalidInputError(f"nodes must be at least 2, got {nodes}.")
-        nodes = np.linspace(1.0, 0.0, nodes)
-    nodes = [float(v) for v in nodes]
+    boundary = path_boundary(leg)
+    if boundary is None and leg.schedule.electrostatics[1] != 0.0:
+        raise InvalidInputError("an uncharged solute's leg turns the sterics on from its second state: build it with "
+                                "default_schedule(charged=False).")
+    nodes = _node_values(leg, nodes, boundary)
     system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(leg.alchemical_system))
-    system.addForce(learned_force(pair_potential, system.getNumParticles(), leg.solute_atoms[0]))
-    schedule = LambdaSchedule(electrostatics=[1.0] + [0.0] * (len(nodes) - 1), sterics=nodes)
+    classes = pair_classes(leg.molecular_system.system, leg.solute_atoms) if pair_potential.n_classes > 1 else None
+    nonbonded = next(f for f in leg.molecular_system.system.getForces() if isinstance(f, openmm.NonbondedForce))
+    exclusions = [nonbonded.getExceptionParameters(k)[:2] for k in range(nonbonded.getNumExceptions())]
+    system.addForce(learned_force(pair_potential, system.getNumParticles(), leg.solute_atoms, classes, exclusions))
+    if boundary is None:
+        lambdas = [(1.0 if t == 1.0 else 0.0, t) for t in nodes]
+    else:
+        lambdas = [path_lambdas(t, boundary) for t in nodes]
+    schedule = LambdaSchedule(electrostatics=[e for e, _ in lambdas], sterics=[s for _, s in lambdas])
     thermodynamic = states.ThermodynamicState(system, temperature=leg.molecular_system.temperature, pressure=leg.pressure)
     compound = []
-    for t in nodes:
+    for t, (electrostatics, sterics) in zip(nodes, lambdas):
         alchemical_state = alchemy.AlchemicalState.from_system(system)
-        alchemical_state.lambda_sterics = t
+        alchemical_state.lambda_sterics = sterics
         if alchemical_state.lambda_electrostatics is not None:
-            alchemical_state.lambda_electrostatics = 1.0 if t == 1.0 else 0.0
+            alchemical_state.lambda_electrostatics = electrostatics
         compound.append(states.CompoundThermodynamicState(thermodynamic, [alchemical_state, NeuralTIState(neural_ti_t=t)]))
+    record = {"neural_ti": pair_potential.fingerprint()}
+    if boundary is not None:
+        record["t_boundary"] = boundary
     return AlchemicalLeg(f"{leg.name}-neural-ti", leg.molecular_system, system, leg.solute_atoms, schedule, compound, leg.pressure,
-                         record={"neural_ti": pair_potential.fingerprint()})
+                         record=record)
 
 
 
@@ -118,13 +152,16 @@ def path_ti(path, storage, n_equilibration=0):
     """Thermodynamic integration along the learned path, from the exact path's stored samples.
 
     ``ΔF = f(decoupled) - f(coupled) = -∫₀¹ ⟨∂_t u_θ⟩_t dt``. At each node, ∂_t u_θ of the sampled
-    potential (the physical part and the learned table together: ``lambda_sterics`` and ``neural_ti_t``
-    moved by the same step) is a finite difference of reduced potentials at each stored checkpoint
+    potential (the physical part and the learned table together: the physical λ moved at their rates
+    dλ/dt with ``neural_ti_t``) is a finite difference of reduced potentials at each stored checkpoint
     configuration after the equilibration; its mean has the standard error ``std · sqrt(g / n)`` with
     pymbar's statistical inefficiency g (``_dudl.derivative_profiles``). The integral is the
     trapezoid rule over the nodes with the errors propagated, and the quadrature error is estimated as
     the absolute difference between the trapezoid and Simpson's rule on the same nodes
-    (``_dudl.trapezoid_ti``).
+    (``_dudl.trapezoid_ti``). For a solute with charges ∂_t u_θ jumps at the stage boundary (t = 0.8):
+    each stage is integrated on its own, with the one-sided derivative at the boundary node, and the
+    parts are added (errors in quadrature, quadrature errors summed; the two one-sided derivatives at the
+    boundary come from the same configurations, so the stages' errors are not quite independent).
 
     .. warning:: MBAR over the nodes (:func:`~.mbar_route.analyze_leg`) remains the result: it uses every
        stored iteration's energies, where TI uses only the checkpointed configurations (one in
@@ -143,24 +180,40 @@ def path_ti(path, storage, n_equilibration=0):
     -------
     dict
         ``delta_f_kT`` (trapezoid), ``statistical_error_kT``, ``quadrature_error_kT``, ``simpson_delta_f_kT``,
-        ``quadrature_error_method`` and ``profile`` (``_dudl.DerivativeProfile`` as a dict: nodes t,
-        ⟨∂_t u_θ⟩ in kT with its standard error, samples and statistical inefficiency per node).
+        ``quadrature_error_method`` and ``profiles`` (one ``_dudl.DerivativeProfile`` as a dict per stage: nodes
+        t, ⟨∂_t u_θ⟩ in kT with its standard error, samples and statistical inefficiency per node); with one
+        stage (uncharged solute) also ``profile``, that stage's.
     """
     from ._dudl import derivative_profiles, trapezoid_ti
 
-    (profile,) = derivative_profiles(path, storage, n_equilibration)
-    return {**trapezoid_ti(profile.lambdas, profile.mean, profile.error), "profile": profile.to_dict()}
+    profiles = derivative_profiles(path, storage, n_equilibration)
+    parts = [trapezoid_ti(p.lambdas, p.mean, p.error) for p in profiles]
+
+    def total(key, combine=sum):
+        values = [part[key] for part in parts]
+        return None if any(v is None for v in values) else float(combine(values))
+
+    result = {"delta_f_kT": total("delta_f_kT"),
+              "statistical_error_kT": total("statistical_error_kT", lambda v: math.sqrt(sum(x * x for x in v))),
+              "quadrature_error_kT": total("quadrature_error_kT"), "simpson_delta_f_kT": total("simpson_delta_f_kT"),
+              "quadrature_error_method": parts[0]["quadrature_error_method"], "profiles": [p.to_dict() for p in profiles]}
+    if len(profiles) == 1:
+        result["profile"] = result["profiles"][0]
+    return result
 
 
 def neural_ti_free_energy(solvation_system, output_dir, n_samples=200, n_train_steps=500, nodes=11, n_iterations=300,
                           md_steps=200, timestep=None, equilibration_iterations=20, schedule=None, platform=None,
                           progress=None, checkpoint_interval=10):
-    """Neural TI of an uncharged (LJ) solute: endpoint MD, training, the estimators; resumable in ``output_dir``.
+    """Neural TI of a solute's solvent leg: endpoint MD, training, the estimators; resumable in ``output_dir``.
 
     Endpoint samples (``neural_ti_samples.npz``) and the trained φ (``neural_ti_model.pt``) are kept and
-    reused by a later call; the exact path's storage (``neural_ti_path.nc``) resumes like any leg. The
-    results go to ``neural_ti.json`` and ``neural_ti.md``, and ``dudl.png`` is redrawn with ⟨∂_t u_θ⟩ at
-    the nodes beside the MBAR route's ⟨∂u/∂λ⟩ if that ran in the same folder.
+    reused by a later call; the exact path's storage (``neural_ti_path.nc``) resumes like any leg. A
+    molecule's vacuum leg (intramolecular terms only: no learned term) runs by the alchemical MBAR route
+    into ``vacuum.nc``, the same storage :func:`~.solvation.solvation_free_energy` uses, so a run of both
+    routes in one folder computes it once. The results go to ``neural_ti.json`` and ``neural_ti.md``, and
+    ``dudl.png`` is redrawn with ⟨∂_t u_θ⟩ at the nodes beside the MBAR route's ⟨∂u/∂λ⟩ if that ran in
+    the same folder.
 
     Parameters
     ----------
@@ -172,7 +225,9 @@ def neural_ti_free_energy(solvation_system, output_dir, n_samples=200, n_train_s
     Returns
     -------
     dict
-        ``delta_f_kT``/``error_kT`` (exact path, MBAR over the nodes: the result), ``ti`` (thermodynamic
+        ``delta_g_kT``/``delta_g_error_kT`` (and in kcal/mol: the solvation free energy from the exact path
+        and the vacuum leg), ``delta_f_kT``/``error_kT`` (the solvent leg's exact path, MBAR over the nodes:
+        the result), ``vacuum`` (the vacuum leg's estimate as a dict, or ``None``), ``ti`` (thermodynamic
         integration over the same samples, :func:`path_ti`: ``delta_f_kT``, ``statistical_error_kT``,
         ``quadrature_error_kT``, the profile), ``amortized_delta_f_kT``/``amortized_error_kT``
         (approximate), the path's :class:`~.mbar_route.LegEstimate` as a dict, the training loss history
@@ -183,30 +238,15 @@ def neural_ti_free_energy(solvation_system, output_dir, n_samples=200, n_train_s
 
     from ._dudl import write_dudl_plot
     from .alchemical import alchemical_leg
-    from .mbar_route import analyze_leg, run_leg
+    from .mbar_route import analyze_leg, kT_in, run_leg
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    leg = alchemical_leg(solvation_system.solvent, solvation_system.solute_atoms, schedule=schedule)
-    if any(_charges(leg)):
-        raise InvalidInputError("neural TI here handles uncharged (Lennard-Jones) solutes only; use --method mbar.")
+    leg = alchemical_leg(solvation_system.solvent, solvation_system.solute_atoms, schedule=schedule, pressure=solvation_system.pressure)
     start = time.process_time()
-    samples_file, model_file = output_dir / "neural_ti_samples.npz", output_dir / "neural_ti_model.pt"
-    if samples_file.exists():
-        data = np.load(samples_file)
-        samples = EndpointSamples(data["x0"], data["f0"], data["x1"], data["f1"], float(data["box"]), int(data["solute"]))
-    else:
-        samples = sample_endpoints(leg, n_samples, platform=platform)
-        np.savez(samples_file, x0=samples.x0, f0=samples.f0, x1=samples.x1, f1=samples.f1, box=samples.box, solute=samples.solute)
-    history = []
-    if model_file.exists():
-        stored = torch.load(model_file, weights_only=True)
-        phi = PairPotential(**{k: v for k, v in stored["config"].items()})
-        phi.load_state_dict(stored["state_dict"])
-        history = list(stored["history"])
-    else:
-        phi, history = train_neural_ti(leg, samples, n_steps=n_train_steps, platform=platform, progress=progress)
-        torch.save({"config": phi.config, "state_dict": phi.state_dict(), "history": history}, model_file)
+    record = _training_record(solvation_system)
+    samples = _stored_or_new_samples(output_dir / "neural_ti_samples.npz", record, leg, n_samples, platform)
+    phi, history = _stored_or_new_model(output_dir / "neural_ti_model.pt", record, leg, samples, n_train_steps, platform, progress)
     amortized, amortized_error = amortized_delta_f(leg, samples, phi, platform=platform)
     path = exact_path_leg(leg, phi, nodes=nodes)
     if timestep is None:
@@ -222,24 +262,83 @@ def neural_ti_free_energy(solvation_system, output_dir, n_samples=200, n_train_s
                              "neural_ti_model.pt to retrain) in the output folder and run again, the endpoint samples are "
                              "reused.") from error
     ti = path_ti(path, output_dir / "neural_ti_path.nc", estimate.n_equilibration)
+    vacuum = None
+    if solvation_system.vacuum is not None:
+        vacuum_leg = alchemical_leg(solvation_system.vacuum, list(range(solvation_system.n_solute_atoms)), schedule=leg.schedule,
+                                    name="vacuum")
+        run_leg(vacuum_leg, output_dir / "vacuum.nc", n_iterations, md_steps=md_steps, timestep=timestep,
+                checkpoint_interval=checkpoint_interval, equilibration_iterations=equilibration_iterations, platform=platform,
+                progress=progress)
+        vacuum = analyze_leg(output_dir / "vacuum.nc")
+    vacuum_delta_f, vacuum_error = (vacuum.delta_f, vacuum.error) if vacuum is not None else (0.0, 0.0)
+    kcal = kT_in(solvation_system.temperature.value_in_unit(unit.kelvin))
     n_nodes = path.schedule.n_states
-    n_checkpoints = sum(ti["profile"]["n_samples"])
+    n_checkpoints = sum(sum(p["n_samples"]) for p in ti["profiles"])
     result = {
+        "delta_g_kT": vacuum_delta_f - estimate.delta_f, "delta_g_error_kT": math.hypot(estimate.error, vacuum_error),
+        "delta_g_kcal_mol": (vacuum_delta_f - estimate.delta_f) * kcal,
+        "delta_g_error_kcal_mol": math.hypot(estimate.error, vacuum_error) * kcal,
         "delta_f_kT": estimate.delta_f, "error_kT": estimate.error,
+        "vacuum": None if vacuum is None else dict(vacuum.to_dict(), route="alchemical MBAR (no learned term in vacuum)"),
         "ti": dict(ti, note="thermodynamic integration over the exact path's checkpointed samples (trapezoid over the "
                             "nodes); a second estimate beside MBAR (delta_f_kT), which is the result"),
         "amortized_delta_f_kT": amortized, "amortized_error_kT": amortized_error,
         "amortized_note": "approximate: exact only if the interpolant's marginals are the Boltzmann distributions of U_theta",
-        "path": estimate.to_dict(), "nodes": list(path.schedule.sterics), "training_loss": history,
+        "path": estimate.to_dict(), "nodes": [float(state.neural_ti_t) for state in path.thermodynamic_states],
+        "t_boundary": path.record.get("t_boundary"), "training_loss": history,
         "costs": {"endpoint_md_steps": 2 * (2000 + len(samples.x0) * 100),
                   "training_evaluations": len(history) * 8, "amortized_evaluations": 256 * 3,
                   "path_energy_evaluations": n_iterations * n_nodes * (md_steps + n_nodes),
-                  "ti_energy_evaluations": 2 * n_checkpoints, "cpu_seconds": time.process_time() - start},
+                  "ti_energy_evaluations": 2 * n_checkpoints,
+                  "vacuum_energy_evaluations": 0 if vacuum is None else n_iterations * vacuum_leg.schedule.n_states * (
+                      md_steps + vacuum_leg.schedule.n_states),
+                  "cpu_seconds": time.process_time() - start},
     }
     (output_dir / "neural_ti.json").write_text(json.dumps(result, indent=2))
     (output_dir / "neural_ti.md").write_text(_markdown(result))
     write_dudl_plot(output_dir)
     return result
+
+
+def _training_record(solvation_system):
+    """Plain data naming what the endpoint samples and φ were made for (stored with them, compared on reuse)."""
+    return json.dumps({"system": solvation_system.solvent.fingerprint, "solute_atoms": list(solvation_system.solute_atoms),
+                       "temperature_K": solvation_system.temperature.value_in_unit(unit.kelvin),
+                       "settings": solvation_system.settings}, sort_keys=True, default=str)
+
+
+def _refuse_other(path, stored_record, record):
+    if stored_record is not None and str(stored_record) != record:
+        raise InvalidInputError(f"{path} was made for another system or settings; use another output folder or delete "
+                                f"{path.name} (the model and the path's storage depend on it too).")
+
+
+def _stored_or_new_samples(path, record, leg, n_samples, platform):
+    if path.exists():
+        data = np.load(path)
+        _refuse_other(path, data["record"][()] if "record" in data.files else None, record)
+        samples = EndpointSamples(data["x0"], data["f0"], data["x1"], data["f1"], float(data["box"]), data["solute"])
+        if samples.x0.shape[1] != leg.molecular_system.n_atoms or samples.solute != list(leg.solute_atoms):
+            _refuse_other(path, "another", record)
+        return samples
+    samples = sample_endpoints(leg, n_samples, platform=platform)
+    np.savez(path, x0=samples.x0, f0=samples.f0, x1=samples.x1, f1=samples.f1, box=samples.box, solute=samples.solute,
+             record=np.array(record))
+    return samples
+
+
+def _stored_or_new_model(path, record, leg, samples, n_train_steps, platform, progress):
+    if path.exists():
+        stored = torch.load(path, weights_only=True)
+        _refuse_other(path, stored.get("record"), record)
+        phi = PairPotential(**{k: v for k, v in stored["config"].items()})
+        phi.load_state_dict(stored["state_dict"])
+        if phi.n_classes != pair_classes(leg.molecular_system.system, leg.solute_atoms).n_classes:
+            _refuse_other(path, "another", record)
+        return phi, list(stored["history"])
+    phi, history = train_neural_ti(leg, samples, n_steps=n_train_steps, platform=platform, progress=progress)
+    torch.save({"config": phi.config, "state_dict": phi.state_dict(), "history": history, "record": record}, path)
+    return phi, history
 
 
 def _number(value, digits=3):
@@ -249,19 +348,29 @@ def _number(value, digits=3):
 def _markdown(result):
     """The estimates of :func:`neural_ti_free_energy`'s ``result`` as a markdown table (what ``neural_ti.md`` holds)."""
     ti, path = result["ti"], result["path"]
+    vacuum = result.get("vacuum")
+    shift, shift_error = (vacuum["delta_f_kT"], vacuum["error_kT"]) if vacuum else (0.0, 0.0)
     rows = [("exact path, MBAR over the nodes (**the result**)", result["delta_f_kT"], result["error_kT"], None,
              f"min. neighbour overlap {path['min_neighbour_overlap']:.3f}"),
             ("exact path, TI: trapezoid of ⟨∂u/∂t⟩ over the nodes", ti["delta_f_kT"], ti["statistical_error_kT"],
              ti["quadrature_error_kT"], f"same samples (checkpoints); Simpson: {_number(ti['simpson_delta_f_kT'])} kT"),
             ("amortized (approximate)", result["amortized_delta_f_kT"], result["amortized_error_kT"], None,
              "biased unless the interpolant's marginals are U_θ's Boltzmann distributions")]
+    solvation = "ΔG_solv = ΔF(vacuum) − ΔF, kT" if vacuum else "ΔG_solv = −ΔF, kT"
     lines = [f"# Neural TI ({len(result['nodes'])} nodes of t)", "",
-             "| estimator | ΔF (decouple), kT | ± statistical | ± quadrature | ΔG_solv = −ΔF, kT | note |",
+             f"| estimator | ΔF (decouple), kT | ± statistical | ± quadrature | {solvation} | note |",
              "|---|---:|---:|---:|---:|---|"]
     for name, delta_f, error, quadrature, note in rows:
         lines.append(f"| {name} | {_number(delta_f)} | {_number(error)} | {_number(quadrature)} | "
-                     f"{_number(None if delta_f is None else -delta_f)} | {note} |")
-    profile = ti["profile"]
-    lines += ["", "⟨∂u/∂t⟩ at the nodes (kT): " + ", ".join(
-        f"t = {t:g}: {_number(m)} ± {_number(e)}" for t, m, e in zip(profile["lambdas"], profile["mean"], profile["error"]))]
+                     f"{_number(None if delta_f is None else shift - delta_f)} | {note} |")
+    if vacuum:
+        lines += ["", f"Vacuum leg (alchemical MBAR, vacuum.nc): ΔF = {shift:.3f} ± {shift_error:.3f} kT. "
+                  f"ΔG_solv (exact path) = {result['delta_g_kT']:.3f} ± {result['delta_g_error_kT']:.3f} kT = "
+                  f"{result['delta_g_kcal_mol']:.3f} ± {result['delta_g_error_kcal_mol']:.3f} kcal/mol "
+                  f"(± {shift_error:.3f} kT of it from the vacuum leg)."]
+    for profile in ti["profiles"]:
+        stage = "" if len(ti["profiles"]) == 1 else (" (sterics, t ≤ boundary)" if min(profile["lambdas"]) == 0.0
+                                                     else " (charges, t ≥ boundary)")
+        lines += ["", f"⟨∂u/∂t⟩ at the nodes{stage} (kT): " + ", ".join(
+            f"t = {t:g}: {_number(m)} ± {_number(e)}" for t, m, e in zip(profile["lambdas"], profile["mean"], profile["error"]))]
     return "\n".join(lines) + "\n"
