@@ -16,22 +16,11 @@ from openmm_flowplugin.freeenergy import _dudl, alchemical_leg, solvation_system
 from openmm_flowplugin.freeenergy import neural_ti as nti
 from openmm_flowplugin.freeenergy._neural_ti_training import _solvent_molecules, _superposition
 
-sm = pytest.importorskip("openmm_flowplugin._systems.small_molecules")
+from _ambertools import needs_ambertools
+
 REFERENCE = openmm.Platform.getPlatformByName("Reference")
 N_SIGMA = 4.0
-
-
-def _missing_tools():
-    try:
-        for tool in ("antechamber", "sqm", "parmchk2", "tleap", "cpptraj"):
-            sm._tool(tool)
-        import rdkit  # noqa: F401
-    except ImportError as error:
-        return str(error)
-    return None
-
-
-pytestmark = pytest.mark.skipif(_missing_tools() is not None, reason=f"needs AmberTools and RDKit: {_missing_tools()}")
+pytestmark = needs_ambertools
 
 
 def _small_methane(workdir):

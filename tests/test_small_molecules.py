@@ -19,21 +19,8 @@ from openmm_flowplugin.systems import from_files
 
 sm = pytest.importorskip("openmm_flowplugin._systems.small_molecules")
 
+from _ambertools import missing_tools as _missing_tools, needs_ambertools  # noqa: E402
 
-def _missing_tools():
-    try:
-        for tool in ("antechamber", "sqm", "parmchk2", "tleap", "cpptraj"):
-            sm._tool(tool)
-    except ImportError as error:
-        return str(error)
-    try:
-        import rdkit  # noqa: F401
-    except ImportError:
-        return "RDKit is not installed: pip install openmm_flowplugin[solvation]"
-    return None
-
-
-needs_ambertools = pytest.mark.skipif(_missing_tools() is not None, reason=f"needs AmberTools and RDKit: {_missing_tools()}")
 try:
     import rdkit  # noqa: F401
 
