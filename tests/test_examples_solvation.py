@@ -21,7 +21,8 @@ def test_lj_chemical_potential_example_runs(tmp_path):
 @pytest.mark.slow
 def test_methane_example_runs(tmp_path):
     pytest.importorskip("rdkit", reason="needs the solvation extra (RDKit, AmberTools)")
-    result = subprocess.run([sys.executable, str(EXAMPLES / "solvation_methane.py"), str(tmp_path), "--quick"],
+    result = subprocess.run([sys.executable, str(EXAMPLES / "solvation_methane.py"), str(tmp_path), "--quick", "--neural-ti"],
                             capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "ΔG_hyd(methane)" in result.stdout and (tmp_path / "vacuum.nc").is_file()
+    assert "neural TI (exact path)" in result.stdout and (tmp_path / "neural_ti_path.nc").is_file()
