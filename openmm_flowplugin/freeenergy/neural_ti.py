@@ -257,8 +257,9 @@ def neural_ti_free_energy(solvation_system, output_dir, n_samples=200, n_train_s
     try:
         estimate = analyze_leg(output_dir / "neural_ti_path.nc")
     except NoOverlapError as error:
-        raise NoOverlapError(f"neural TI's exact path over {path.schedule.n_states} nodes of t: {error} For neural TI: more nodes (--nodes) or a "
-                             "path closer to the physical one (more --train-steps); delete neural_ti_path.nc (and "
+        raise NoOverlapError(f"neural TI's exact path over {path.schedule.n_states} nodes of t: {error} For neural TI: more nodes (--nodes) or "
+                             "another training (--train-steps: more for LJ solutes, fewer for molecules in water, see "
+                             "docs/solvation.md); delete neural_ti_path.nc (and "
                              "neural_ti_model.pt to retrain) in the output folder and run again, the endpoint samples are "
                              "reused.") from error
     ti = path_ti(path, output_dir / "neural_ti_path.nc", estimate.n_equilibration)
