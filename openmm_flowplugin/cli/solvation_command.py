@@ -49,7 +49,7 @@ def _nodes(ctx, param, value):
 @click.option("--nodes", default="11", show_default=True, callback=_nodes,
               help="neural TI: values of t sampled on the learned path: a count (equally spaced), a list 1,...,0, or 'schedule' "
                    "(the MBAR route's states); a solute with charges also gets a node at t = 0.8.")
-@click.option("--train-steps", default=500, show_default=True, type=POSITIVE_INT, help="neural TI: training steps.")
+@click.option("--train-steps", default=500, show_default=True, type=POSITIVE_INT, help="neural TI: training steps (molecules in water: fewer gave better overlap, see docs/solvation.md).")
 @click.option("--samples", default=200, show_default=True, type=POSITIVE_INT, help="neural TI: MD samples per end state.")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Output folder (resumed if it holds this run).")
 @click.option("--iterations", default=500, show_default=True, type=POSITIVE_INT, help="Replica-exchange iterations per leg (total).")
