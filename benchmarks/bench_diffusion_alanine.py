@@ -15,7 +15,10 @@ Each method gets the same number of energy/force evaluations (``--budget``):
     ``--metad-discard`` reweighted by exp(+beta V_final) (approximate: no c(t)); one evaluation per step plus one
     bias-group energy per hill;
 (c') the same run's F = -gamma/(gamma-1) V_final (approximate);
-(d) plain Langevin MD, unweighted frames.
+(d) plain Langevin MD, unweighted frames;
+(e) the sampler of (a), trained as there, used as a Monte Carlo proposal (``DiffusionProposal``) in MD:
+    ``FlowMCIntegrator`` (a jump every ``JUMP_INTERVAL`` steps, exact Metropolis-Hastings with random log q
+    estimates) spends the evaluations (a) spends on production samples; unweighted frames, jackknife errors.
 MD and metadynamics: LangevinMiddle, 1 fs, friction 1/ps, on the platform measured fastest here (``PLATFORMS``).
 ``--md-budgets`` adds rows for (c), (c') and (d) alone at larger budgets, to find where they reach a given error.
 
@@ -52,10 +55,11 @@ from openmm import app, unit
 
 from openmm_flowplugin import systems
 from openmm_flowplugin.analysis.fes import basin_free_energy_difference, fes_error, free_energy_surface
-from openmm_flowplugin.diffusion import DiffusionSampler, InternalCoordinateSpace, NoiseSchedule, WellTemperedBias
+from openmm_flowplugin.diffusion import DiffusionProposal, DiffusionSampler, InternalCoordinateSpace, NoiseSchedule, WellTemperedBias
 from openmm_flowplugin.diffusion.workflow import DEFAULT_SCHEDULES, _md_frames
 from openmm_flowplugin.errors import InvalidInputError
 from openmm_flowplugin.geometry import Torsion
+from openmm_flowplugin.integrators import FlowMCIntegrator
 
 PHI, PSI = (4, 6, 8, 14), (6, 8, 14, 16)
 PI = math.pi
@@ -66,6 +70,7 @@ SCHEDULE = (*DEFAULT_SCHEDULES["internal"], 50)  # sigma_max, sigma_min in stand
 DIFFUSION_HILL_HEIGHT = 0.02  # kJ/mol per chain end point
 WARM_START = dict(frames=200, interval=50)  # 10 ps of MD (1 fs) for standardization and the buffer
 TIMESTEP_FS, FRICTION = 1.0, 1.0
+JUMP_INTERVAL = 10  # MD steps per diffusion jump in (e)
 # The faster OpenMM platform per system, measured here on one thread (ns/day of 1 fs Langevin steps, CPU time):
 # vacuum Reference 11,000 vs CPU 1,035; OBC1 implicit Reference 91 vs CPU 456.
 PLATFORMS = {"alanine_dipeptide_vacuum": "Reference", "alanine_dipeptide_implicit": "CPU"}
@@ -175,10 +180,36 @@ def run_diffusion(molecular_system, budget, sample_fraction, biased, seed, rotor
     with tempfile.TemporaryDirectory() as folder:  # checkpoints as a user's run writes them; a fresh run each time
         sampler.train(n_iterations, checkpoint=Path(folder) / "checkpoint.pt", checkpoint_interval=100)
     n_samples = budget - md_evaluations - sampler.n_energy_evaluations
+    training = dict(sampler=sampler, start=frames[-1], cpu=time.process_time() - start, evaluations=sampler.n_energy_evaluations + md_evaluations,
+                    production_evaluations=n_samples, detail=f"{md_evaluations} MD + {n_iterations} it. x {DIFFUSION['batch_size']}")
     samples = sampler.sample(n_samples)
     return dict(s=torsions(samples.positions), log_w=samples.log_weights, evaluations=sampler.n_energy_evaluations + md_evaluations,
-                cpu=time.process_time() - start, ess=samples.n_effective, invalid=sampler.n_invalid, bias=bias,
-                detail=f"{md_evaluations} MD + {n_iterations} it. x {DIFFUSION['batch_size']} + {n_samples} samples")
+                cpu=time.process_time() - start, ess=samples.n_effective, invalid=sampler.n_invalid, bias=bias, training=training,
+                detail=f"{training['detail']} + {n_samples} samples")
+
+
+def run_jumps(molecular_system, training, seed):
+    """(e): MD with jumps proposed by the trained sampler, for the evaluations (a) spent on samples (exact, no weights)."""
+    start = time.process_time()
+    proposal = DiffusionProposal(training["sampler"], seed=seed)
+    integrator = FlowMCIntegrator(molecular_system.temperature, FRICTION / unit.picosecond, TIMESTEP_FS * unit.femtosecond, proposal,
+                                  jump_interval=JUMP_INTERVAL, system=molecular_system.system, seed=seed + 1)
+    platform = PLATFORMS[molecular_system.name]
+    simulation = app.Simulation(molecular_system.topology, molecular_system.system, integrator, openmm.Platform.getPlatformByName(platform),
+                                {"Threads": "1"} if platform == "CPU" else {})
+    simulation.context.setPositions(training["start"])
+    simulation.context.setVelocitiesToTemperature(molecular_system.temperature, seed)
+    n_steps = training["production_evaluations"] * JUMP_INTERVAL // (JUMP_INTERVAL + 1)  # + one energy per jump
+    stride = max(10, n_steps // 20000)  # as the MD rows
+    positions = []
+    for _ in range(n_steps // stride):
+        simulation.step(stride)
+        positions.append(simulation.context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer))
+    steps = stride * (n_steps // stride)
+    return dict(s=torsions(np.array(positions)), evaluations=training["evaluations"] + steps + integrator.n_proposed,
+                cpu=training["cpu"] + time.process_time() - start,
+                detail=f"{training['detail']} (as (a)) + {steps} MD steps with {integrator.n_proposed} jumps, "
+                       f"{integrator.n_accepted / max(integrator.n_proposed, 1):.1%} accepted")
 
 
 # ---------------------------------------------------------------------------------------------- estimates
@@ -304,6 +335,9 @@ def main(args):
                                                               delta_f_error=math.nan,
                                                               evaluations=result["evaluations"], cpu=result["cpu"],
                                                               detail=f"{result['detail']}, final bias")
+                jumps = run_jumps(molecular_system, result["training"], seed + 3)
+                runs["(e) MD + jumps from the sampler of (a) (exact MH)"] = estimate(jumps, edges, ref, temperature, kT, args.blocks, 0, seed)
+                print(f"  (e): {jumps['detail']}, {jumps['cpu']:.0f} CPU s", flush=True)
         runs.update(md_rows(molecular_system, budget, edges, ref, temperature, kT, args, args.seed + 2))
         rows += [row(budget, method, r, ref_df) for method, r in runs.items()]
     for budget in args.md_budgets:

@@ -13,7 +13,7 @@ Public API (imported lazily, so ``import openmm_flowplugin`` stays fast and quie
 - Forces: :func:`as_openmm_force`, :func:`flow_potential`, :func:`parameter_derivative`,
   :func:`create_mixed_system` (TorchANI: :mod:`openmm_flowplugin.forces.ani`, extra ``[ani]``)
 - Free energies: :func:`solvation_system`, :func:`solvation_free_energy` (alchemical MBAR, neural TI);
-  the CV-biased diffusion sampler :class:`DiffusionSampler` with :class:`WellTemperedBias` and
+  the CV-biased diffusion sampler :class:`DiffusionSampler` with :class:`WellTemperedBias`, :class:`DiffusionProposal` (its draws as exact MC moves) and
   :class:`NoiseSchedule`, :func:`free_energy_surface`
 - Speed: :func:`set_package_threads` (torch threads for the package's own work; default 1)
 
@@ -70,6 +70,7 @@ _EXPORTS = {
     "solvation_free_energy": ".freeenergy.solvation",
     # the CV-biased diffusion sampler and free-energy surfaces
     "DiffusionSampler": ".diffusion.sampler",
+    "DiffusionProposal": ".diffusion.proposal",
     "WellTemperedBias": ".diffusion.bias",
     "NoiseSchedule": ".diffusion.schedule",
     "free_energy_surface": ".analysis.fes",

@@ -21,7 +21,7 @@ Examples
 (torch.Size([4, 3]), torch.float64)
 """
 
-__all__ = ["Chains", "run_chains", "DivergedTrainingError"]
+__all__ = ["Chains", "run_chains", "backward_log_path_ratio", "DivergedTrainingError"]
 
 import dataclasses
 import math
@@ -102,6 +102,45 @@ def run_chains(controller, schedule, n_chains, generator):
     share = torch.bincount(component, minlength=n_components).to(torch.float64) / n_chains
     log_mixture = torch.logsumexp(log_forward + torch.log(share)[:, None], 0)
     return Chains(x_initial=x_initial, x_final=x, log_path_ratio=log_backward - log_mixture)
+
+
+@torch.no_grad()
+def backward_log_path_ratio(controller, schedule, x_final, generator):
+    """log ∏ B_k − log p₀(X₀) − log ∏ F_k along a path drawn *backward* from ``x_final`` by the reference process.
+
+    Given X_K = ``x_final``, the path X_{K−1}, …, X_0 is drawn from the reference's backward kernels B_k.
+    Then exp(−ratio) = p₀ ∏ F_k / ∏ B_k is an unbiased estimate of the controlled chain's marginal
+    density q(X_K) (the expectation over backward paths of the path density over the backward path
+    density is the integral of the path density over paths ending at X_K). For the uncontrolled
+    reference it is exact whatever the path: q is then the reference marginal N(0, V_K I).
+
+    Parameters
+    ----------
+    controller : Controller
+    schedule : NoiseSchedule
+    x_final : torch.Tensor, shape=(batch, d)
+    generator : torch.Generator
+
+    Returns
+    -------
+    torch.Tensor, shape=(batch,), float64
+        The same quantity as :attr:`Chains.log_path_ratio`, for these paths.
+    """
+    x = x_final.to(torch.float64)
+    path = [x]
+    for k in range(schedule.n_steps, 0, -1):
+        previous, current = float(schedule.variances[k - 1]), float(schedule.variances[k])
+        mean = x * (previous / current)
+        std = math.sqrt(previous * float(schedule.step_variances[k - 1]) / current)
+        x = mean + std * torch.randn(x.shape, generator=generator, dtype=torch.float64)
+        path.append(x)
+    path.reverse()
+    log_ratio = -schedule.log_source(path[0])
+    for k in range(1, schedule.n_steps + 1):
+        t = torch.full((len(x),), float(schedule.times[k - 1]))
+        mean = path[k - 1] + float(schedule.sigmas[k - 1]) * _drift(controller, t, path[k - 1], schedule.times[k - 1]) / schedule.n_steps
+        log_ratio += schedule.log_backward(path[k - 1], path[k], k) - schedule.log_forward(path[k], mean, k)
+    return log_ratio
 
 
 def _drift(controller, t, x, time):

@@ -20,7 +20,7 @@ from ..errors import InvalidTypeError
 from ..proposals.buffer import ProposalBuffer
 from ..proposals.conditional import draw_conditional
 from ..proposals.protocol import align_to_current, single_log_prob
-from ..proposals.streams import DRAWS, checked_root_seed, torch_generator
+from ..proposals.streams import DRAWS, LOG_PROB, checked_root_seed, torch_generator
 
 
 def conditional_n_atoms(proposal):
@@ -56,7 +56,8 @@ class IndependentDraws:
 
     def draw(self, x, position, n):
         x_new, log_q_new = self._buffer.draws(position, n)
-        log_q_cur = single_log_prob(self.proposal, x)
+        log_q_cur = single_log_prob(self.proposal, x,
+                                    lambda: torch_generator(self.seed, *self._buffer.stream, LOG_PROB, position))
         x_new = align_to_current(self.proposal, x_new, x)
         ok = np.isfinite(x_new).all(axis=(1, 2)) & np.isfinite(log_q_new) & math.isfinite(log_q_cur)
         with np.errstate(invalid="ignore", over="ignore"):  # inf - inf where not ok: replaced by 0

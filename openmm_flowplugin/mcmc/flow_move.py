@@ -22,7 +22,7 @@ from ..proposals.protocol import (
     single_log_prob,
 )
 from ..proposals.storage import proposal_from_state, proposal_state, share_proposal
-from ..proposals.streams import ACCEPT, VELOCITIES, checked_root_seed, numpy_generator
+from ..proposals.streams import ACCEPT, LOG_PROB, VELOCITIES, checked_root_seed, numpy_generator, torch_generator
 from ..errors import InvalidInputError
 
 with quiet_banners():  # openmmtools' import loads pymbar, which logs a banner
@@ -298,7 +298,8 @@ class FlowMCMove(mcmc.MCMCMove):
         for memo_positions, memo_log_q in memo if memo_key == proposal_key else ():
             if np.array_equal(memo_positions, positions):
                 return memo_log_q
-        return single_log_prob(self.proposal, positions)
+        return single_log_prob(self.proposal, positions,
+                               lambda: torch_generator(self.seed, *self.stream, LOG_PROB, self.n_drawn))
 
     def _proposal_buffer(self):
         key = (id(self.proposal), self.stream, self.sample_batch_size)

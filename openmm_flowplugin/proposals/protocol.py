@@ -7,6 +7,13 @@ A *proposal* is any object with
   given, so moves control every stream (:mod:`~openmm_flowplugin.proposals.streams`);
 - ``log_prob(x) -> log_q``: shape (n,) for ``x`` of shape (n, n_atoms, 3).
 
+A proposal whose density is intractable may return, from both methods, a *random* ``log_q`` whose
+exponential is an unbiased estimate of q given the configuration (e.g. a diffusion sampler: path
+density over a backward path's density, :class:`~openmm_flowplugin.diffusion.DiffusionProposal`).
+Metropolis–Hastings with such estimates stays exact (it is exact on the space extended by the
+auxiliary draws; a state keeps its estimate until it is left, a fresh state gets a fresh one). Its
+``log_prob`` then takes ``generator=``, and moves pass one from their streams.
+
 ``log_q`` is the log density with respect to Cartesian volume of the atoms it moves; for a
 proposal that is invariant to rigid motions (``rigid_invariant = True``, e.g. flows on internal
 coordinates) it is the density with respect to the internal degrees of freedom (see
@@ -227,13 +234,36 @@ def checked_count(name, value):
     return int(value)
 
 
-def single_log_prob(proposal, positions):
-    """``log q`` (float) of one configuration, positions float64 (n_atoms, 3) nm, with one torch thread."""
+def single_log_prob(proposal, positions, generator=None):
+    """``log q`` (float) of one configuration, positions float64 (n_atoms, 3) nm, with one torch thread.
+
+    ``generator`` (a :class:`torch.Generator`, or a function returning one, called only when needed)
+    goes to proposals whose ``log_prob`` takes one (random estimates); others never see it.
+    """
     from .._threads import package_threads
 
+    x = torch.from_numpy(np.ascontiguousarray(positions, dtype=np.float64))[None]
     with torch.no_grad(), package_threads():
-        log_q = proposal.log_prob(torch.from_numpy(np.ascontiguousarray(positions, dtype=np.float64))[None])
+        if generator is not None and _log_prob_takes_generator(proposal):
+            log_q = proposal.log_prob(x, generator=generator() if callable(generator) else generator)
+        else:
+            log_q = proposal.log_prob(x)
     return float(torch.as_tensor(log_q).reshape(-1)[0])
+
+
+def _log_prob_takes_generator(proposal):
+    cls = type(proposal)
+    takes = _LOG_PROB_TAKES_GENERATOR.get(cls)
+    if takes is None:
+        try:
+            takes = "generator" in inspect.signature(proposal.log_prob).parameters
+        except (TypeError, ValueError):
+            takes = False
+        _LOG_PROB_TAKES_GENERATOR[cls] = takes
+    return takes
+
+
+_LOG_PROB_TAKES_GENERATOR = {}
 
 
 def align_to_current(proposal, proposed, current):

@@ -6,7 +6,8 @@ Every random draw a learned move makes comes from a generator seeded by
 - ``root_seed``: given by the user (``seed=``) or drawn once from the OS and then stored;
 - ``stream``: which copy of a move (``()`` for the object the user built; a deep copy appends
   its copy number, so openmmtools' per-state copies get ``(0, k)``): copies never share draws;
-- ``purpose``: :data:`DRAWS` (proposals), :data:`ACCEPT` (Metropolis uniforms), :data:`VELOCITIES`;
+- ``purpose``: :data:`DRAWS` (proposals), :data:`ACCEPT` (Metropolis uniforms), :data:`VELOCITIES`,
+  :data:`LOG_PROB` (the auxiliary draws of a proposal whose ``log_prob`` is a random estimate);
 - ``counter``: a position in the chain (draws consumed so far, or the proposal batch index).
 
 Nothing but these integers is stored, and they are the same on every MPI rank (openmmtools builds
@@ -22,13 +23,13 @@ True
 False
 """
 
-__all__ = ["DRAWS", "ACCEPT", "VELOCITIES", "new_root_seed", "checked_root_seed", "numpy_generator", "torch_generator"]
+__all__ = ["DRAWS", "ACCEPT", "VELOCITIES", "LOG_PROB", "new_root_seed", "checked_root_seed", "numpy_generator", "torch_generator"]
 
 import numpy as np
 import torch
 from ..errors import InvalidInputError
 
-DRAWS, ACCEPT, VELOCITIES = 0, 1, 2
+DRAWS, ACCEPT, VELOCITIES, LOG_PROB = 0, 1, 2, 3
 
 
 def new_root_seed():
