@@ -160,7 +160,11 @@ def reference(molecular_system, output, metad_ns, static_ns, seed):
 
 
 # ---------------------------------------------------------------------------------------------- diffusion
-def run_diffusion(molecular_system, budget, sample_fraction, biased, seed, rotor_scale=1.0):
+def train_sampler(molecular_system, budget, sample_fraction, biased, seed, rotor_scale=1.0, checkpoint=None):
+    """The diffusion sampler of (a) (``biased``) or (b), trained on ``1 - sample_fraction`` of the budget after the warm start.
+
+    ``checkpoint``: where training is saved and resumed (default: a temporary folder, a fresh run each time).
+    """
     start = time.process_time()
     frames = _md_frames(molecular_system, WARM_START["frames"], WARM_START["interval"], seed, PLATFORMS[molecular_system.name])
     md_evaluations = WARM_START["frames"] * WARM_START["interval"]
@@ -174,17 +178,24 @@ def run_diffusion(molecular_system, budget, sample_fraction, biased, seed, rotor
                                 temperature=molecular_system.temperature)
     sampler = DiffusionSampler(molecular_system, bias=bias, schedule=NoiseSchedule(*SCHEDULE), coordinates=space, seed=seed,
                                platform=PLATFORMS[molecular_system.name], **DIFFUSION)
-    sampler.warm_start(frames)
-    training = budget - md_evaluations - sampler.n_energy_evaluations
+    if checkpoint is None or not Path(checkpoint).exists():
+        sampler.warm_start(frames)
+    training = budget - md_evaluations - WARM_START["frames"]  # the warm start evaluates each frame once (also when resumed)
     n_iterations = max(1, int(training * (1.0 - sample_fraction)) // DIFFUSION["batch_size"])
-    with tempfile.TemporaryDirectory() as folder:  # checkpoints as a user's run writes them; a fresh run each time
-        sampler.train(n_iterations, checkpoint=Path(folder) / "checkpoint.pt", checkpoint_interval=100)
-    n_samples = budget - md_evaluations - sampler.n_energy_evaluations
-    training = dict(sampler=sampler, start=frames[-1], cpu=time.process_time() - start, evaluations=sampler.n_energy_evaluations + md_evaluations,
-                    production_evaluations=n_samples, detail=f"{md_evaluations} MD + {n_iterations} it. x {DIFFUSION['batch_size']}")
+    with tempfile.TemporaryDirectory() as folder:  # checkpoints as a user's run writes them
+        sampler.train(n_iterations, checkpoint=checkpoint or Path(folder) / "checkpoint.pt", checkpoint_interval=100)
+    return dict(sampler=sampler, start=frames[-1], cpu=time.process_time() - start, evaluations=sampler.n_energy_evaluations + md_evaluations,
+                production_evaluations=budget - md_evaluations - sampler.n_energy_evaluations,
+                detail=f"{md_evaluations} MD + {n_iterations} it. x {DIFFUSION['batch_size']}")
+
+
+def run_diffusion(molecular_system, budget, sample_fraction, biased, seed, rotor_scale=1.0):
+    start = time.process_time()
+    training = train_sampler(molecular_system, budget, sample_fraction, biased, seed, rotor_scale)
+    sampler, n_samples = training["sampler"], training["production_evaluations"]
     samples = sampler.sample(n_samples)
-    return dict(s=torsions(samples.positions), log_w=samples.log_weights, evaluations=sampler.n_energy_evaluations + md_evaluations,
-                cpu=time.process_time() - start, ess=samples.n_effective, invalid=sampler.n_invalid, bias=bias, training=training,
+    return dict(s=torsions(samples.positions), log_w=samples.log_weights, evaluations=training["evaluations"] + n_samples,
+                cpu=time.process_time() - start, ess=samples.n_effective, invalid=sampler.n_invalid, bias=sampler.bias, training=training,
                 detail=f"{training['detail']} + {n_samples} samples")
 
 

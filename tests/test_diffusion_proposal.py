@@ -9,10 +9,13 @@ from openmm import app, unit
 from openmmtools import cache, mcmc
 
 from openmm_flowplugin import systems
-from openmm_flowplugin.diffusion import DiffusionProposal, DiffusionSampler, InternalCoordinateSpace, NoiseSchedule
+from openmm_flowplugin._threads import package_threads
+from openmm_flowplugin.diffusion import Controller, DiffusionProposal, DiffusionSampler, InternalCoordinateSpace, NoiseSchedule, backward_log_path_ratio
 from openmm_flowplugin.errors import InvalidTypeError
 from openmm_flowplugin.integrators import FlowMCIntegrator
 from openmm_flowplugin.mcmc import FlowMCMove
+from openmm_flowplugin.proposals import GaussianProposal
+from openmm_flowplugin.proposals.storage import ProposalStateError
 from openmm_flowplugin.proposals.protocol import single_log_prob
 
 
@@ -63,6 +66,45 @@ def test_in_internal_coordinates_the_moves_take_torsions_on_their_principal_rang
     np.testing.assert_allclose(proposal.log_prob(x, generator=torch.Generator().manual_seed(4)).numpy(), exact(x), rtol=0, atol=1e-6)
 
 
+def _grid_marginal(controller, schedule, grid):
+    """The exact density of X_K of a 1-D Euler–Maruyama chain on ``grid`` (numerical convolution, memoryless or Gaussian source)."""
+    dx = grid[1] - grid[0]
+    with torch.no_grad():
+        drift = lambda k, x: controller(torch.full((len(x),), float(schedule.times[k - 1])), torch.as_tensor(x)[:, None]).double().numpy()[:, 0]
+        if schedule.memoryless:  # X_1 ~ N(σ_1 u(t_0, 0) Δt, v_1)
+            mean = float(schedule.sigmas[0]) * drift(1, np.zeros(1))[0] / schedule.n_steps
+            density, first = np.exp(-0.5 * (grid - mean) ** 2 / schedule.step_variances[0]) / math.sqrt(2 * math.pi * schedule.step_variances[0]), 2
+        else:
+            density, first = np.exp(-0.5 * grid**2 / schedule.source_scale**2) / math.sqrt(2 * math.pi * schedule.source_scale**2), 1
+        for k in range(first, schedule.n_steps + 1):
+            mean = grid + float(schedule.sigmas[k - 1]) * drift(k, grid) / schedule.n_steps
+            variance = schedule.step_variances[k - 1]
+            kernel = np.exp(-0.5 * (grid[:, None] - mean[None, :]) ** 2 / variance) / math.sqrt(2 * math.pi * variance)
+            density = kernel @ (density * dx)
+    return density
+
+
+@pytest.mark.parametrize("source_scale", [0.0, 0.3])
+def test_backward_paths_give_unbiased_estimates_of_a_controlled_chains_density(source_scale):
+    torch.manual_seed(0)  # the layers' initialisers
+    schedule = NoiseSchedule(1.0, 0.05, 8, source_scale=source_scale)
+    controller = Controller(1, hidden=16, n_layers=2)
+    with torch.no_grad():  # a strong, nonlinear control (the last layer starts at zero)
+        controller.net[-1].weight.normal_(0.0, 1.5, generator=torch.Generator().manual_seed(1))
+        controller.net[-1].bias.fill_(1.0)
+    grid = np.linspace(-9.0, 9.0, 6001)
+    exact = _grid_marginal(controller, schedule, grid)
+    reference = np.exp(-0.5 * grid**2 / schedule.variances[-1]) / math.sqrt(2 * math.pi * schedule.variances[-1])
+    for point in (-0.5, 0.4, 1.2):
+        ratios = backward_log_path_ratio(controller, schedule, torch.full((40000, 1), point, dtype=torch.float64), torch.Generator().manual_seed(2))
+        estimates = torch.exp(-ratios).numpy()
+        error = estimates.std() / math.sqrt(len(estimates))
+        q = np.interp(point, grid, exact)
+        assert abs(estimates.mean() - q) < 4 * error, (point, estimates.mean(), q, error)
+        # control: the uncontrolled reference's density is told apart
+        assert abs(estimates.mean() - np.interp(point, grid, reference)) > 4 * error
+
+
 @pytest.fixture(scope="module")
 def trained_oscillator():
     return _oscillator_sampler(100)
@@ -80,7 +122,7 @@ class _ReferenceDensity:
         x, _ = self.proposal.sample(n, generator)
         return x, self.log_prob(x)
 
-    def log_prob(self, x):
+    def log_prob(self, x, generator=None):
         return _log_normal(torch.as_tensor(x).reshape(len(x), -1), self.variance)
 
 
@@ -108,19 +150,114 @@ def test_flow_mc_move_with_a_diffusion_proposal_samples_the_boltzmann_distributi
     assert abs(control_mean - 1.0) > 4 * control_error, (control_mean, control_error)
 
 
-def test_moves_pass_their_stream_to_a_random_log_prob(trained_oscillator):
+class _ReplayedBackwardNoise(DiffusionProposal):
+    """Control: every estimate for a current state uses the same backward noise (a stream that never moves on)."""
+
+    def log_prob(self, x, generator=None):
+        return super().log_prob(x, generator=torch.Generator().manual_seed(0))
+
+
+def _independence_chains(proposal, ho, n_chains=20000, n_steps=30, seed=0):
+    """⟨x²⟩/exact of chains started from the exact distribution after ``n_steps`` MH steps with fresh estimates for the current states.
+
+    If the kernel is exact, the Boltzmann distribution it starts from stays exactly so: every chain is a draw from it.
+    """
+    variance = float(ho.reference.variance[0, 0])
+    rng = torch.Generator().manual_seed(seed)
+    x = torch.randn((n_chains, 1, 3), generator=rng, dtype=torch.float64) * math.sqrt(variance)
+    u = (x**2).sum((1, 2)) / (2 * variance)
+    for step in range(n_steps):
+        with package_threads():
+            x_new, log_q_new = proposal.sample(n_chains, generator=torch.Generator().manual_seed(10_000 + step))
+            log_q = proposal.log_prob(x, generator=torch.Generator().manual_seed(20_000 + step))
+        u_new = (x_new**2).sum((1, 2)) / (2 * variance)
+        log_alpha = -u_new + u + log_q - log_q_new
+        accept = torch.log(torch.rand(n_chains, generator=rng, dtype=torch.float64)) < log_alpha
+        x = torch.where(accept[:, None, None], x_new, x)
+        u = torch.where(accept, u_new, u)
+    values = ((x**2).sum((1, 2)) / (3 * variance)).numpy()
+    return values.mean(), values.std(ddof=1) / math.sqrt(n_chains), float(accept.double().mean())
+
+
+def test_the_kernel_with_fresh_estimates_keeps_the_boltzmann_distribution(trained_oscillator):
+    ho, sampler = trained_oscillator
+    mean, error, acceptance = _independence_chains(DiffusionProposal(sampler, seed=2), ho)
+    assert abs(mean - 1.0) < 4 * error, (mean, error)
+    assert acceptance > 0.05
+    # control: the backward noise replayed for every current state (6.6-6.8 standard errors off for seeds 0-2)
+    control_mean, control_error, _ = _independence_chains(_ReplayedBackwardNoise(sampler, seed=2), ho)
+    assert abs(control_mean - 1.0) > 4 * control_error, (control_mean, control_error)
+
+
+class _RecordingProposal(DiffusionProposal):
+    """Records the first random number of each generator a move hands to log_prob."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.draws = []
+
+    def log_prob(self, x, generator=None):
+        self.draws.append(float(torch.rand(1, generator=_copy_of(generator))))
+        return super().log_prob(x, generator=generator)
+
+
+def _copy_of(generator):
+    copy = torch.Generator()
+    copy.set_state(generator.get_state())
+    return copy
+
+
+def _move_draws(sampler, ho, seed, copy=False):
+    proposal = _RecordingProposal(sampler, seed=1)
+    move = FlowMCMove(proposal, n_proposals=3, seed=seed)
+    if copy:
+        move = move.__deepcopy__({})  # as openmmtools' MultiStateSampler does for each state
+    chain = mcmc.MCMCSampler(ho.thermodynamic_state(), ho.sampler_state(), mcmc.SequenceMove([mcmc.LangevinDynamicsMove(n_steps=5), move]))
+    chain.run(15, context_cache=cache.ContextCache(platform=None))  # MD moves the state: a fresh estimate per apply
+    return proposal.draws
+
+
+def _integrator_draws(sampler, ho, seed):
+    proposal = _RecordingProposal(sampler, seed=1)
+    integrator = FlowMCIntegrator(ho.temperature, 1 / unit.picosecond, 2 * unit.femtosecond, proposal, jump_interval=2, system=ho.system, seed=seed)
+    simulation = app.Simulation(ho.topology, ho.system, integrator)
+    simulation.context.setPositions(ho.positions)
+    simulation.step(30)
+    return proposal.draws
+
+
+def test_moves_hand_a_new_generator_to_each_estimate(trained_oscillator):
+    """Each estimate draws from the move's stream: distinct per apply or jump, repeated by an identical run, new in a copy."""
+    ho, sampler = trained_oscillator
+    for draws in (_move_draws, _integrator_draws):
+        first, again, other = draws(sampler, ho, 5), draws(sampler, ho, 5), draws(sampler, ho, 6)
+        assert len(first) >= 10 and len(set(first)) == len(first), first
+        assert first == again
+        assert not set(first) & set(other)
+    assert not set(_move_draws(sampler, ho, 5)) & set(_move_draws(sampler, ho, 5, copy=True))
+
+
+def test_a_random_log_prob_gets_a_generator_and_others_never_see_it(trained_oscillator):
     _, sampler = trained_oscillator
     proposal = DiffusionProposal(sampler, seed=4)
     x = np.zeros((1, 3)) + 0.03
     same = [single_log_prob(proposal, x, lambda: torch.Generator().manual_seed(9)) for _ in range(2)]
     assert same[0] == same[1]
     assert single_log_prob(proposal, x, torch.Generator().manual_seed(10)) != same[0]
-    own = [single_log_prob(proposal, x) for _ in range(2)]  # its own stream moves on
+    own = [single_log_prob(proposal, x) for _ in range(2)]  # without one: its own stream, which moves on
     assert own[0] != own[1]
+
+    def never_called():
+        raise AssertionError("a proposal whose log_prob takes no generator must not cost one")
+
+    gaussian = GaussianProposal(np.zeros((1, 3)), np.full((1, 3), 0.05), seed=0)
+    assert math.isfinite(single_log_prob(gaussian, x, never_called))
     version = proposal.version
     with torch.no_grad():
         next(sampler.controller.parameters()).add_(0.1)
     assert proposal.version != version  # moves drop proposals drawn ahead
+    with torch.no_grad():
+        next(sampler.controller.parameters()).sub_(0.1)
 
 
 def test_flow_mc_integrator_runs_md_with_diffusion_jumps(trained_oscillator):
@@ -131,6 +268,12 @@ def test_flow_mc_integrator_runs_md_with_diffusion_jumps(trained_oscillator):
     simulation.context.setPositions(ho.positions)
     simulation.step(500)
     assert integrator.n_proposed == 100 and integrator.n_accepted > 0
+
+
+def test_a_move_with_a_diffusion_proposal_says_why_it_cannot_be_stored(trained_oscillator):
+    _, sampler = trained_oscillator
+    with pytest.raises(ProposalStateError, match="MultiStateSampler stores its moves"):
+        FlowMCMove(DiffusionProposal(sampler, seed=1), seed=2).__getstate__()
 
 
 def test_a_diffusion_proposal_needs_a_sampler():

@@ -117,6 +117,7 @@ def backward_log_path_ratio(controller, schedule, x_final, generator):
     Parameters
     ----------
     controller : Controller
+        One controller (a mixture's path density would need every component's forward densities).
     schedule : NoiseSchedule
     x_final : torch.Tensor, shape=(batch, d)
     generator : torch.Generator
@@ -124,7 +125,7 @@ def backward_log_path_ratio(controller, schedule, x_final, generator):
     Returns
     -------
     torch.Tensor, shape=(batch,), float64
-        The same quantity as :attr:`Chains.log_path_ratio`, for these paths.
+        The quantity :attr:`Chains.log_path_ratio` is for a forward path, for these backward paths.
     """
     x = x_final.to(torch.float64)
     path = [x]

@@ -54,8 +54,9 @@ class DiffusionProposal:
         Used as it is at each call (train it further and the proposal follows; moves see the change
         through :attr:`version`).
     seed : int, optional
-        Root seed of the stream :meth:`log_prob` draws from when no generator is given (moves pass
-        theirs).
+        Root seed of the stream :meth:`sample` and :meth:`log_prob` draw from when no generator is given.
+        Moves pass generators from their own streams (distinct per apply, jump, copy and resume); this
+        fallback's counter is not stored, so a new process repeats its draws.
 
     Attributes
     ----------
@@ -64,6 +65,14 @@ class DiffusionProposal:
         True in internal coordinates (moves align each proposal onto the current state).
     fingerprint : str
         The sampler's molecule (moves refuse another one).
+
+    Notes
+    -----
+    Uses the sampler's current controller, not the mixture of training snapshots that
+    :meth:`DiffusionSampler.sample` draws from. Draws outside the principal torsion range count as
+    invalid proposals in the moves' statistics. A move holding this proposal cannot be stored (the
+    sampler is no plain data), so openmmtools' ``MultiStateSampler``, which stores its moves, refuses it;
+    ``MCMCSampler`` and ``FlowMCIntegrator`` take it.
 
     Examples
     --------
@@ -75,6 +84,9 @@ class DiffusionProposal:
     >>> move.proposal.rigid_invariant  # Cartesian coordinates: proposals are used as drawn
     False
     """
+
+    storage_hint = ("a DiffusionProposal holds a trained DiffusionSampler, which is not stored with the move; use it with "
+                    "openmmtools' MCMCSampler or FlowMCIntegrator (a MultiStateSampler stores its moves and cannot take it).")
 
     def __init__(self, sampler, seed=None):
         if not hasattr(sampler, "controller") or not hasattr(sampler, "coordinates"):
@@ -124,4 +136,4 @@ class DiffusionProposal:
 
     def _own_generator(self):
         self._n_estimates += 1
-        return torch_generator(self.seed, LOG_PROB, self._n_estimates)
+        return torch_generator(self.seed, LOG_PROB, 1, self._n_estimates)  # a key no move's stream uses
