@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_diffusion import in_box
 from bench_diffusion_alanine import BASINS, DIFFUSION, SCHEDULE, torsions, train_sampler
 from scipy.special import logsumexp
 
@@ -65,7 +66,7 @@ def report(label, s, log_w, bias, kT, temperature, extra=""):
     z = (delta.value - REFERENCE_DELTA_F) / delta.error
     split = []
     for name in ("C7eq", "C7ax"):
-        inside = (s[:, 0] >= BASINS[name][0][0]) & (s[:, 0] < BASINS[name][0][1]) & (s[:, 1] >= BASINS[name][1][0]) & (s[:, 1] < BASINS[name][1][1])
+        inside = in_box(s, BASINS[name])
         finite = inside & np.isfinite(log_w)
         from_bias = effective_sample_size(bias[finite] / kT) * finite.sum()
         rest = effective_sample_size(log_w[finite] - bias[finite] / kT) * finite.sum()
