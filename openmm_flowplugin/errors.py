@@ -46,4 +46,13 @@ class NoOverlapError(InvalidInputError):
     """Neighbouring states of a free-energy estimate share too few configurations for MBAR to be trusted.
 
     The message names the weakest pair of states and what to add (states, nodes, sampling).
+
+    Attributes
+    ----------
+    weakest_pair : tuple of int or None
+        Indices of the neighbouring states that overlap least (``None`` when MBAR found no solution at all).
     """
+
+    def __init__(self, message, weakest_pair=None):
+        super().__init__(message)
+        self.weakest_pair = weakest_pair

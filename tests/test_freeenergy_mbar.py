@@ -62,7 +62,7 @@ def test_dudl_at_the_decoupled_state_equals_its_exact_value(lj_run):
     """⟨∂u/∂λ_sterics⟩ at λ = 0 (uniform solute): (N - 1)/V ∫ β 4ε x (x - 1) 4πr² dr, x = 1/(α + (r/σ)^6)."""
     _, leg, storage, estimate = lj_run
     (profile,) = derivative_profiles(leg, storage, estimate.n_equilibration)  # uncharged: the sterics stage only
-    assert profile.parameter == "lambda_sterics" and profile.states == [5, 4, 3, 2, 1, 0]
+    assert profile.parameter == "lambda_sterics" and profile.stage == "sterics" and profile.states == [5, 4, 3, 2, 1, 0]
     assert profile.lambdas == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0]) and min(profile.n_samples) >= 5
     exact = _exact_decoupled_dudt(leg, None, with_learned=False)
     assert abs(profile.mean[0] - exact) < N_SIGMA * profile.error[0], (profile.mean[0], profile.error[0], exact)
@@ -166,7 +166,8 @@ def test_a_result_without_overlap_is_refused(tmp_path):
         mbar, delta_f, error = _mbar(energies, states, np.arange(n_iterations), name)
         overlap = np.asarray(mbar.compute_overlap()["matrix"])
         if name == "apart":
-            with pytest.raises(NoOverlapError, match="states 0 and 1 overlap"):
+            with pytest.raises(NoOverlapError, match="states 0 and 1 overlap") as refused:
                 _check_overlap(name, overlap, float(delta_f[0, -1]), float(error[0, -1]))
+            assert refused.value.weakest_pair == (0, 1)
         else:  # control: overlapping states pass
             _check_overlap(name, overlap, float(delta_f[0, -1]), float(error[0, -1]))

@@ -117,8 +117,9 @@ def test_du_dt_is_one_sided_at_the_stage_boundary(leg, random_phi):
     U_θ(x, t); at t = 0.8 the sterics stage takes the derivative from below, the charges stage from above."""
     path = nti.exact_path_leg(leg, random_phi, nodes=[1.0, 0.9, 0.8, 0.4, 0.0])
     stages = _dudl._stages(path)
-    assert [s[2] for s in stages] == [[2, 3, 4], [0, 1, 2]]  # state indices: t <= 0.8, t >= 0.8
-    context = _dudl._derivative_context(path.alchemical_system, {p for _, rates, _, _ in stages for p in rates})
+    assert [s[3] for s in stages] == [[2, 3, 4], [0, 1, 2]]  # state indices: t <= 0.8, t >= 0.8
+    assert [s[0] for s in stages] == ["sterics", "electrostatics"]
+    context = _dudl._derivative_context(path.alchemical_system, {p for _, _, rates, _, _ in stages for p in rates})
     x = leg.molecular_system.positions_nm
     context.setPositions(x)
     names = list(context.getParameters().keys())
@@ -127,7 +128,7 @@ def test_du_dt_is_one_sided_at_the_stage_boundary(leg, random_phi):
         return _energy_and_forces(path.alchemical_system, x, _path_parameters(t))[0]
 
     h = 1e-4
-    for (_, rates, states, _), side in zip(stages, (-1, +1)):
+    for (_, _, rates, states, _), side in zip(stages, (-1, +1)):
         for k in states:
             t = path.thermodynamic_states[k].neural_ti_t
             values = _dudl._state_values(path.thermodynamic_states[k], names)
@@ -140,7 +141,7 @@ def test_du_dt_is_one_sided_at_the_stage_boundary(leg, random_phi):
             assert ours == pytest.approx(expected, rel=1e-4, abs=1e-3), (t, side)
     # Control: the two one-sided derivatives at the boundary differ (a central difference there would be neither)
     values = _dudl._state_values(path.thermodynamic_states[2], names)
-    below, above = (_dudl._derivative(context, values, rates, h) for _, rates, _, _ in stages)
+    below, above = (_dudl._derivative(context, values, rates, h) for _, _, rates, _, _ in stages)
     assert abs(below - above) > 1.0
 
 
@@ -178,6 +179,18 @@ def test_npt_leg_keeps_its_pressure_and_non_cubic_boxes_are_refused(tmp_path):
     leg.alchemical_system.setDefaultPeriodicBoxVectors(openmm.Vec3(box, 0, 0), openmm.Vec3(0, box + 0.1, 0), openmm.Vec3(0, 0, box))
     with pytest.raises(InvalidInputError, match="cubic box"):
         nti.sample_endpoints(leg, 2, platform="Reference")
+
+
+def test_refused_overlap_names_the_nodes_to_pass(leg, random_phi):
+    """The error of a path without overlap gives a --nodes value: the same nodes plus the weakest pair's midpoint
+    (and, in the electrostatics stage, the MBAR route's schedule)."""
+    path = nti.exact_path_leg(leg, random_phi, nodes=[1.0, 0.9, 0.8, 0.4, 0.0])
+    charges = nti._more_nodes_hint(path, (0, 1))
+    assert "t = 1 and 0.9" in charges and "--nodes 1,0.95,0.9,0.8,0.4,0)" in charges and "--nodes schedule" in charges
+    sterics = nti._more_nodes_hint(path, (3, 4))
+    assert "--nodes 1,0.9,0.8,0.4,0.2,0)" in sterics and "schedule" not in sterics
+    assert nti.parse_nodes("1,0.9,0.8,0.4,0.2,0") == [1.0, 0.9, 0.8, 0.4, 0.2, 0.0]  # what it proposes parses
+    assert nti._more_nodes_hint(path, None) == "more nodes (--nodes)"  # MBAR found no solution: no pair to name
 
 
 def test_the_schedule_nodes_map_the_mbar_states_onto_t(leg, random_phi):

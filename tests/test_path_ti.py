@@ -66,6 +66,17 @@ def _exact_decoupled_dudt(leg, phi, with_learned=True):
     return (n - 1) / box**3 * quad(integrand, 0.0, cutoff, limit=200)[0]
 
 
+def test_profile_stage_reads_new_and_earlier_profiles():
+    from openmm_flowplugin.freeenergy._dudl import profile_stage
+
+    assert profile_stage({"parameter": nti.T_PARAMETER, "lambdas": [0.8, 1.0], "stage": "electrostatics"}) == "electrostatics"
+    # profiles written before they recorded their stage
+    assert profile_stage({"parameter": nti.T_PARAMETER, "lambdas": [0.8, 0.9, 1.0]}) == "electrostatics"
+    assert profile_stage({"parameter": nti.T_PARAMETER, "lambdas": [0.0, 0.4, 0.8]}) == "sterics"
+    assert profile_stage({"parameter": "lambda_electrostatics", "lambdas": [0.0, 1.0]}) == "electrostatics"
+    assert profile_stage({"parameter": "lambda_sterics", "lambdas": [0.0, 1.0]}) == "sterics"
+
+
 def test_sampled_dudt_at_the_decoupled_node_equals_its_exact_value(tmp_path):
     fluid = solvation_system("lj", n_particles=36, density=0.5, reduced_temperature=1.5, cutoff=2.0)
     leg = alchemical_leg(fluid.solvent, fluid.solute_atoms, schedule=LambdaSchedule([1, 0, 0], [1, 0.5, 0]))
@@ -79,7 +90,7 @@ def test_sampled_dudt_at_the_decoupled_node_equals_its_exact_value(tmp_path):
             progress=False, equilibration_iterations=5)
     ti = nti.path_ti(path, tmp_path / "path.nc", n_equilibration=5)
     profile = ti["profile"]
-    assert profile["lambdas"] == [0.0, 1.0] and profile["n_samples"] == [95, 95]
+    assert profile["lambdas"] == [0.0, 1.0] and profile["n_samples"] == [95, 95] and profile["stage"] == "sterics"
     sampled, error = profile["mean"][0], profile["error"][0]
     exact = _exact_decoupled_dudt(leg, phi)
     assert abs(sampled - exact) < N_SIGMA * error, (sampled, error, exact)

@@ -49,6 +49,9 @@ class DerivativeProfile:
         Stored configurations used per state (checkpoints after the equilibration).
     statistical_inefficiency : list of float
         g of each state's series (pymbar's ``statistical_inefficiency``, in checkpoints).
+    stage : str
+        ``"electrostatics"`` (the charges are switched) or ``"sterics"``; on a charged solute's neural-TI
+        path ``"sterics"`` for t ≤ 0.8 and ``"electrostatics"`` for t ≥ 0.8.
     """
 
     parameter: str
@@ -58,11 +61,22 @@ class DerivativeProfile:
     error: list
     n_samples: list
     statistical_inefficiency: list
+    stage: str
 
     def to_dict(self):
         """Plain data (JSON: ``None`` for undefined values)."""
         return {key: [_finite_or_none(v) for v in value] if isinstance(value, list) else value
                 for key, value in asdict(self).items()}
+
+
+def profile_stage(profile):
+    """The stage (``"electrostatics"`` or ``"sterics"``) of a profile dict, also one written before profiles
+    recorded it (then: a neural-TI profile reaching t = 0 is the sterics stage)."""
+    if profile.get("stage"):
+        return profile["stage"]
+    if profile["parameter"] == "lambda_electrostatics" or (profile["parameter"] == T_PARAMETER and min(profile["lambdas"]) > 0.0):
+        return "electrostatics"
+    return "sterics"
 
 
 def _finite_or_none(value):
@@ -75,7 +89,7 @@ def _global_parameters(force):
 
 
 def _stages(leg):
-    """(parameter, {moved parameter: rate}, state indices, x parameter) for each stage of ``leg`` that moves something.
+    """(stage, parameter, {moved parameter: rate}, state indices, x parameter) for each stage of ``leg`` that moves something.
 
     The derivative is taken along the x parameter, every moved parameter changing at its rate per unit of it.
     """
@@ -85,20 +99,21 @@ def _stages(leg):
     boundary = leg.record.get("t_boundary")
     if boundary is not None:  # a charged solute's neural-TI path: the sterics below the boundary, the charges above
         t = [float(state.neural_ti_t) for state in leg.thermodynamic_states]
-        return [(T_PARAMETER, {"lambda_sterics": 1.0 / boundary, T_PARAMETER: 1.0}, [k for k, v in enumerate(t) if v <= boundary],
-                 T_PARAMETER),
-                (T_PARAMETER, {"lambda_electrostatics": 1.0 / (1.0 - boundary), T_PARAMETER: 1.0},
+        return [("sterics", T_PARAMETER, {"lambda_sterics": 1.0 / boundary, T_PARAMETER: 1.0},
+                 [k for k, v in enumerate(t) if v <= boundary], T_PARAMETER),
+                ("electrostatics", T_PARAMETER, {"lambda_electrostatics": 1.0 / (1.0 - boundary), T_PARAMETER: 1.0},
                  [k for k, v in enumerate(t) if v >= boundary], T_PARAMETER)]
     present = set().union(*(_global_parameters(f) for f in leg.alchemical_system.getForces()))
     charged = bool(np.any(_solute_charges(leg.molecular_system.system, leg.solute_atoms) != 0.0))
     stages = []
     if charged and "lambda_electrostatics" in present:
-        stages.append(("lambda_electrostatics", {"lambda_electrostatics": 1.0}, [k for k, s in enumerate(schedule.sterics) if s == 1.0],
-                       "lambda_electrostatics"))
+        stages.append(("electrostatics", "lambda_electrostatics", {"lambda_electrostatics": 1.0},
+                       [k for k, s in enumerate(schedule.sterics) if s == 1.0], "lambda_electrostatics"))
     sterics = [k for k, e in enumerate(schedule.electrostatics) if e == 0.0]
     if not charged and schedule.sterics[sterics[0]] < 1.0:
         sterics.insert(0, 0)  # no charges: the coupled state is λ_sterics = 1 whatever its λ_electrostatics
-    stages.append(("lambda_sterics", {p: 1.0 for p in ("lambda_sterics", T_PARAMETER) if p in present}, sterics, "lambda_sterics"))
+    stages.append(("sterics", "lambda_sterics", {p: 1.0 for p in ("lambda_sterics", T_PARAMETER) if p in present}, sterics,
+                   "lambda_sterics"))
     return stages
 
 
@@ -178,11 +193,11 @@ def derivative_profiles(leg, storage, n_equilibration=0, h=1e-4):
         from openmmtools.multistate import MultiStateReporter
 
     stages = _stages(leg)
-    context = _derivative_context(leg.alchemical_system, {p for _, rates, _, _ in stages for p in rates})
+    context = _derivative_context(leg.alchemical_system, {p for _, _, rates, _, _ in stages for p in rates})
     names = list(context.getParameters().keys())
     values = [_state_values(state, names) for state in leg.thermodynamic_states]
     beta = 1.0 / leg.molecular_system.kT
-    series = [{k: [] for k in states} for _, _, states, _ in stages]
+    series = [{k: [] for k in states} for _, _, _, states, _ in stages]
     with quiet_banners():
         reporter = MultiStateReporter(str(storage), open_mode="r")
     try:
@@ -199,16 +214,17 @@ def derivative_profiles(leg, storage, n_equilibration=0, h=1e-4):
                     # box of exactly twice the cutoff below it (mbar_route._restore_fixed_box)
                     context.setPeriodicBoxVectors(*sampler_state.box_vectors)
                 context.setPositions(sampler_state.positions)
-                for (_, rates, _, _), per_state in zip(stages, series):
+                for (_, _, rates, _, _), per_state in zip(stages, series):
                     if k in per_state:
                         per_state[k].append(beta * _derivative(context, values[k], rates, h))
     finally:
         reporter.close()
     profiles = []
-    for (parameter, _, states, x), per_state in zip(stages, series):
+    for (stage, parameter, _, states, x), per_state in zip(stages, series):
         order = sorted(states, key=lambda k: values[k][x])
-        stats = [_mean_and_error(per_state[k]) for k in order]
-        profiles.append(DerivativeProfile(parameter, order, [values[k][x] for k in order], *map(list, zip(*stats))))
+        mean, error, n_samples, inefficiency = map(list, zip(*(_mean_and_error(per_state[k]) for k in order)))
+        profiles.append(DerivativeProfile(parameter, order, [values[k][x] for k in order], mean, error, n_samples, inefficiency,
+                                          stage=stage))
     return profiles
 
 
@@ -273,7 +289,7 @@ def _curves(output_dir):
         ti = json.loads(neural.read_text()).get("ti") or {}
         profiles = ti.get("profiles") or ([ti["profile"]] if ti.get("profile") else [])
         for profile in profiles:
-            stage = "" if len(profiles) == 1 else (", sterics stage" if min(profile["lambdas"]) == 0.0 else ", charges stage")
+            stage = "" if len(profiles) == 1 else f", {profile_stage(profile)} stage"
             curves.append((f"learned path (neural TI), dU/dt{stage}", profile))
     return curves
 

@@ -259,7 +259,7 @@ def _check_overlap(storage, overlap, delta_f, error):
     if neighbours and (neighbours[weakest] < MIN_NEIGHBOUR_OVERLAP or not (math.isfinite(delta_f) and math.isfinite(error))):
         raise NoOverlapError(f"{storage}: states {weakest} and {weakest + 1} overlap {neighbours[weakest]:.3g} (below "
                              f"{MIN_NEIGHBOUR_OVERLAP}; estimate {delta_f:.3g} +- {error:.3g} kT), so MBAR's result cannot be "
-                             f"trusted; {_OVERLAP_FIX}")
+                             f"trusted; {_OVERLAP_FIX}", weakest_pair=(weakest, weakest + 1))
 
 
 def analyze_leg(storage, fractions=(0.2, 0.4, 0.6, 0.8, 1.0)):

@@ -43,6 +43,7 @@ from openmm import unit
 
 from .._quiet import quiet_banners
 from ..errors import InvalidInputError, NoOverlapError
+from ._dudl import profile_stage
 from ._neural_ti_model import (_TABLE_R, _TABLE_T, T_PARAMETER, PairClasses, PairPotential, learned_force,  # noqa: F401
                                pair_classes)
 from ._neural_ti_training import (ELECTROSTATICS_FROM, EndpointSamples, _charges, _context, _cutoff, _interpolate,  # noqa: F401
@@ -257,11 +258,11 @@ def neural_ti_free_energy(solvation_system, output_dir, n_samples=200, n_train_s
     try:
         estimate = analyze_leg(output_dir / "neural_ti_path.nc")
     except NoOverlapError as error:
-        raise NoOverlapError(f"neural TI's exact path over {path.schedule.n_states} nodes of t: {error} For neural TI: more nodes (--nodes) or "
-                             "another training (--train-steps: more for LJ solutes, fewer for molecules in water, see "
-                             "docs/solvation.md); delete neural_ti_path.nc (and "
+        raise NoOverlapError(f"neural TI's exact path over {path.schedule.n_states} nodes of t: {error} For neural TI: "
+                             f"{_more_nodes_hint(path, error.weakest_pair)} or another training (--train-steps: more for LJ "
+                             "solutes, fewer for molecules in water, see docs/solvation.md); delete neural_ti_path.nc (and "
                              "neural_ti_model.pt to retrain) in the output folder and run again, the endpoint samples are "
-                             "reused.") from error
+                             "reused.", weakest_pair=error.weakest_pair) from error
     ti = path_ti(path, output_dir / "neural_ti_path.nc", estimate.n_equilibration)
     vacuum = None
     if solvation_system.vacuum is not None:
@@ -342,6 +343,22 @@ def _stored_or_new_model(path, record, leg, samples, n_train_steps, platform, pr
     return phi, history
 
 
+def _more_nodes_hint(path, weakest_pair):
+    """What to pass to ``--nodes`` when the path's nodes ``weakest_pair`` (indices, t decreasing) overlap too little:
+    the same nodes plus the midpoint of that pair; for the electrostatics stage also ``schedule``."""
+    if weakest_pair is None:
+        return "more nodes (--nodes)"
+    t = [float(state.neural_ti_t) for state in path.thermodynamic_states]
+    high, low = t[weakest_pair[0]], t[weakest_pair[1]]
+    nodes = ",".join(f"{v:.6g}" for v in sorted(set(t) | {round((high + low) / 2, 6)}, reverse=True))
+    hint = f"the weakest pair is t = {high:g} and {low:g}: add a node between them (--nodes {nodes})"
+    boundary = path.record.get("t_boundary")
+    if boundary is not None and low >= boundary:
+        hint += (", or --nodes schedule (the MBAR route's λ values: the electrostatics stage, t ≥ "
+                 f"{boundary:g}, in steps of 0.25 of λ_electrostatics)")
+    return hint
+
+
 def _number(value, digits=3):
     return "–" if value is None else f"{value:.{digits}f}"
 
@@ -370,8 +387,8 @@ def _markdown(result):
                   f"{result['delta_g_kcal_mol']:.3f} ± {result['delta_g_error_kcal_mol']:.3f} kcal/mol "
                   f"(± {shift_error:.3f} kT of it from the vacuum leg)."]
     for profile in ti["profiles"]:
-        stage = "" if len(ti["profiles"]) == 1 else (" (sterics, t ≤ boundary)" if min(profile["lambdas"]) == 0.0
-                                                     else " (charges, t ≥ boundary)")
+        stage = "" if len(ti["profiles"]) == 1 else (" (sterics, t ≤ boundary)" if profile_stage(profile) == "sterics"
+                                                     else " (electrostatics, t ≥ boundary)")
         lines += ["", f"⟨∂u/∂t⟩ at the nodes{stage} (kT): " + ", ".join(
             f"t = {t:g}: {_number(m)} ± {_number(e)}" for t, m, e in zip(profile["lambdas"], profile["mean"], profile["error"]))]
     return "\n".join(lines) + "\n"
