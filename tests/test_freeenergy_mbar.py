@@ -10,7 +10,9 @@ import subprocess
 import sys
 
 import numpy as np
+import openmm
 import pytest
+from openmm import unit
 
 from openmm_flowplugin._systems.lj_fluids import lj_fluid
 from openmm_flowplugin.errors import InvalidInputError
@@ -42,8 +44,54 @@ def lj_run(tmp_path_factory):
     fluid = lj_fluid(**FLUID)
     leg = alchemical_leg(fluid.solvent, fluid.solute_atoms, schedule=SCHEDULE)
     storage = tmp_path_factory.mktemp("mbar") / "solvent.nc"
-    run_leg(leg, storage, 300, md_steps=50, timestep=20.0, checkpoint_interval=1, platform="Reference", progress=False)
+    run_leg(leg, storage, 300, md_steps=50, timestep=20.0, checkpoint_interval=1, platform="Reference", progress=False, seed=1)
     return fluid, leg, storage, analyze_leg(storage)
+
+
+def test_a_seeded_leg_repeats_and_a_resume_draws_anew(tmp_path):
+    """The same seed gives the same stored energies, another seed others (the control); a resumed run, its legs'
+    Contexts and MPI ranks get integrator seeds of their own."""
+    from openmmtools.multistate import MultiStateReporter
+
+    fluid = lj_fluid(**FLUID)
+    leg = alchemical_leg(fluid.solvent, fluid.solute_atoms, schedule=LambdaSchedule([1, 0, 0], [1, 0.5, 0]))
+    settings = dict(md_steps=10, timestep=10.0, checkpoint_interval=5, equilibration_iterations=0, platform="Reference",
+                    progress=False)
+
+    def energies(name, seed, resume_at=None):
+        if resume_at is not None:
+            run_leg(leg, tmp_path / name, resume_at, seed=seed, **settings)
+        run_leg(leg, tmp_path / name, 10, seed=seed, **settings)
+        reporter = MultiStateReporter(str(tmp_path / name), open_mode="r")
+        try:  # every replica's energies in every state, and the state each replica was in (the swaps)
+            swaps = np.asarray(reporter.read_replica_thermodynamic_states()[1:11], dtype=np.float64)
+            return np.concatenate([np.array([reporter.read_energies(i)[0] for i in range(1, 11)]), swaps[:, :, None]], axis=2)
+        finally:
+            reporter.close()
+
+    state = np.random.get_state()
+    first = energies("a.nc", 3)
+    assert np.array_equal(first, energies("b.nc", 3))  # repeats
+    assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), state))  # NumPy's global state restored
+    assert not np.allclose(first[1:], energies("c.nc", 4)[1:])  # control: another seed
+    resumed = energies("d.nc", 3, resume_at=5)  # the first 5 iterations as in "a" (after them: stored float32 positions)
+    assert np.array_equal(resumed[:5], first[:5])
+    from openmmtools import cache, integrators, states
+
+    from openmm_flowplugin.freeenergy.mbar_route import _seeded_context_cache
+
+    def integrator_seeds(run_key, n_contexts=2):
+        seeded = _seeded_context_cache(cache, openmm.Platform.getPlatformByName("Reference"), 3, run_key)
+        seeds = []
+        for temperature in (300.0, 310.0)[:n_contexts]:  # two incompatible states: two Contexts
+            state = states.ThermodynamicState(fluid.solvent.system, temperature * unit.kelvin)
+            context, integrator = seeded.get_context(state, integrators.LangevinIntegrator(temperature * unit.kelvin))
+            seeds.append(integrator.getRandomNumberSeed())
+        return seeds
+
+    start, again = integrator_seeds((7, 0, 0)), integrator_seeds((7, 0, 0))
+    assert start == again and start[0] != start[1]  # the k-th new Context, repeatably
+    assert len({start[0], integrator_seeds((7, 5, 0))[0], integrator_seeds((7, 0, 1))[0], integrator_seeds((8, 0, 0))[0]}) == 4
 
 
 def test_mbar_excess_chemical_potential_agrees_with_widom_insertion(lj_run):

@@ -40,7 +40,7 @@ def assert_within_sigma(samples, exact, name):
 
 
 def make_simulation(molecular_system, proposal, platform=REFERENCE, seed=1, **options):
-    options = {"jump_interval": 1, "n_proposals": 1, **options}
+    options = {"jump_interval": 1, "n_proposals": 1, "seed": seed, **options}  # the proposals' streams too
     friction = options.pop("friction", 1.0)
     timestep = options.pop("timestep", 0.002)
     integrator = FlowMCIntegrator(molecular_system.temperature, friction, timestep, proposal, **options)

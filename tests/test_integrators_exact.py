@@ -63,7 +63,7 @@ def _z(series, exact, block=50):
 def _flow_mc(ho, mode, timestep_fs=4.0, seed=0):
     proposal = GaussianProposal(ho.reference.mean, ho.reference.std, seed=seed)
     return FlowMCIntegrator(300 * unit.kelvin, 1 / unit.picosecond, timestep_fs * unit.femtosecond, proposal,
-                            jump_interval=5, system=ho.system, mode=mode)
+                            jump_interval=5, system=ho.system, mode=mode, seed=seed)
 
 
 class _AlwaysAccept:

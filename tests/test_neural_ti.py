@@ -79,6 +79,16 @@ def test_openmm_table_and_dU_dt_match_torch(leg, random_phi):
     assert abs((up - down) / (2 * h) - t * (1 - t) * dudt_torch.item()) > 0.05 * abs(dudt_torch.item())
 
 
+def test_endpoint_samples_repeat_for_a_seed(leg):
+    """The integrator's seed reaches OpenMM (it is read when the Context is made); control: another seed."""
+    def draw(seed):
+        return nti.sample_endpoints(leg, 2, steps_between=10, equilibration_steps=20, seed=seed, platform="Reference")
+
+    first, again, other = draw(0), draw(0), draw(1)
+    assert np.array_equal(first.x0, again.x0) and np.array_equal(first.f1, again.f1)
+    assert not np.allclose(first.x0, other.x0)
+
+
 def test_exact_path_estimate_agrees_with_widom_insertion(leg, tmp_path):
     samples = nti.sample_endpoints(leg, 32, steps_between=50, equilibration_steps=500, platform="Reference")
     phi, history = nti.train_neural_ti(leg, samples, n_steps=30, batch_size=8, platform="Reference", progress=False)
@@ -87,7 +97,7 @@ def test_exact_path_estimate_agrees_with_widom_insertion(leg, tmp_path):
     assert math.isfinite(amortized) and amortized_error > 0
     path = nti.exact_path_leg(leg, phi, nodes=6)
     run_leg(path, tmp_path / "path.nc", 200, md_steps=50, timestep=20.0, checkpoint_interval=1, platform="Reference",
-            progress=False, equilibration_iterations=5)
+            progress=False, equilibration_iterations=5, seed=2)
     exact = analyze_leg(tmp_path / "path.nc")
     mu_widom, se_widom = widom_mu(solvation_system("lj", n_particles=36, density=0.5, reduced_temperature=1.5, cutoff=2.0))
     assert exact.min_neighbour_overlap > 0.03

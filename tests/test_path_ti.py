@@ -87,7 +87,7 @@ def test_sampled_dudt_at_the_decoupled_node_equals_its_exact_value(tmp_path):
             parameter.copy_(0.5 * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
     path = nti.exact_path_leg(leg, phi, nodes=2)  # t = 1 and t = 0: the physical end states, whatever φ
     run_leg(path, tmp_path / "path.nc", 100, md_steps=50, timestep=20.0, checkpoint_interval=1, platform="Reference",
-            progress=False, equilibration_iterations=5)
+            progress=False, equilibration_iterations=5, seed=3)
     ti = nti.path_ti(path, tmp_path / "path.nc", n_equilibration=5)
     profile = ti["profile"]
     assert profile["lambdas"] == [0.0, 1.0] and profile["n_samples"] == [95, 95] and profile["stage"] == "sterics"

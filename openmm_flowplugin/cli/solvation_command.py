@@ -63,9 +63,11 @@ def _nodes(ctx, param, value):
               help="Iterations without exchanges or storage before production (new runs).")
 @click.option("--platform", default=None, help="OpenMM platform (default: chosen by timing; CUDA on a GPU machine).")
 @click.option("--progress/--no-progress", default=None, help="Progress bars with ETA on stderr [default: when stderr is a terminal].")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Root seed of the legs' MD and replica swaps (a resume continues with new draws).")
 @_user_errors
 def solvation(preset, smiles, mol2, frcmod, prmtop, inpcrd, method, nodes, train_steps, samples, output, iterations, md_steps,
-              timestep, padding, temperature, checkpoint_interval, equilibration, platform, progress):
+              timestep, padding, temperature, checkpoint_interval, equilibration, platform, progress, seed):
     from pathlib import Path
 
     from ..freeenergy import solvation_free_energy, solvation_system
@@ -95,11 +97,11 @@ def solvation(preset, smiles, mol2, frcmod, prmtop, inpcrd, method, nodes, train
     if method in ("mbar", "both"):
         result = solvation_free_energy(system, output, n_iterations=iterations, md_steps=md_steps, timestep=timestep,
                                        checkpoint_interval=checkpoint_interval, equilibration_iterations=equilibration,
-                                       platform=platform, progress=progress)
+                                       platform=platform, progress=progress, seed=seed)
         echo(result.to_markdown())
     if method in ("neural-ti", "both"):
         neural_ti_free_energy(system, output, n_samples=samples, n_train_steps=train_steps, nodes=nodes, n_iterations=iterations,
                               md_steps=md_steps, timestep=timestep, equilibration_iterations=equilibration,
-                              checkpoint_interval=checkpoint_interval, platform=platform, progress=progress)
+                              checkpoint_interval=checkpoint_interval, platform=platform, progress=progress, seed=seed)
         echo((Path(output) / "neural_ti.md").read_text())
     echo(f"results in {output}/")

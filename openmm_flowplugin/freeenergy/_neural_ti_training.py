@@ -67,11 +67,15 @@ def _constant_volume(system):
     return system
 
 
-def _context(leg, platform):
+def _context(leg, platform, seed=None):
+    """A context of ``leg``'s System at constant volume; ``seed`` seeds its Langevin integrator (OpenMM reads the
+    seed when the Context is created: set later, it is ignored)."""
     from ..platforms import select_platform
 
     system = _constant_volume(leg.alchemical_system)
     integrator = openmm.LangevinMiddleIntegrator(leg.molecular_system.temperature, 5.0, 0.001)
+    if seed is not None:
+        integrator.setRandomNumberSeed(seed)
     return openmm.Context(system, integrator, select_platform(system, platform)), integrator
 
 
@@ -95,10 +99,9 @@ def sample_endpoints(leg, n_samples, steps_between=100, equilibration_steps=2000
     if not np.allclose(vectors, vectors[0, 0] * np.eye(3), rtol=0.0, atol=1e-9):
         raise InvalidInputError(f"neural TI's training needs a cubic box; {leg.molecular_system.name} has box vectors "
                                 f"{vectors.round(4).tolist()} nm: solvate it in a cube, or use --method mbar.")
-    context, integrator = _context(leg, platform)
+    context, integrator = _context(leg, platform, seed=seed + 1)
     step = timestep if timestep is not None else leg.molecular_system.options.get("timestep_ps", 0.001)
     integrator.setStepSize(step)
-    integrator.setRandomNumberSeed(seed + 1)
     beta = 1.0 / leg.molecular_system.kT
     out = {}
     for value in (0.0, 1.0):

@@ -10,9 +10,11 @@ forward/reverse convergence of the estimate.
 __all__ = ["LegEstimate", "run_leg", "analyze_leg"]
 
 import contextlib
+import functools
 import json
 import math
 import sys
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from openmm import unit
 
 from .._quiet import quiet_banners
 from ..errors import InvalidInputError, NoOverlapError
+from ..proposals.streams import checked_root_seed, numpy_generator
 
 _TAG = "openmm_flowplugin_leg"  # key of our record in the storage's metadata
 
@@ -94,7 +97,7 @@ def _stored_record(storage):
 
 
 def run_leg(leg, storage, n_iterations, md_steps=500, timestep=2.0, collision_rate=1.0, checkpoint_interval=10,
-            equilibration_iterations=20, platform=None, progress=None):
+            equilibration_iterations=20, platform=None, progress=None, seed=None):
     """Replica exchange over the states of ``leg`` for ``n_iterations`` in total, stored in ``storage``.
 
     An existing ``storage`` for the same leg (same system, solute, schedule and MD settings) is resumed
@@ -122,6 +125,12 @@ def run_leg(leg, storage, n_iterations, md_steps=500, timestep=2.0, collision_ra
         OpenMM platform (default: chosen by timing, :func:`~openmm_flowplugin.platforms.select_platform`).
     progress : bool, optional
         tqdm bar with ETA on stderr (default: when stderr is a terminal).
+    seed : int, optional
+        Root seed of the run's randomness (default: a fresh one): the Langevin integrators' seeds and
+        openmmtools' replica swaps (which draw from NumPy's global generator, seeded for the run and restored
+        after, or numba's, seeded for the run) derive from it, the leg's name, the iteration the run starts at and the MPI rank, so
+        a resume continues with new draws, legs and ranks never share them, and the same seed and storage give
+        the same run on one platform. (An NPT leg's barostat keeps OpenMM's own seed.)
 
     Returns
     -------
@@ -169,8 +178,12 @@ def run_leg(leg, storage, n_iterations, md_steps=500, timestep=2.0, collision_ra
             sampler_states = [leg.sampler_state() for _ in leg.thermodynamic_states]
             sampler.create(leg.thermodynamic_states, sampler_states, reporter, metadata={_TAG: json.dumps(record)})
         chosen = select_platform(leg.alchemical_system, platform)
+        # streams: (leg, start iteration, rank): legs, resumes and MPI ranks never share draws
+        root, key = checked_root_seed(seed), (zlib.crc32(leg.name.encode()), int(sampler.iteration), 0 if comm is None else comm.rank)
         sampler.energy_context_cache = cache.ContextCache(platform=chosen)
-        sampler.sampler_context_cache = cache.ContextCache(platform=chosen)
+        sampler.sampler_context_cache = _seeded_context_cache(cache, chosen, root, key)
+        global_numpy = np.random.get_state()
+        _seed_replica_swaps(int(numpy_generator(root, *key, _SWAPS).integers(2**32)))
         try:
             if sampler.iteration == 0:
                 sampler.minimize()
@@ -179,9 +192,57 @@ def run_leg(leg, storage, n_iterations, md_steps=500, timestep=2.0, collision_ra
             _run_with_progress(sampler, n_iterations, f"{leg.name} leg", progress if comm is None or comm.rank == 0 else False)
             return sampler.iteration
         finally:
+            np.random.set_state(global_numpy)
             sampler._reporter.close()
             if comm is not None:
                 comm.barrier()  # the storage is closed (by rank 0, its only writer) before any rank reads it
+
+
+_INTEGRATORS, _SWAPS = 0, 1  # purposes of a run's streams
+
+
+def _seed_replica_swaps(seed):
+    """Seed the generators openmmtools' replica swaps draw from: NumPy's global one, and numba's (its jitted
+    swap-all mixing has a generator of its own, seeded only from jitted code)."""
+    np.random.seed(seed)
+    try:
+        seed_numba = _numba_seeder()
+    except ImportError:  # no numba: openmmtools mixes in Python, from NumPy's generator
+        return
+    seed_numba(seed)
+
+
+@functools.cache
+def _numba_seeder():
+    from numba import njit
+
+    @njit
+    def seed_numba(value):
+        np.random.seed(value)
+
+    return seed_numba
+
+
+def _seeded_context_cache(cache, platform, root_seed, run_key):
+    """An openmmtools ContextCache whose k-th new Context gets the integrator seed of (root, *run_key, k).
+
+    The cache's integrator ids ignore the seed, so setting it on every integrator passed in changes no lookup.
+    """
+
+    class SeededContextCache(cache.ContextCache):
+        def __init__(self):
+            super().__init__(platform=platform)
+            self._created = set()
+
+        def get_context(self, thermodynamic_state, integrator=None):
+            if integrator is not None:
+                key = (*run_key, _INTEGRATORS, len(self._created))
+                integrator.setRandomNumberSeed(int(numpy_generator(root_seed, *key).integers(1, 2**31)))
+            context, context_integrator = super().get_context(thermodynamic_state, integrator)
+            self._created.add(id(context))
+            return context, context_integrator
+
+    return SeededContextCache()
 
 
 def _restore_fixed_box(sampler, system):

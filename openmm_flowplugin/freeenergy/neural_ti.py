@@ -205,7 +205,7 @@ def path_ti(path, storage, n_equilibration=0):
 
 def neural_ti_free_energy(solvation_system, output_dir, n_samples=200, n_train_steps=500, nodes=11, n_iterations=300,
                           md_steps=200, timestep=None, equilibration_iterations=20, schedule=None, platform=None,
-                          progress=None, checkpoint_interval=10):
+                          progress=None, checkpoint_interval=10, seed=None):
     """Neural TI of a solute's solvent leg: endpoint MD, training, the estimators; resumable in ``output_dir``.
 
     Endpoint samples (``neural_ti_samples.npz``) and the trained φ (``neural_ti_model.pt``) are kept and
@@ -221,7 +221,8 @@ def neural_ti_free_energy(solvation_system, output_dir, n_samples=200, n_train_s
     checkpoint_interval : int
         Iterations between the stored configurations of the exact path: the samples of :func:`path_ti`
         (``n_iterations`` must be a multiple of it). The others as
-        :func:`~openmm_flowplugin.freeenergy.solvation.solvation_free_energy`.
+        :func:`~openmm_flowplugin.freeenergy.solvation.solvation_free_energy` (``seed``: the MD of the path and
+        the vacuum leg; the endpoint samples and the training use their own fixed seeds).
 
     Returns
     -------
@@ -254,7 +255,7 @@ def neural_ti_free_energy(solvation_system, output_dir, n_samples=200, n_train_s
         timestep = 1000.0 * solvation_system.settings.get("timestep_ps", 0.002)
     run_leg(path, output_dir / "neural_ti_path.nc", n_iterations, md_steps=md_steps, timestep=timestep,
             checkpoint_interval=checkpoint_interval, equilibration_iterations=equilibration_iterations, platform=platform,
-            progress=progress)
+            progress=progress, seed=seed)
     try:
         estimate = analyze_leg(output_dir / "neural_ti_path.nc")
     except NoOverlapError as error:
@@ -270,7 +271,7 @@ def neural_ti_free_energy(solvation_system, output_dir, n_samples=200, n_train_s
                                     name="vacuum")
         run_leg(vacuum_leg, output_dir / "vacuum.nc", n_iterations, md_steps=md_steps, timestep=timestep,
                 checkpoint_interval=checkpoint_interval, equilibration_iterations=equilibration_iterations, platform=platform,
-                progress=progress)
+                progress=progress, seed=seed)
         vacuum = analyze_leg(output_dir / "vacuum.nc")
     vacuum_delta_f, vacuum_error = (vacuum.delta_f, vacuum.error) if vacuum is not None else (0.0, 0.0)
     kcal = kT_in(solvation_system.temperature.value_in_unit(unit.kelvin))

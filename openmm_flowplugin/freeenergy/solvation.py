@@ -105,7 +105,8 @@ class SolvationResult:
 
 
 def solvation_free_energy(solvation_system, output_dir, n_iterations=500, md_steps=500, timestep=None, collision_rate=1.0,
-                          schedule=None, checkpoint_interval=10, equilibration_iterations=20, platform=None, progress=None):
+                          schedule=None, checkpoint_interval=10, equilibration_iterations=20, platform=None, progress=None,
+                          seed=None):
     """ΔG of solvation of ``solvation_system`` by the alchemical MBAR route; resumable in ``output_dir``.
 
     Parameters
@@ -128,8 +129,8 @@ def solvation_free_energy(solvation_system, output_dir, n_iterations=500, md_ste
     schedule : LambdaSchedule, optional
         Default: :func:`~openmm_flowplugin.freeenergy.alchemical.default_schedule` (electrostatics stage
         only for a charged solute). The vacuum leg uses the same schedule.
-    checkpoint_interval, equilibration_iterations, platform, progress
-        As :func:`~openmm_flowplugin.freeenergy.mbar_route.run_leg`.
+    checkpoint_interval, equilibration_iterations, platform, progress, seed
+        As :func:`~openmm_flowplugin.freeenergy.mbar_route.run_leg` (one root seed for both legs).
 
     Returns
     -------
@@ -153,7 +154,7 @@ def solvation_free_energy(solvation_system, output_dir, n_iterations=500, md_ste
         start = time.process_time()
         run_leg(leg, output_dir / f"{name}.nc", n_iterations, md_steps=md_steps, timestep=timestep,
                 collision_rate=collision_rate, checkpoint_interval=checkpoint_interval,
-                equilibration_iterations=equilibration_iterations, platform=platform, progress=progress)
+                equilibration_iterations=equilibration_iterations, platform=platform, progress=progress, seed=seed)
         cpu = time.process_time() - start
         legs[name] = analyze_leg(output_dir / f"{name}.nc")
         dudl[name] = derivative_profiles(leg, output_dir / f"{name}.nc", legs[name].n_equilibration)
