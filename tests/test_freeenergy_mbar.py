@@ -76,12 +76,13 @@ def test_a_seeded_leg_repeats_and_a_resume_draws_anew(tmp_path):
     assert not np.allclose(first[1:], energies("c.nc", 4)[1:])  # control: another seed
     resumed = energies("d.nc", 3, resume_at=5)  # the first 5 iterations as in "a" (after them: stored float32 positions)
     assert np.array_equal(resumed[:5], first[:5])
+    assert np.array_equal(resumed, energies("e.nc", 3, resume_at=5))  # a resumed run repeats too
     from openmmtools import cache, integrators, states
 
     from openmm_flowplugin.freeenergy.mbar_route import _seeded_context_cache
 
-    def integrator_seeds(run_key, n_contexts=2):
-        seeded = _seeded_context_cache(cache, openmm.Platform.getPlatformByName("Reference"), 3, run_key)
+    def integrator_seeds(run_key, purpose=0, n_contexts=2):
+        seeded = _seeded_context_cache(cache, openmm.Platform.getPlatformByName("Reference"), 3, run_key, purpose)
         seeds = []
         for temperature in (300.0, 310.0)[:n_contexts]:  # two incompatible states: two Contexts
             state = states.ThermodynamicState(fluid.solvent.system, temperature * unit.kelvin)
@@ -91,7 +92,8 @@ def test_a_seeded_leg_repeats_and_a_resume_draws_anew(tmp_path):
 
     start, again = integrator_seeds((7, 0, 0)), integrator_seeds((7, 0, 0))
     assert start == again and start[0] != start[1]  # the k-th new Context, repeatably
-    assert len({start[0], integrator_seeds((7, 5, 0))[0], integrator_seeds((7, 0, 1))[0], integrator_seeds((8, 0, 0))[0]}) == 4
+    others = [integrator_seeds(key, purpose)[0] for key, purpose in (((7, 5, 0), 0), ((7, 0, 1), 0), ((8, 0, 0), 0), ((7, 0, 0), 2))]
+    assert len({start[0], *others}) == 5  # another start iteration, rank, leg, or the energy cache's Contexts
 
 
 def test_mbar_excess_chemical_potential_agrees_with_widom_insertion(lj_run):

@@ -190,6 +190,7 @@ def test_refused_overlap_names_the_nodes_to_pass(leg, random_phi):
     sterics = nti._more_nodes_hint(path, (3, 4))
     assert "--nodes 1,0.9,0.8,0.4,0.2,0)" in sterics and "schedule" not in sterics
     assert nti.parse_nodes("1,0.9,0.8,0.4,0.2,0") == [1.0, 0.9, 0.8, 0.4, 0.2, 0.0]  # what it proposes parses
+    assert "schedule" not in nti._more_nodes_hint(path, (0, 1), offer_schedule=False)  # the nodes were the schedule
     assert nti._more_nodes_hint(path, None) == "more nodes (--nodes)"  # MBAR found no solution: no pair to name
 
 

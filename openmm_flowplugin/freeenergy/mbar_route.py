@@ -130,7 +130,8 @@ def run_leg(leg, storage, n_iterations, md_steps=500, timestep=2.0, collision_ra
         openmmtools' replica swaps (which draw from NumPy's global generator, seeded for the run and restored
         after, or numba's, seeded for the run) derive from it, the leg's name, the iteration the run starts at and the MPI rank, so
         a resume continues with new draws, legs and ranks never share them, and the same seed and storage give
-        the same run on one platform. (An NPT leg's barostat keeps OpenMM's own seed.)
+        the same run, resumes included, on one platform. Not for NPT legs: the barostat keeps OpenMM's own
+        (random) seed, so they do not repeat. A fresh seed (``None``) is not recorded.
 
     Returns
     -------
@@ -180,11 +181,11 @@ def run_leg(leg, storage, n_iterations, md_steps=500, timestep=2.0, collision_ra
         chosen = select_platform(leg.alchemical_system, platform)
         # streams: (leg, start iteration, rank): legs, resumes and MPI ranks never share draws
         root, key = checked_root_seed(seed), (zlib.crc32(leg.name.encode()), int(sampler.iteration), 0 if comm is None else comm.rank)
-        sampler.energy_context_cache = cache.ContextCache(platform=chosen)
-        sampler.sampler_context_cache = _seeded_context_cache(cache, chosen, root, key)
+        sampler.energy_context_cache = _seeded_context_cache(cache, chosen, root, key, _ENERGIES)
+        sampler.sampler_context_cache = _seeded_context_cache(cache, chosen, root, key, _INTEGRATORS)
         global_numpy = np.random.get_state()
-        _seed_replica_swaps(int(numpy_generator(root, *key, _SWAPS).integers(2**32)))
         try:
+            _seed_replica_swaps(int(numpy_generator(root, *key, _SWAPS).integers(2**32)))
             if sampler.iteration == 0:
                 sampler.minimize()
                 if equilibration_iterations:
@@ -198,7 +199,7 @@ def run_leg(leg, storage, n_iterations, md_steps=500, timestep=2.0, collision_ra
                 comm.barrier()  # the storage is closed (by rank 0, its only writer) before any rank reads it
 
 
-_INTEGRATORS, _SWAPS = 0, 1  # purposes of a run's streams
+_INTEGRATORS, _SWAPS, _ENERGIES = 0, 1, 2  # purposes of a run's streams
 
 
 def _seed_replica_swaps(seed):
@@ -223,26 +224,35 @@ def _numba_seeder():
     return seed_numba
 
 
-def _seeded_context_cache(cache, platform, root_seed, run_key):
-    """An openmmtools ContextCache whose k-th new Context gets the integrator seed of (root, *run_key, k).
+def _seeded_context_cache(cache, platform, root_seed, run_key, purpose):
+    """An openmmtools ContextCache whose k-th new Context gets the integrator seed of (root, *run_key, purpose, k),
+    also when the cache makes its default integrator (the energy cache's Contexts: on the Reference and CPU
+    platforms every new Context reseeds the generator all custom integrators of the process share).
 
     The cache's integrator ids ignore the seed, so setting it on every integrator passed in changes no lookup.
     """
+    created = set()
+
+    def next_seed():
+        return int(numpy_generator(root_seed, *run_key, purpose, len(created)).integers(1, 2**31))
 
     class SeededContextCache(cache.ContextCache):
-        def __init__(self):
-            super().__init__(platform=platform)
-            self._created = set()
+        _cached_default_integrator_id = None  # the class's own (the base class caches it per class)
+
+        @staticmethod
+        def _get_default_integrator(temperature):
+            integrator = cache.ContextCache._get_default_integrator(temperature)
+            integrator.setRandomNumberSeed(next_seed())
+            return integrator
 
         def get_context(self, thermodynamic_state, integrator=None):
             if integrator is not None:
-                key = (*run_key, _INTEGRATORS, len(self._created))
-                integrator.setRandomNumberSeed(int(numpy_generator(root_seed, *key).integers(1, 2**31)))
+                integrator.setRandomNumberSeed(next_seed())
             context, context_integrator = super().get_context(thermodynamic_state, integrator)
-            self._created.add(id(context))
+            created.add(id(context))  # the cache keeps its Contexts (no capacity): ids are not reused
             return context, context_integrator
 
-    return SeededContextCache()
+    return SeededContextCache(platform=platform)
 
 
 def _restore_fixed_box(sampler, system):

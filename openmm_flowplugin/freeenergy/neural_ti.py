@@ -260,7 +260,7 @@ def neural_ti_free_energy(solvation_system, output_dir, n_samples=200, n_train_s
         estimate = analyze_leg(output_dir / "neural_ti_path.nc")
     except NoOverlapError as error:
         raise NoOverlapError(f"neural TI's exact path over {path.schedule.n_states} nodes of t: {error} For neural TI: "
-                             f"{_more_nodes_hint(path, error.weakest_pair)} or another training (--train-steps: more for LJ "
+                             f"{_more_nodes_hint(path, error.weakest_pair, nodes != 'schedule')} or another training (--train-steps: more for LJ "
                              "solutes, fewer for molecules in water, see docs/solvation.md); delete neural_ti_path.nc (and "
                              "neural_ti_model.pt to retrain) in the output folder and run again, the endpoint samples are "
                              "reused.", weakest_pair=error.weakest_pair) from error
@@ -344,9 +344,10 @@ def _stored_or_new_model(path, record, leg, samples, n_train_steps, platform, pr
     return phi, history
 
 
-def _more_nodes_hint(path, weakest_pair):
+def _more_nodes_hint(path, weakest_pair, offer_schedule=True):
     """What to pass to ``--nodes`` when the path's nodes ``weakest_pair`` (indices, t decreasing) overlap too little:
-    the same nodes plus the midpoint of that pair; for the electrostatics stage also ``schedule``."""
+    the same nodes plus the midpoint of that pair; for the electrostatics stage also ``schedule`` (if
+    ``offer_schedule``: not when the nodes are the schedule already)."""
     if weakest_pair is None:
         return "more nodes (--nodes)"
     t = [float(state.neural_ti_t) for state in path.thermodynamic_states]
@@ -354,7 +355,7 @@ def _more_nodes_hint(path, weakest_pair):
     nodes = ",".join(f"{v:.6g}" for v in sorted(set(t) | {round((high + low) / 2, 6)}, reverse=True))
     hint = f"the weakest pair is t = {high:g} and {low:g}: add a node between them (--nodes {nodes})"
     boundary = path.record.get("t_boundary")
-    if boundary is not None and low >= boundary:
+    if offer_schedule and boundary is not None and low >= boundary:
         hint += (", or --nodes schedule (the MBAR route's λ values: the electrostatics stage, t ≥ "
                  f"{boundary:g}, in steps of 0.25 of λ_electrostatics)")
     return hint
