@@ -128,9 +128,9 @@ def run_leg(leg, storage, n_iterations, md_steps=500, timestep=2.0, collision_ra
     seed : int, optional
         Root seed of the run's randomness (default: a fresh one): the Langevin integrators' seeds and
         openmmtools' replica swaps (which draw from NumPy's global generator, seeded for the run and restored
-        after, or numba's, seeded for the run) derive from it, the leg's name, the iteration the run starts at and the MPI rank, so
-        a resume continues with new draws, legs and ranks never share them, and the same seed and storage give
-        the same run, resumes included, on one platform. Not for NPT legs: the barostat keeps OpenMM's own
+        after, or numba's, seeded for the run) derive from it, the leg's name, the iteration the run starts at
+        and the MPI rank, so a resume continues with new draws, legs and ranks never share them, and the same
+        seed and storage give the same run, resumes included, on one platform. Not for NPT legs: the barostat keeps OpenMM's own
         (random) seed, so they do not repeat. A fresh seed (``None``) is not recorded.
 
     Returns
@@ -233,8 +233,12 @@ def _seeded_context_cache(cache, platform, root_seed, run_key, purpose):
     """
     created = set()
 
-    def next_seed():
-        return int(numpy_generator(root_seed, *run_key, purpose, len(created)).integers(1, 2**31))
+    @functools.cache
+    def seed_of(k):
+        return int(numpy_generator(root_seed, *run_key, purpose, k).integers(1, 2**31))
+
+    def next_seed():  # called on every get_context (each move's apply): derived once per Context count
+        return seed_of(len(created))
 
     class SeededContextCache(cache.ContextCache):
         _cached_default_integrator_id = None  # the class's own (the base class caches it per class)
