@@ -2,6 +2,7 @@
 
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -40,6 +41,7 @@ def test_sample_stores_refuses_to_overwrite_and_resumes_with_growing_statistics(
     result = runner.invoke(main, SAMPLE + ["--iterations", "3", "--seed", "1", "-o", str(storage)])
     assert result.exit_code == 0, result.output
     assert "state 0 (300.0 K): flow acceptance" in result.output and str(storage) in result.output
+    assert "Root seed 1 (stored)" in result.output
     (move,), iteration, temperatures = _stored(storage)
     assert (move["n_proposed"], iteration, temperatures) == (15, 3, [300.0])
     assert 0 < move["n_accepted"] < 15
@@ -74,6 +76,49 @@ def test_replica_exchange_over_two_temperatures_with_flow_moves_only(tmp_path):
     moves, iteration, temperatures = _stored(storage, n_states=2)
     assert temperatures == [300.0, 400.0] and iteration == 3
     assert [m["n_proposed"] for m in moves] == [15, 15]  # FlowMCMove alone (no SequenceMove), in each state
+
+
+def _energies_and_swaps(path):
+    reporter = MultiStateReporter(str(path), open_mode="r")
+    try:
+        n = reporter.read_last_iteration()
+        return np.array([reporter.read_energies(i)[0] for i in range(1, n + 1)]), reporter.read_replica_thermodynamic_states()
+    finally:
+        reporter.close()
+
+
+def test_a_seeded_run_repeats_its_md_and_swaps_and_a_resume_draws_anew(tmp_path, monkeypatch):
+    """Same --seed: the same stored energies and replica states (Langevin MD, swaps and flow moves all seeded);
+    another seed differs (the control); a resumed run repeats too, and seeds its MD and swaps from the stored root
+    with its own start iteration."""
+    from openmm_flowplugin.mcmc import seeded_runs
+
+    runner = CliRunner()
+    ladder = ["--temperatures", "300,400", "--proposals", "2"]
+    keys, seeded_sampler_run = [], seeded_runs.seeded_sampler_run
+    monkeypatch.setattr(seeded_runs, "seeded_sampler_run", lambda *args: keys.append(args[2:]) or seeded_sampler_run(*args))
+
+    def run(name, seed, resume_at=None):
+        storage = tmp_path / name
+        if resume_at is not None:
+            assert runner.invoke(main, SAMPLE + ladder + ["--iterations", str(resume_at), "--seed", seed, "-o", str(storage)]).exit_code == 0
+            result = runner.invoke(main, ["sample", "--iterations", "4", "-o", str(storage), "--resume"])
+        else:
+            result = runner.invoke(main, SAMPLE + ladder + ["--iterations", "4", "--seed", seed, "-o", str(storage)])
+        assert result.exit_code == 0, result.output
+        return _energies_and_swaps(storage)
+
+    state = np.random.get_state()
+    energies, swaps = run("a.nc", "1")
+    assert keys[-1][0] == 1 and keys[-1][1][1:] == (0, 0)  # (root, (sample, start iteration, rank))
+    again, swaps_again = run("b.nc", "1")
+    assert np.array_equal(energies, again) and np.array_equal(swaps, swaps_again)
+    assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), state))  # NumPy's global state restored
+    assert not np.allclose(energies, run("c.nc", "2")[0])  # control: another seed
+    resumed, _ = run("d.nc", "1", resume_at=2)
+    assert keys[-1] == (1, (keys[0][1][0], 2, 0))  # the resume: the stored root, its own start iteration
+    assert np.array_equal(resumed[:2], energies[:2])
+    assert np.array_equal(resumed, run("e.nc", "1", resume_at=2)[0])
 
 
 def test_temperature_ladders():

@@ -67,6 +67,7 @@ def test_neural_ti_method_runs_both_estimators(tmp_path, monkeypatch):
     assert "exact path" in result.output and "amortized (approximate)" in result.output and "TI: trapezoid" in result.output
     stored = json.loads((out / "neural_ti.json").read_text())
     assert stored["nodes"] == pytest.approx([1.0, 2 / 3, 1 / 3, 0.0]) and len(stored["training_loss"]) == 5
+    assert stored["seed"] == 0  # --seed's default, recorded
     for name in ("neural_ti_samples.npz", "neural_ti_model.pt", "neural_ti_path.nc", "neural_ti.md", "dudl.png"):
         assert (out / name).is_file()
     assert (out / "neural_ti.md").read_text().strip() in result.output

@@ -5,6 +5,7 @@ Widom test-particle insertion is an independent exact estimator: plain OpenMM MD
 epsilon set to 0 in the NonbondedForce, no openmmtools) and NumPy pair energies of random insertions.
 """
 
+import json
 import math
 import subprocess
 import sys
@@ -77,12 +78,12 @@ def test_a_seeded_leg_repeats_and_a_resume_draws_anew(tmp_path):
     resumed = energies("d.nc", 3, resume_at=5)  # the first 5 iterations as in "a" (after them: stored float32 positions)
     assert np.array_equal(resumed[:5], first[:5])
     assert np.array_equal(resumed, energies("e.nc", 3, resume_at=5))  # a resumed run repeats too
-    from openmmtools import cache, integrators, states
+    from openmmtools import integrators, states
 
-    from openmm_flowplugin.freeenergy.mbar_route import _seeded_context_cache
+    from openmm_flowplugin.mcmc.seeded_runs import seeded_context_cache
 
     def integrator_seeds(run_key, purpose=0, n_contexts=2):
-        seeded = _seeded_context_cache(cache, openmm.Platform.getPlatformByName("Reference"), 3, run_key, purpose)
+        seeded = seeded_context_cache(openmm.Platform.getPlatformByName("Reference"), 3, run_key, purpose)
         seeds = []
         for temperature in (300.0, 310.0)[:n_contexts]:  # two incompatible states: two Contexts
             state = states.ThermodynamicState(fluid.solvent.system, temperature * unit.kelvin)
@@ -94,6 +95,39 @@ def test_a_seeded_leg_repeats_and_a_resume_draws_anew(tmp_path):
     assert start == again and start[0] != start[1]  # the k-th new Context, repeatably
     others = [integrator_seeds(key, purpose)[0] for key, purpose in (((7, 5, 0), 0), ((7, 0, 1), 0), ((8, 0, 0), 0), ((7, 0, 0), 2))]
     assert len({start[0], *others}) == 5  # another start iteration, rank, leg, or the energy cache's Contexts
+
+
+def test_a_seeded_npt_leg_repeats(tmp_path, request):
+    """With a Monte Carlo barostat the same seed gives the same energies and volumes (each new Context's barostat is
+    seeded), another seed others (the control). On the CPU platform with one thread (several threads sum forces in
+    varying order), because Reference's barostat draws from the generator the integrator seeds; CPU's (as CUDA's)
+    has its own."""
+    from openmmtools.multistate import MultiStateReporter
+
+    cpu = openmm.Platform.getPlatformByName("CPU")
+    threads = cpu.getPropertyDefaultValue("Threads")
+    cpu.setPropertyDefaultValue("Threads", "1")
+    request.addfinalizer(lambda: cpu.setPropertyDefaultValue("Threads", threads))
+
+    def volumes_and_energies(name, seed):
+        fluid = lj_fluid(**FLUID)
+        fluid.solvent.system.addForce(openmm.MonteCarloBarostat(1.0 * unit.bar, fluid.temperature, 1))  # every step
+        leg = alchemical_leg(fluid.solvent, fluid.solute_atoms, schedule=LambdaSchedule([1, 0, 0], [1, 0.5, 0]))
+        assert leg.pressure is not None
+        run_leg(leg, tmp_path / name, 4, md_steps=10, timestep=10.0, checkpoint_interval=2, equilibration_iterations=0,
+                platform="CPU", progress=False, seed=seed)
+        reporter = MultiStateReporter(str(tmp_path / name), open_mode="r")
+        try:
+            volumes = [[s.volume.value_in_unit(unit.nanometer**3) for s in reporter.read_sampler_states(i)] for i in (2, 4)]
+            return np.array(volumes), np.array([reporter.read_energies(i)[0] for i in range(1, 5)])
+        finally:
+            reporter.close()
+
+    volumes, energies = volumes_and_energies("a.nc", 5)
+    assert len(np.unique(volumes)) > 1  # the barostat moved the boxes
+    again = volumes_and_energies("b.nc", 5)
+    assert np.array_equal(volumes, again[0]) and np.array_equal(energies, again[1])
+    assert not np.allclose(volumes, volumes_and_energies("c.nc", 6)[0])  # control: another seed
 
 
 def test_mbar_excess_chemical_potential_agrees_with_widom_insertion(lj_run):
@@ -158,6 +192,8 @@ def test_solvation_workflow_writes_results_and_resumes(tmp_path):
     for name in ("results.json", "results.md", "overlap.png", "dudl.png", "solvent.nc"):
         assert (tmp_path / name).is_file()
     assert "ΔG_solv" in (tmp_path / "results.md").read_text()
+    seed = json.loads((tmp_path / "results.json").read_text())["settings"]["seed"]  # a fresh root seed, recorded
+    assert seed == result.settings["seed"] and isinstance(seed, int) and seed >= 0
     # dudl.png draws exactly the computed ⟨∂u/∂λ⟩ (read back from the figure's artists)
     (profile,) = result.dudl["solvent"]
     drawn = write_dudl_plot(tmp_path)
@@ -169,6 +205,7 @@ def test_solvation_workflow_writes_results_and_resumes(tmp_path):
     again = solvation_free_energy(fluid, tmp_path, n_iterations=20, md_steps=20, timestep=10.0, schedule=SCHEDULE,
                                   platform="Reference", progress=False)
     assert again.delta_g == result.delta_g  # read back from storage, nothing re-run
+    assert again.settings["seed"] == seed  # the root stored with the run, not a new one
 
 
 @pytest.mark.slow

@@ -186,7 +186,7 @@ classes it names.
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="NetCDF storage to write (.nc).")
 @click.option("--checkpoint-interval", default=1, show_default=True, type=POSITIVE_INT,
               help="Iterations between stored positions (--iterations must be a multiple).")
-@click.option("--seed", type=click.IntRange(min=0), default=None, help="Root seed of the flow move: proposals, acceptance, velocities (stored; a resume continues its streams).")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Root seed of the run: flow proposals, acceptance, velocities, Langevin MD, replica swaps (default: a fresh one; stored: a resume continues the flow move's streams and seeds MD and swaps anew).")
 @click.option("--platform", default=None, help="OpenMM platform (default: automatic, the faster of Reference and CPU timed on the system; see docs/performance.md).")
 @click.option("--resume", is_flag=True, help="Continue the run stored in --output (only storage you trust).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output and its _checkpoint file.")
@@ -232,10 +232,10 @@ def sample(molecular_system_options, flow_path, iterations, md_steps, proposals,
             sampler = _new_sampler(molecular_system, flow_path, run_settings, stored, output, checkpoint_file, iterations,
                                    checkpoint_interval, seed, overwrite) if not resume else _resumed_sampler(stored, output, iterations)
         try:
-            _use_platform(sampler, platform)
-            if not resume:
-                sampler.minimize()
-            _run(sampler, iterations, progress)
+            with _seeded(sampler, platform):
+                if not resume:
+                    sampler.minimize()
+                _run(sampler, iterations, progress)
         finally:
             sampler._reporter.close()
     _summary(sampler, stored, output)
@@ -247,10 +247,11 @@ def _new_sampler(molecular_system, flow_path, run, stored, output, checkpoint_fi
 
     from ..flows.checkpoints import load_flow
     from ..mcmc import FlowMCMove
+    from ..mcmc.seeded_runs import shared_root_seed
 
     flow = load_flow(flow_path, system=molecular_system)
     stored.update(system=molecular_system.name, fingerprint=molecular_system.fingerprint, flow_sha256=flow.checkpoint_sha256)
-    move = FlowMCMove(flow, n_proposals=run["proposals"], seed=seed, topology=molecular_system.topology)
+    move = FlowMCMove(flow, n_proposals=run["proposals"], seed=shared_root_seed(seed), topology=molecular_system.topology)
     if run["md_steps"]:
         langevin = mcmc.LangevinDynamicsMove(timestep=run["timestep_fs"] * unit.femtosecond, n_steps=run["md_steps"],
                                              collision_rate=run["friction_per_ps"] / unit.picosecond)
@@ -283,14 +284,18 @@ def _resumed_sampler(stored, output, iterations):
     return sampler
 
 
-def _use_platform(sampler, name):
-    from openmmtools import cache
+def _seeded(sampler, platform_name):
+    """The run's Context caches on the chosen platform, their Langevin integrators and the replica swaps seeded
+    from the flow move's root seed (stored, so a resume keeps it), the start iteration and the MPI rank."""
+    import zlib
 
+    from ..mcmc.seeded_runs import seeded_sampler_run
     from ..platforms import select_platform
 
-    platform = select_platform(sampler._thermodynamic_states[0].system, name)
-    sampler.energy_context_cache = cache.ContextCache(platform=platform)
-    sampler.sampler_context_cache = cache.ContextCache(platform=platform)
+    platform = select_platform(sampler._thermodynamic_states[0].system, platform_name)
+    comm = _mpi_comm()
+    key = (zlib.crc32(b"sample"), int(sampler.iteration), 0 if comm is None else comm.rank)
+    return seeded_sampler_run(sampler, platform, _flow_moves(sampler)[0].seed, key)
 
 
 def _run(sampler, iterations, progress):
@@ -320,4 +325,4 @@ def _summary(sampler, stored, output):
         click.echo(f"state {k} ({kelvin:.1f} K): flow acceptance {move.fraction_accepted:.3f} "
                    f"({move.n_accepted} of n_proposed={move.n_proposed}, {move.n_invalid} invalid)")
     click.echo(f"{sampler.iteration} iterations stored in {output} (positions in {output.stem}_checkpoint.nc); "
-               "read with openmmtools.multistate.MultiStateReporter.")
+               f"read with openmmtools.multistate.MultiStateReporter. Root seed {_flow_moves(sampler)[0].seed} (stored).")

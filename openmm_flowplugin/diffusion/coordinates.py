@@ -119,8 +119,8 @@ class CartesianSpace:
         self.n_atoms = int(n_atoms)
         self.dimension = 3 * self.n_atoms
 
-    def to_positions(self, z):
-        """Positions (batch, n_atoms, 3) and the log volume factor (zeros)."""
+    def to_positions(self, z, image_weights=True):
+        """Positions (batch, n_atoms, 3) and the log volume factor (zeros; no torsions, so ``image_weights`` changes nothing)."""
         return z.reshape(len(z), self.n_atoms, 3), torch.zeros(len(z), dtype=z.dtype, device=z.device)
 
     def describe(self):
@@ -211,11 +211,13 @@ class InternalCoordinateSpace:
         bonds, angles, torsions = torch.split(q, self._splits, dim=-1)
         return bonds, angles, torsions
 
-    def to_positions(self, z):
+    def to_positions(self, z, image_weights=True):
         """Positions (batch, n_atoms, 3) in the standard frame and log of the target's volume factor, differentiable.
 
-        The factor is the Z-matrix volume element (bonds² and sin(angle)) · ∏ scale · ∏ g(torsion images).
-        Bonds ≤ 0 or angles outside (0, π) give NaN positions (the energy bridge scores them +inf: weight 0).
+        The factor is the Z-matrix volume element (bonds² and sin(angle)) · ∏ scale · ∏ g(torsion images)
+        (without the g for ``image_weights=False``: the density of positions whose torsions are taken on their
+        principal range). Bonds ≤ 0 or angles outside (0, π) give NaN positions (the energy bridge scores
+        them +inf: weight 0).
         """
         bonds, angles, torsions = self._unstandardize(z)
         valid = (bonds > 0).all(-1) & (angles > 0).all(-1) & (angles < math.pi).all(-1)
@@ -223,8 +225,9 @@ class InternalCoordinateSpace:
         safe_angles = torch.where(valid[:, None], angles, torch.full_like(angles, 0.5 * math.pi))
         x = self.transform.to_cartesian(InternalCoordinates(safe_bonds, safe_angles, torsions))
         x = torch.where(valid[:, None, None], x, torch.full_like(x, float("nan")))
-        log_volume = (InternalCoordinateTransform.log_det_jacobian(safe_bonds, safe_angles) + torch.log(self.scale.to(z)).sum()
-                      + self._log_image_weights(torsions))
+        log_volume = InternalCoordinateTransform.log_det_jacobian(safe_bonds, safe_angles) + torch.log(self.scale.to(z)).sum()
+        if image_weights:
+            log_volume = log_volume + self._log_image_weights(torsions)
         return x, log_volume
 
     def _log_image_weights(self, torsions):

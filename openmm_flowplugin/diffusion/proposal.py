@@ -126,12 +126,7 @@ class DiffusionProposal:
 
     def _positions_and_log_q(self, z, log_path_ratio):
         """log q̂_x = log q̂_z − log J: the volume factor without the torsion image weights (principal images only)."""
-        coordinates = self.sampler.coordinates
-        x, log_volume = coordinates.to_positions(z)
-        if self.rigid_invariant:
-            first = coordinates.dimension - coordinates.transform.n_torsions
-            torsions = coordinates.mean[first:] + coordinates.scale[first:] * z[:, first:]
-            log_volume = log_volume - coordinates.log_image_weight_terms(torsions).sum(-1)
+        x, log_volume = self.sampler.coordinates.to_positions(z, image_weights=False)
         return x, -log_path_ratio - log_volume
 
     def _own_generator(self):

@@ -10,7 +10,6 @@ forward/reverse convergence of the estimate.
 __all__ = ["LegEstimate", "run_leg", "analyze_leg"]
 
 import contextlib
-import functools
 import json
 import math
 import sys
@@ -23,9 +22,9 @@ from openmm import unit
 
 from .._quiet import quiet_banners
 from ..errors import InvalidInputError, NoOverlapError
-from ..proposals.streams import checked_root_seed, numpy_generator
 
 _TAG = "openmm_flowplugin_leg"  # key of our record in the storage's metadata
+_SEED_TAG = "openmm_flowplugin_root_seed"  # key of the root seed the run was created with (a decimal string)
 
 
 @dataclass
@@ -85,15 +84,34 @@ def _leg_record(leg, md_steps, timestep_fs, collision_rate, equilibration_iterat
 
 
 def _stored_record(storage):
+    """(our record of the leg or None, iterations stored, the root seed the run was created with or None)."""
     from openmmtools.multistate import MultiStateReporter
 
     reporter = MultiStateReporter(str(storage), open_mode="r")
     try:
-        record = reporter.read_dict("metadata").get(_TAG)
+        metadata = reporter.read_dict("metadata")
         done = reporter.read_last_iteration(last_checkpoint=True)
     finally:
         reporter.close()
-    return (json.loads(record) if isinstance(record, str) else None), done
+    record, seed = metadata.get(_TAG), metadata.get(_SEED_TAG)
+    return (json.loads(record) if isinstance(record, str) else None), done, (int(seed) if isinstance(seed, str) else None)
+
+
+def resolved_root_seed(seed, storage):
+    """The root seed a run on ``storage`` uses: ``seed``; with ``None``, the one stored with the run ``storage``
+    holds, or a fresh one (rank 0's under ``mpirun``) for new storage or storage written before roots were stored."""
+    from ..mcmc.seeded_runs import shared_root_seed
+
+    stored = None
+    if seed is None:
+        comm = _mpi_comm()
+        if comm is None or comm.rank == 0:
+            with contextlib.suppress(Exception):  # unreadable storage: run_leg says why
+                stored = _stored_record(storage)[2] if Path(storage).exists() else None
+        if comm is not None:
+            stored = comm.bcast(stored, root=0)
+    fresh = shared_root_seed(seed)  # collective under mpirun: every rank calls it
+    return fresh if stored is None else stored
 
 
 def run_leg(leg, storage, n_iterations, md_steps=500, timestep=2.0, collision_rate=1.0, checkpoint_interval=10,
@@ -126,12 +144,14 @@ def run_leg(leg, storage, n_iterations, md_steps=500, timestep=2.0, collision_ra
     progress : bool, optional
         tqdm bar with ETA on stderr (default: when stderr is a terminal).
     seed : int, optional
-        Root seed of the run's randomness (default: a fresh one): the Langevin integrators' seeds and
-        openmmtools' replica swaps (which draw from NumPy's global generator, seeded for the run and restored
-        after, or numba's, seeded for the run) derive from it, the leg's name, the iteration the run starts at
-        and the MPI rank, so a resume continues with new draws, legs and ranks never share them, and the same
-        seed and storage give the same run, resumes included, on one platform. Not for NPT legs: the barostat keeps OpenMM's own
-        (random) seed, so they do not repeat. A fresh seed (``None``) is not recorded.
+        Root seed of the run's randomness (default: the one stored with the run being resumed, else a fresh
+        one, stored with the new run): the seeds of the Langevin integrators and Monte Carlo barostats and
+        openmmtools' replica swaps (which draw from NumPy's global generator, seeded
+        for the run and restored after, or numba's) derive from it, the leg's name, the iteration the run
+        starts at and the MPI rank (:mod:`~openmm_flowplugin.mcmc.seeded_runs`), so a resume continues with
+        new draws and legs and ranks never share them. The same seed and storage repeat a run, resumes
+        included, where the platform's forces are deterministic (Reference, CPU with one thread); with
+        several CPU threads or on a GPU, force sums differ in the last bits and the chains part from there.
 
     Returns
     -------
@@ -139,14 +159,16 @@ def run_leg(leg, storage, n_iterations, md_steps=500, timestep=2.0, collision_ra
         Iterations stored.
     """
     with quiet_banners():
-        from openmmtools import cache, mcmc, multistate
+        from openmmtools import mcmc, multistate
 
+    from ..mcmc.seeded_runs import seeded_sampler_run
     from ..platforms import select_platform
     from ..units import in_unit
 
     storage = Path(storage)
     if storage.suffix != ".nc":
         raise InvalidInputError(f"storage {storage} must end in .nc (openmmtools NetCDF storage).")
+    root_seed = resolved_root_seed(seed, storage)
     timestep_fs = float(in_unit(timestep, unit.femtosecond, "timestep"))
     rate = float(in_unit(collision_rate, unit.picosecond**-1, "collision_rate"))
     if n_iterations % checkpoint_interval:
@@ -157,7 +179,7 @@ def run_leg(leg, storage, n_iterations, md_steps=500, timestep=2.0, collision_ra
     exists = storage.exists() if comm is None else comm.bcast(storage.exists() if comm.rank == 0 else None, root=0)
     with quiet_banners(), contextlib.redirect_stdout(sys.stderr):  # openmmtools prints citations
         if exists:  # rank 0's answer, read before it creates anything (a rank asking later would see its new file)
-            stored, done = _stored_record(storage)
+            stored, done, _ = _stored_record(storage)
             if stored != record:
                 what = "not written by openmm_flowplugin" if stored is None else f"for {stored['system']!r} ({stored['leg']} leg)"
                 differs = [] if stored is None else [key for key in record if stored.get(key) != record[key]]
@@ -177,86 +199,23 @@ def run_leg(leg, storage, n_iterations, md_steps=500, timestep=2.0, collision_ra
                                                         online_analysis_interval=None)
             reporter = multistate.MultiStateReporter(str(storage), checkpoint_interval=checkpoint_interval)
             sampler_states = [leg.sampler_state() for _ in leg.thermodynamic_states]
-            sampler.create(leg.thermodynamic_states, sampler_states, reporter, metadata={_TAG: json.dumps(record)})
+            sampler.create(leg.thermodynamic_states, sampler_states, reporter,
+                           metadata={_TAG: json.dumps(record), _SEED_TAG: str(root_seed)})
         chosen = select_platform(leg.alchemical_system, platform)
         # streams: (leg, start iteration, rank): legs, resumes and MPI ranks never share draws
-        root, key = checked_root_seed(seed), (zlib.crc32(leg.name.encode()), int(sampler.iteration), 0 if comm is None else comm.rank)
-        sampler.energy_context_cache = _seeded_context_cache(cache, chosen, root, key, _ENERGIES)
-        sampler.sampler_context_cache = _seeded_context_cache(cache, chosen, root, key, _INTEGRATORS)
-        global_numpy = np.random.get_state()
+        key = (zlib.crc32(leg.name.encode()), int(sampler.iteration), 0 if comm is None else comm.rank)
         try:
-            _seed_replica_swaps(int(numpy_generator(root, *key, _SWAPS).integers(2**32)))
-            if sampler.iteration == 0:
-                sampler.minimize()
-                if equilibration_iterations:
-                    sampler.equilibrate(int(equilibration_iterations))
-            _run_with_progress(sampler, n_iterations, f"{leg.name} leg", progress if comm is None or comm.rank == 0 else False)
+            with seeded_sampler_run(sampler, chosen, root_seed, key):
+                if sampler.iteration == 0:
+                    sampler.minimize()
+                    if equilibration_iterations:
+                        sampler.equilibrate(int(equilibration_iterations))
+                _run_with_progress(sampler, n_iterations, f"{leg.name} leg", progress if comm is None or comm.rank == 0 else False)
             return sampler.iteration
         finally:
-            np.random.set_state(global_numpy)
             sampler._reporter.close()
             if comm is not None:
                 comm.barrier()  # the storage is closed (by rank 0, its only writer) before any rank reads it
-
-
-_INTEGRATORS, _SWAPS, _ENERGIES = 0, 1, 2  # purposes of a run's streams
-
-
-def _seed_replica_swaps(seed):
-    """Seed the generators openmmtools' replica swaps draw from: NumPy's global one, and numba's (its jitted
-    swap-all mixing has a generator of its own, seeded only from jitted code)."""
-    np.random.seed(seed)
-    try:
-        seed_numba = _numba_seeder()
-    except ImportError:  # no numba: openmmtools mixes in Python, from NumPy's generator
-        return
-    seed_numba(seed)
-
-
-@functools.cache
-def _numba_seeder():
-    from numba import njit
-
-    @njit
-    def seed_numba(value):
-        np.random.seed(value)
-
-    return seed_numba
-
-
-def _seeded_context_cache(cache, platform, root_seed, run_key, purpose):
-    """An openmmtools ContextCache whose k-th new Context gets the integrator seed of (root, *run_key, purpose, k),
-    also when the cache makes its default integrator (the energy cache's Contexts: on the Reference and CPU
-    platforms every new Context reseeds the generator all custom integrators of the process share).
-
-    The cache's integrator ids ignore the seed, so setting it on every integrator passed in changes no lookup.
-    """
-    created = set()
-
-    @functools.cache
-    def seed_of(k):
-        return int(numpy_generator(root_seed, *run_key, purpose, k).integers(1, 2**31))
-
-    def next_seed():  # called on every get_context (each move's apply): derived once per Context count
-        return seed_of(len(created))
-
-    class SeededContextCache(cache.ContextCache):
-        _cached_default_integrator_id = None  # the class's own (the base class caches it per class)
-
-        @staticmethod
-        def _get_default_integrator(temperature):
-            integrator = cache.ContextCache._get_default_integrator(temperature)
-            integrator.setRandomNumberSeed(next_seed())
-            return integrator
-
-        def get_context(self, thermodynamic_state, integrator=None):
-            if integrator is not None:
-                integrator.setRandomNumberSeed(next_seed())
-            context, context_integrator = super().get_context(thermodynamic_state, integrator)
-            created.add(id(context))  # the cache keeps its Contexts (no capacity): ids are not reused
-            return context, context_integrator
-
-    return SeededContextCache(platform=platform)
 
 
 def _restore_fixed_box(sampler, system):

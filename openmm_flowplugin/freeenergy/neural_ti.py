@@ -222,7 +222,9 @@ def neural_ti_free_energy(solvation_system, output_dir, n_samples=200, n_train_s
         Iterations between the stored configurations of the exact path: the samples of :func:`path_ti`
         (``n_iterations`` must be a multiple of it). The others as
         :func:`~openmm_flowplugin.freeenergy.solvation.solvation_free_energy` (``seed``: the MD of the path and
-        the vacuum leg; the endpoint samples and the training use their own fixed seeds).
+        the vacuum leg, recorded as ``seed`` in the result, with ``None`` the one stored with the path's run or a
+        fresh one; the endpoint samples and the training use their own
+        fixed seeds).
 
     Returns
     -------
@@ -240,9 +242,10 @@ def neural_ti_free_energy(solvation_system, output_dir, n_samples=200, n_train_s
 
     from ._dudl import write_dudl_plot
     from .alchemical import alchemical_leg
-    from .mbar_route import analyze_leg, kT_in, run_leg
+    from .mbar_route import analyze_leg, kT_in, resolved_root_seed, run_leg
 
     output_dir = Path(output_dir)
+    seed = resolved_root_seed(seed, output_dir / "neural_ti_path.nc")  # the path's and the vacuum leg's root, recorded
     output_dir.mkdir(parents=True, exist_ok=True)
     leg = alchemical_leg(solvation_system.solvent, solvation_system.solute_atoms, schedule=schedule, pressure=solvation_system.pressure)
     start = time.process_time()
@@ -288,7 +291,7 @@ def neural_ti_free_energy(solvation_system, output_dir, n_samples=200, n_train_s
         "amortized_delta_f_kT": amortized, "amortized_error_kT": amortized_error,
         "amortized_note": "approximate: exact only if the interpolant's marginals are the Boltzmann distributions of U_theta",
         "path": estimate.to_dict(), "nodes": [float(state.neural_ti_t) for state in path.thermodynamic_states],
-        "t_boundary": path.record.get("t_boundary"), "training_loss": history,
+        "t_boundary": path.record.get("t_boundary"), "training_loss": history, "seed": seed,
         "costs": {"endpoint_md_steps": 2 * (2000 + len(samples.x0) * 100),
                   "training_evaluations": len(history) * 8, "amortized_evaluations": 256 * 3,
                   "path_energy_evaluations": n_iterations * n_nodes * (md_steps + n_nodes),

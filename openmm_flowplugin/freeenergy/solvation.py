@@ -19,7 +19,7 @@ from openmm import unit
 from ..errors import InvalidInputError
 from ._dudl import derivative_profiles, write_dudl_plot
 from .alchemical import alchemical_leg
-from .mbar_route import analyze_leg, kT_in, run_leg
+from .mbar_route import analyze_leg, kT_in, resolved_root_seed, run_leg
 
 
 @dataclass
@@ -130,7 +130,8 @@ def solvation_free_energy(solvation_system, output_dir, n_iterations=500, md_ste
         Default: :func:`~openmm_flowplugin.freeenergy.alchemical.default_schedule` (electrostatics stage
         only for a charged solute). The vacuum leg uses the same schedule.
     checkpoint_interval, equilibration_iterations, platform, progress, seed
-        As :func:`~openmm_flowplugin.freeenergy.mbar_route.run_leg` (one root seed for both legs).
+        As :func:`~openmm_flowplugin.freeenergy.mbar_route.run_leg`: one root seed for both legs, recorded in
+        ``settings["seed"]`` (with ``seed=None``: the one stored with the solvent leg, or a fresh one for a new run).
 
     Returns
     -------
@@ -142,6 +143,7 @@ def solvation_free_energy(solvation_system, output_dir, n_iterations=500, md_ste
     if timestep is None:
         timestep = 1000.0 * solvation_system.settings.get("timestep_ps", 0.002)
     temperature = solvation_system.temperature.value_in_unit(unit.kelvin)
+    seed = resolved_root_seed(seed, output_dir / "solvent.nc")  # both legs' root, recorded
     legs, costs, dudl = {}, {}, {}
     plan = [("solvent", solvation_system.solvent, solvation_system.solute_atoms, solvation_system.pressure)]
     if solvation_system.vacuum is not None:
@@ -168,7 +170,7 @@ def solvation_free_energy(solvation_system, output_dir, n_iterations=500, md_ste
     error = math.hypot(legs["solvent"].error, error_vacuum)
     settings = dict(solvation_system.settings, schedule=used_schedule.to_dict(), n_iterations=n_iterations, md_steps=md_steps,
                     timestep_fs=float(timestep.value_in_unit(unit.femtosecond)) if unit.is_quantity(timestep) else float(timestep),
-                    collision_rate=str(collision_rate))
+                    collision_rate=str(collision_rate), seed=seed)
     result = SolvationResult(solvation_system.name, delta_g, error, temperature, legs, costs, settings,
                              solvation_system.reduced_units, dudl)
     from .mbar_route import _mpi_comm

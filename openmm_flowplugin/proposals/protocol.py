@@ -173,24 +173,18 @@ def sample_with_generator(proposal, n, generator):
     not follow the move's seed, and copies, MPI ranks or resumed runs may repeat them (warned once per class).
     """
     cls = type(proposal)
-    accepts = _ACCEPTS_GENERATOR.get(cls)
-    if accepts is None:
-        try:
-            parameters = inspect.signature(proposal.sample).parameters
-            accepts = "generator" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
-        except (TypeError, ValueError):
-            accepts = False
-        _ACCEPTS_GENERATOR[cls] = accepts
-        if not accepts:
-            warnings.warn(
-                f"{cls.__name__}.sample(n) takes no `generator`: its draws do not follow the move's seed, so copies, MPI "
-                "ranks and resumed runs may repeat them. Add a `generator=None` argument and draw from it.",
-                stacklevel=3,
-            )
+    accepts = _takes_generator(proposal.sample, any_keyword=True)
+    if not accepts and cls not in _WARNED_NO_GENERATOR:
+        _WARNED_NO_GENERATOR.add(cls)
+        warnings.warn(
+            f"{cls.__name__}.sample(n) takes no `generator`: its draws do not follow the move's seed, so copies, MPI "
+            "ranks and resumed runs may repeat them. Add a `generator=None` argument and draw from it.",
+            stacklevel=3,
+        )
     return proposal.sample(n, generator=generator) if accepts else proposal.sample(n)
 
 
-_ACCEPTS_GENERATOR = {}
+_WARNED_NO_GENERATOR = set()
 
 
 def checked_batch_size(batch_size):
@@ -244,28 +238,30 @@ def single_log_prob(proposal, positions, generator=None):
 
     x = torch.from_numpy(np.ascontiguousarray(positions, dtype=np.float64))[None]
     with torch.no_grad(), package_threads():
-        if generator is not None and _log_prob_takes_generator(proposal):
+        if generator is not None and _takes_generator(proposal.log_prob):
             log_q = proposal.log_prob(x, generator=generator() if callable(generator) else generator)
         else:
             log_q = proposal.log_prob(x)
     return float(torch.as_tensor(log_q).reshape(-1)[0])
 
 
-def _log_prob_takes_generator(proposal):
-    method = proposal.log_prob
+def _takes_generator(method, any_keyword=False):
+    """Whether ``method`` has a ``generator`` parameter (or, with ``any_keyword``, ``**kwargs``)."""
     function = getattr(method, "__func__", None)  # cached per function: inspecting a signature costs ~10 µs
-    takes = _LOG_PROB_TAKES_GENERATOR.get(function) if function is not None else None
+    key = (function, any_keyword)
+    takes = _TAKES_GENERATOR.get(key) if function is not None else None
     if takes is None:
         try:
-            takes = "generator" in inspect.signature(method).parameters
+            parameters = inspect.signature(method).parameters
+            takes = "generator" in parameters or (any_keyword and any(p.kind is p.VAR_KEYWORD for p in parameters.values()))
         except (TypeError, ValueError):
             takes = False
         if function is not None:
-            _LOG_PROB_TAKES_GENERATOR[function] = takes
+            _TAKES_GENERATOR[key] = takes
     return takes
 
 
-_LOG_PROB_TAKES_GENERATOR = {}
+_TAKES_GENERATOR = {}
 
 
 def align_to_current(proposal, proposed, current):
