@@ -57,10 +57,10 @@ def _numba_seeder():
 
 def seeded_context_cache(platform, root_seed, run_key, purpose):
     """An openmmtools ContextCache whose k-th new Context gets the integrator seed ``seed_of(k)`` of
-    (root, *run_key, purpose, k), also when the cache makes its default integrator (the energy cache's
+    ``(root, *run_key, purpose, k)``, also when the cache makes its default integrator (the energy cache's
     Contexts: on the Reference and CPU platforms every new Context reseeds the generator all custom
     integrators of the process share), and whose i-th random force (Monte Carlo barostat, Andersen
-    thermostat) gets ``force_seed_of(k, i)`` of (root, *run_key, FORCES, purpose, k, i).
+    thermostat) gets ``force_seed_of(k, i)`` of ``(root, *run_key, FORCES, purpose, k, i)``.
 
     The cache's integrator ids ignore the seed, so setting it on every integrator passed in changes no lookup;
     a state's context id is its standard System's hash, computed before, so the seeded copy a new Context is
