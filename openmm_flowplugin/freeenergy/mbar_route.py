@@ -110,8 +110,7 @@ def resolved_root_seed(seed, storage):
                 stored = _stored_record(storage)[2] if Path(storage).exists() else None
         if comm is not None:
             stored = comm.bcast(stored, root=0)
-    fresh = shared_root_seed(seed)  # collective under mpirun: every rank calls it
-    return fresh if stored is None else stored
+    return stored if stored is not None else shared_root_seed(seed)  # every rank takes the same branch
 
 
 def run_leg(leg, storage, n_iterations, md_steps=500, timestep=2.0, collision_rate=1.0, checkpoint_interval=10,

@@ -223,8 +223,7 @@ def neural_ti_free_energy(solvation_system, output_dir, n_samples=200, n_train_s
         (``n_iterations`` must be a multiple of it). The others as
         :func:`~openmm_flowplugin.freeenergy.solvation.solvation_free_energy` (``seed``: the MD of the path and
         the vacuum leg, recorded as ``seed`` in the result, with ``None`` the one stored with the path's run or a
-        fresh one; the endpoint samples and the training use their own
-        fixed seeds).
+        fresh one; the endpoint samples and the training use their own fixed seeds).
 
     Returns
     -------

@@ -106,6 +106,7 @@ def seeded_context_cache(platform, root_seed, run_key, purpose):
     return seeded
 
 
+@functools.cache  # called on every get_context (each move's apply)
 def _random_force_types():
     import openmm
 
