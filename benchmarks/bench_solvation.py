@@ -14,6 +14,11 @@ is shared: it runs once).
 Run: ``python benchmarks/bench_solvation.py --cases lj-0.6 lj-0.8`` (LJ, N = 500, about 15 min each on
 2 cores at the defaults); ``--cases methane ethanol`` needs the ``solvation`` extra (AmberTools) and is an
 hour-scale job per molecule on 2 CPU cores (use ``--platform CUDA`` on a GPU machine).
+
+``--hydrogen-mass 3 --timestep 4`` builds the molecules with hydrogen mass repartitioning and runs them at 4 fs
+(folder ``<case>-hmr3-4fs``): the same Hamiltonian, twice the simulated time per MD step. The table's g is the
+statistical inefficiency of the solvent leg (in iterations: equal cost at equal ``--md-steps``), the measure of
+what a longer step buys.
 """
 
 import argparse
@@ -44,20 +49,30 @@ def main():
     parser.add_argument("--method", choices=["mbar", "neural-ti"], default="mbar")
     parser.add_argument("--nodes", type=parse_nodes, default=11, help="a count, a list 1,...,0 of t, or 'schedule'")
     parser.add_argument("--train-steps", type=int, default=500)
+    parser.add_argument("--hydrogen-mass", type=float, default=None, help="amu, molecules only (e.g. 3 with --timestep 4)")
+    parser.add_argument("--timestep", type=float, default=None, help="fs, molecules only (default 2)")
     args = parser.parse_args()
     rows = []
     for case in args.cases:
         preset, options = CASES[case]
+        folder = case
+        if args.hydrogen_mass is not None or args.timestep is not None:
+            if preset in ("lj", "lj-paper"):
+                parser.error("--hydrogen-mass and --timestep apply to the molecules (methane, ethanol)")
+            options = dict(options, hydrogen_mass=args.hydrogen_mass, timestep=(args.timestep or 2.0) / 1000.0)
+            folder = case + (f"-hmr{args.hydrogen_mass:g}" if args.hydrogen_mass else "") + f"-{args.timestep or 2.0:g}fs"
         system = solvation_system(preset, **options)
         start = time.process_time()
         extra = ""
         if args.method == "mbar":
-            result = solvation_free_energy(system, Path(args.output) / case, n_iterations=args.iterations, md_steps=args.md_steps,
+            result = solvation_free_energy(system, Path(args.output) / folder, n_iterations=args.iterations, md_steps=args.md_steps,
                                            equilibration_iterations=args.equilibration, platform=args.platform)
             delta_g, error = result.delta_g, result.error
             evaluations = sum(cost["energy_evaluations"] for cost in result.costs.values())
+            solvent = result.legs["solvent"]
+            extra = f"solvent leg: {solvent.n_iterations} iterations, g = {solvent.statistical_inefficiency:.2f}; "
         else:
-            neural = neural_ti_free_energy(system, Path(args.output) / case, nodes=args.nodes, n_train_steps=args.train_steps,
+            neural = neural_ti_free_energy(system, Path(args.output) / folder, nodes=args.nodes, n_train_steps=args.train_steps,
                                            n_iterations=args.iterations, md_steps=args.md_steps,
                                            equilibration_iterations=args.equilibration, platform=args.platform)
             delta_g, error = neural["delta_g_kT"], neural["delta_g_error_kT"]

@@ -18,6 +18,8 @@ def run(*args):
     (["--preset", "lj", "--smiles", "C"], "either --preset or a molecule"),
     (["--preset", "lj", "--padding", "1.0"], "--padding applies to molecules"),
     (["--preset", "lj", "--temperature", "300"], "reduced temperature"),
+    (["--preset", "lj", "--hydrogen-mass", "3"], "--hydrogen-mass applies to molecules"),
+    (["--preset", "methane", "--hydrogen-mass", "0"], "Invalid value for '--hydrogen-mass'"),
     (["--preset", "nope"], "Invalid value for '--preset'"),
     (["--preset", "lj", "--method", "exp"], "Invalid value for '--method'"),
     (["--preset", "lj", "--method", "neural-ti", "--nodes", "1,0.5"], "decrease from t = 1 to t = 0"),
@@ -28,6 +30,24 @@ def test_contradictory_input_is_one_line(tmp_path, args, message):
     result = run(*args, "-o", str(tmp_path / "out"))
     assert result.exit_code == 2 and message in result.output, result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_a_molecule_is_built_for_its_hydrogen_mass_and_time_step(tmp_path, monkeypatch):
+    from openmm_flowplugin.errors import InvalidInputError
+    from openmm_flowplugin.freeenergy import presets
+
+    built = []
+
+    def builder(**options):  # stands in for AmberTools: records what the command asked for
+        built.append(options)
+        raise InvalidInputError("stop after the build")
+
+    monkeypatch.setattr(presets, "_builder", lambda path: builder)
+    for args in (["--preset", "methane", "--hydrogen-mass", "3", "--timestep", "4"], ["--smiles", "CCO", "--timestep", "1"],
+                 ["--preset", "water"]):
+        result = run(*args, "-o", str(tmp_path / "out"))
+        assert result.exit_code == 2 and "stop after the build" in result.output, result.output
+    assert built == [{"hydrogen_mass": 3.0, "timestep": 0.004}, {"smiles": "CCO", "timestep": 0.001}, {}]
 
 
 def test_lj_preset_runs_writes_results_and_refuses_other_settings(tmp_path, monkeypatch):
@@ -68,6 +88,9 @@ def test_neural_ti_method_runs_both_estimators(tmp_path, monkeypatch):
     stored = json.loads((out / "neural_ti.json").read_text())
     assert stored["nodes"] == pytest.approx([1.0, 2 / 3, 1 / 3, 0.0]) and len(stored["training_loss"]) == 5
     assert stored["seed"] == 0  # --seed's default, recorded
+    from openmm_flowplugin.freeenergy.neural_ti import derived_seeds
+
+    assert stored["seeds"] == derived_seeds(0)  # endpoint MD, training and the amortized estimate: from the root
     for name in ("neural_ti_samples.npz", "neural_ti_model.pt", "neural_ti_path.nc", "neural_ti.md", "dudl.png"):
         assert (out / name).is_file()
     assert (out / "neural_ti.md").read_text().strip() in result.output
@@ -79,3 +102,9 @@ def test_neural_ti_method_runs_both_estimators(tmp_path, monkeypatch):
 
     x, y, yerr = write_dudl_plot(out)["learned path (neural TI), dU/dt (lambda_sterics)"]
     assert x == ti["profile"]["lambdas"] and y == ti["profile"]["mean"] and yerr == pytest.approx(ti["profile"]["error"])
+    again = run("--preset", "lj", "-o", str(out), "--method", "neural-ti", "--nodes", "4", "--train-steps", "5", "--samples", "8",
+                "--iterations", "30", "--md-steps", "20", "--equilibration", "2", "--checkpoint-interval", "2",
+                "--platform", "Reference", "--no-progress", "--seed", "5")
+    assert again.exit_code == 0, again.output
+    reused = json.loads((out / "neural_ti.json").read_text())["seeds"]  # stored samples and φ keep the seeds they were made with
+    assert reused == dict(derived_seeds(0), amortized=derived_seeds(5)["amortized"]) != derived_seeds(0)

@@ -89,6 +89,22 @@ def test_endpoint_samples_repeat_for_a_seed(leg):
     assert not np.allclose(first.x0, other.x0)
 
 
+def test_training_repeats_for_a_seed_and_leaves_torchs_generator_alone(leg):
+    samples = nti.sample_endpoints(leg, 4, steps_between=10, equilibration_steps=20, seed=0, platform="Reference")
+
+    def train(seed):
+        phi, history = nti.train_neural_ti(leg, samples, n_steps=2, batch_size=2, seed=seed, platform="Reference", progress=False)
+        return torch.cat([p.detach().reshape(-1) for p in phi.parameters()]), history
+
+    torch.manual_seed(123)
+    expected_next_draw = torch.rand(3)
+    torch.manual_seed(123)
+    (first, history), (again, history_again), (other, _) = train(0), train(0), train(1)
+    assert torch.equal(torch.rand(3), expected_next_draw)  # the caller's stream is where it was
+    assert torch.equal(first, again) and history == history_again
+    assert not torch.allclose(first, other)  # control: the seed reaches the initial weights and the batches
+
+
 def test_exact_path_estimate_agrees_with_widom_insertion(leg, tmp_path):
     samples = nti.sample_endpoints(leg, 32, steps_between=50, equilibration_steps=500, platform="Reference")
     phi, history = nti.train_neural_ti(leg, samples, n_steps=30, batch_size=8, platform="Reference", progress=False)

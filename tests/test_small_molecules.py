@@ -141,6 +141,20 @@ def test_methane_energy_equals_independent_build(methane):
 
 
 @needs_ambertools
+def test_hydrogen_mass_repartitioning_keeps_the_hamiltonian(methane, tmp_path):
+    heavy = sm.methane_solvation(workdir=tmp_path, hydrogen_mass=3.0, timestep=0.004)
+    assert heavy.settings["hydrogen_mass_amu"] == 3.0 and heavy.settings["timestep_ps"] == 0.004
+    for ours, theirs in ((methane.solvent, heavy.solvent), (methane.vacuum, heavy.vacuum)):
+        masses = [np.array([s.getParticleMass(i).value_in_unit(unit.dalton) for i in range(s.getNumParticles())])
+                  for s in (ours.system, theirs.system)]
+        assert masses[1][1:5] == pytest.approx([3.0] * 4) and masses[1][0] == pytest.approx(masses[0][0] - 4 * (3.0 - masses[0][1]))
+        assert masses[1][5:] == pytest.approx(masses[0][5:])  # rigid TIP3P water keeps its masses
+        assert masses[1].sum() == pytest.approx(masses[0].sum())
+        box = ours.system.getDefaultPeriodicBoxVectors()
+        assert _energy(theirs.system, ours.positions_nm, box) == pytest.approx(_energy(ours.system, ours.positions_nm, box), rel=1e-9)
+
+
+@needs_ambertools
 def test_methane_vacuum_leg_equals_solute_prmtop(methane):
     prmtop = app.AmberPrmtopFile(methane.settings["files"]["vacuum_prmtop"])
     reference = prmtop.createSystem(nonbondedMethod=app.NoCutoff, constraints=app.HBonds)

@@ -57,6 +57,8 @@ def _nodes(ctx, param, value):
 @click.option("--timestep", default=None, type=FINITE_POSITIVE, help="fs (default: the system's, 2 fs with HBond constraints).")
 @click.option("--padding", default=None, type=FINITE_POSITIVE, help="Water padding around the solute, nm (default 1.2).")
 @click.option("--temperature", default=None, type=FINITE_POSITIVE, help="K (molecules: default 298.15).")
+@click.option("--hydrogen-mass", default=None, type=FINITE_POSITIVE,
+              help="amu: hydrogen mass repartitioning of the molecule (e.g. 3 with --timestep 4; water stays rigid TIP3P).")
 @click.option("--checkpoint-interval", default=10, show_default=True, type=POSITIVE_INT,
               help="Iterations between stored positions (the samples of <du/dlambda> and of neural TI's TI estimate).")
 @click.option("--equilibration", default=20, show_default=True, type=click.IntRange(min=0),
@@ -67,7 +69,7 @@ def _nodes(ctx, param, value):
               help="Root seed of the legs' MD and replica swaps (a resume continues with new draws).")
 @_user_errors
 def solvation(preset, smiles, mol2, frcmod, prmtop, inpcrd, method, nodes, train_steps, samples, output, iterations, md_steps,
-              timestep, padding, temperature, checkpoint_interval, equilibration, platform, progress, seed):
+              timestep, padding, temperature, hydrogen_mass, checkpoint_interval, equilibration, platform, progress, seed):
     from pathlib import Path
 
     from ..freeenergy import solvation_free_energy, solvation_system
@@ -86,6 +88,12 @@ def solvation(preset, smiles, mol2, frcmod, prmtop, inpcrd, method, nodes, train
         if preset in ("lj", "lj-paper"):
             raise InvalidInputError("the Lennard-Jones presets are defined by their reduced temperature; drop --temperature.")
         options["temperature"] = temperature
+    if hydrogen_mass is not None:
+        if preset in ("lj", "lj-paper"):
+            raise InvalidInputError("--hydrogen-mass applies to molecules in water; the Lennard-Jones presets have no hydrogens.")
+        options["hydrogen_mass"] = hydrogen_mass
+    if timestep is not None and preset not in ("lj", "lj-paper"):  # a molecule's System records the step of its run
+        options["timestep"] = timestep / 1000.0
     system = solvation_system(preset, **options)
     from ..freeenergy.mbar_route import _mpi_comm
 

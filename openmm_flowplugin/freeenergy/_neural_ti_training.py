@@ -218,17 +218,19 @@ def train_neural_ti(leg, samples, pair_potential=None, n_steps=200, batch_size=8
     molecular solutes, more than one pair class) it is the Huber loss with :data:`HUBER_DELTA` instead:
     straight-line interpolants of water clash (TIP3P hydrogens have no Lennard-Jones core), with
     gradients up to 1e8 kT/nm that φ cannot follow and that would otherwise steer the fit. Training only
-    decides how good the path is: the exact-path estimate is exact for any θ.
+    decides how good the path is: the exact-path estimate is exact for any θ. ``seed`` draws the pairing, the
+    batches and t (NumPy) and φ's initial weights (torch, in a forked generator: torch's global one is left as it was).
     """
     from tqdm import tqdm
 
     from .._threads import package_threads
 
     rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
     classes = pair_classes(leg.molecular_system.system, leg.solute_atoms)
     if pair_potential is None:
-        pair_potential = PairPotential(_cutoff(leg), n_classes=classes.n_classes)
+        with torch.random.fork_rng(devices=[]):  # the initial weights from ``seed``; torch's global generator is left as it was
+            torch.manual_seed(seed)
+            pair_potential = PairPotential(_cutoff(leg), n_classes=classes.n_classes)
     context, _ = _context(leg, platform)
     beta = 1.0 / leg.molecular_system.kT
     boundary = path_boundary(leg)

@@ -31,10 +31,11 @@ imported from here.
 """
 
 __all__ = ["PairPotential", "PairClasses", "pair_classes", "path_lambdas", "NeuralTIState", "EndpointSamples", "sample_endpoints",
-           "train_neural_ti", "amortized_delta_f", "learned_force", "exact_path_leg", "path_ti", "neural_ti_free_energy"]
+           "train_neural_ti", "amortized_delta_f", "learned_force", "exact_path_leg", "path_ti", "neural_ti_free_energy", "derived_seeds"]
 
 import json
 import math
+import zlib
 
 import numpy as np
 import openmm
@@ -221,9 +222,11 @@ def neural_ti_free_energy(solvation_system, output_dir, n_samples=200, n_train_s
     checkpoint_interval : int
         Iterations between the stored configurations of the exact path: the samples of :func:`path_ti`
         (``n_iterations`` must be a multiple of it). The others as
-        :func:`~openmm_flowplugin.freeenergy.solvation.solvation_free_energy` (``seed``: the MD of the path and
-        the vacuum leg, recorded as ``seed`` in the result, with ``None`` the one stored with the path's run or a
-        fresh one; the endpoint samples and the training use their own fixed seeds).
+        :func:`~openmm_flowplugin.freeenergy.solvation.solvation_free_energy` (``seed``: the root seed, recorded as
+        ``seed`` in the result, with ``None`` the one stored with the path's run or a fresh one; the MD of the path
+        and the vacuum leg, the endpoint MD, the training and the amortized estimate draw from seeds derived from
+        it, :func:`derived_seeds`; stored samples and a stored φ keep the seeds they were made with, reported
+        in the result's ``seeds``).
 
     Returns
     -------
@@ -249,9 +252,12 @@ def neural_ti_free_energy(solvation_system, output_dir, n_samples=200, n_train_s
     leg = alchemical_leg(solvation_system.solvent, solvation_system.solute_atoms, schedule=schedule, pressure=solvation_system.pressure)
     start = time.process_time()
     record = _training_record(solvation_system)
-    samples = _stored_or_new_samples(output_dir / "neural_ti_samples.npz", record, leg, n_samples, platform)
-    phi, history = _stored_or_new_model(output_dir / "neural_ti_model.pt", record, leg, samples, n_train_steps, platform, progress)
-    amortized, amortized_error = amortized_delta_f(leg, samples, phi, platform=platform)
+    seeds = derived_seeds(seed)
+    samples, seeds["endpoints"] = _stored_or_new_samples(output_dir / "neural_ti_samples.npz", record, leg, n_samples, platform,
+                                                         seeds["endpoints"])
+    phi, history, seeds["training"] = _stored_or_new_model(output_dir / "neural_ti_model.pt", record, leg, samples, n_train_steps,
+                                                           platform, progress, seeds["training"])
+    amortized, amortized_error = amortized_delta_f(leg, samples, phi, seed=seeds["amortized"], platform=platform)
     path = exact_path_leg(leg, phi, nodes=nodes)
     if timestep is None:
         timestep = 1000.0 * solvation_system.settings.get("timestep_ps", 0.002)
@@ -290,7 +296,7 @@ def neural_ti_free_energy(solvation_system, output_dir, n_samples=200, n_train_s
         "amortized_delta_f_kT": amortized, "amortized_error_kT": amortized_error,
         "amortized_note": "approximate: exact only if the interpolant's marginals are the Boltzmann distributions of U_theta",
         "path": estimate.to_dict(), "nodes": [float(state.neural_ti_t) for state in path.thermodynamic_states],
-        "t_boundary": path.record.get("t_boundary"), "training_loss": history, "seed": seed,
+        "t_boundary": path.record.get("t_boundary"), "training_loss": history, "seed": seed, "seeds": seeds,
         "costs": {"endpoint_md_steps": 2 * (2000 + len(samples.x0) * 100),
                   "training_evaluations": len(history) * 8, "amortized_evaluations": 256 * 3,
                   "path_energy_evaluations": n_iterations * n_nodes * (md_steps + n_nodes),
@@ -318,21 +324,48 @@ def _refuse_other(path, stored_record, record):
                                 f"{path.name} (the model and the path's storage depend on it too).")
 
 
-def _stored_or_new_samples(path, record, leg, n_samples, platform):
+#: The neural-TI workflow's own stream of the root seed (the path's and the vacuum leg's MD use the legs' streams).
+_NEURAL_TI_STREAM = zlib.crc32(b"neural_ti")
+_SEED_PURPOSES = ("endpoints", "training", "amortized")
+
+
+def derived_seeds(root_seed):
+    """The seeds of :func:`neural_ti_free_energy`'s endpoint MD, training and amortized estimate, from ``root_seed``.
+
+    Each is drawn from ``SeedSequence(root_seed, spawn_key=(crc32("neural_ti"), purpose))`` (purpose 0, 1, 2), below
+    ``2**31 - 3`` (OpenMM's integer seeds: :func:`sample_endpoints` uses the seed + 1 and + 2).
+
+    Examples
+    --------
+    >>> seeds = derived_seeds(7)
+    >>> sorted(seeds), seeds == derived_seeds(7), seeds == derived_seeds(8)
+    (['amortized', 'endpoints', 'training'], True, False)
+    """
+    from ..proposals.streams import numpy_generator
+
+    return {name: int(numpy_generator(root_seed, _NEURAL_TI_STREAM, purpose).integers(1, 2**31 - 3))
+            for purpose, name in enumerate(_SEED_PURPOSES)}
+
+
+def _stored_or_new_samples(path, record, leg, n_samples, platform, seed=0):
+    """Endpoint samples stored at ``path`` (refused if made for another ``record``) or new ones drawn with ``seed``;
+    returns them and the seed they were made with (``None`` for files written before seeds were stored)."""
     if path.exists():
         data = np.load(path)
         _refuse_other(path, data["record"][()] if "record" in data.files else None, record)
         samples = EndpointSamples(data["x0"], data["f0"], data["x1"], data["f1"], float(data["box"]), data["solute"])
         if samples.x0.shape[1] != leg.molecular_system.n_atoms or samples.solute != list(leg.solute_atoms):
             _refuse_other(path, "another", record)
-        return samples
-    samples = sample_endpoints(leg, n_samples, platform=platform)
+        return samples, (int(data["seed"]) if "seed" in data.files else None)
+    samples = sample_endpoints(leg, n_samples, seed=seed, platform=platform)
     np.savez(path, x0=samples.x0, f0=samples.f0, x1=samples.x1, f1=samples.f1, box=samples.box, solute=samples.solute,
-             record=np.array(record))
-    return samples
+             record=np.array(record), seed=np.array(seed))
+    return samples, seed
 
 
-def _stored_or_new_model(path, record, leg, samples, n_train_steps, platform, progress):
+def _stored_or_new_model(path, record, leg, samples, n_train_steps, platform, progress, seed=0):
+    """φ stored at ``path`` (refused if made for another ``record``) or trained anew with ``seed``; returns φ, its loss
+    history and the seed it was trained with (``None`` for files written before seeds were stored)."""
     if path.exists():
         stored = torch.load(path, weights_only=True)
         _refuse_other(path, stored.get("record"), record)
@@ -340,10 +373,10 @@ def _stored_or_new_model(path, record, leg, samples, n_train_steps, platform, pr
         phi.load_state_dict(stored["state_dict"])
         if phi.n_classes != pair_classes(leg.molecular_system.system, leg.solute_atoms).n_classes:
             _refuse_other(path, "another", record)
-        return phi, list(stored["history"])
-    phi, history = train_neural_ti(leg, samples, n_steps=n_train_steps, platform=platform, progress=progress)
-    torch.save({"config": phi.config, "state_dict": phi.state_dict(), "history": history, "record": record}, path)
-    return phi, history
+        return phi, list(stored["history"]), stored.get("seed")
+    phi, history = train_neural_ti(leg, samples, n_steps=n_train_steps, seed=seed, platform=platform, progress=progress)
+    torch.save({"config": phi.config, "state_dict": phi.state_dict(), "history": history, "record": record, "seed": seed}, path)
+    return phi, history, seed
 
 
 def _more_nodes_hint(path, weakest_pair, offer_schedule=True):
