@@ -52,13 +52,16 @@ def main():
     parser.add_argument("--hydrogen-mass", type=float, default=None, help="amu, molecules only (e.g. 3 with --timestep 4)")
     parser.add_argument("--timestep", type=float, default=None, help="fs, molecules only (default 2)")
     args = parser.parse_args()
+    system_options = args.hydrogen_mass is not None or args.timestep is not None
+    if system_options and any(CASES[case][0] in ("lj", "lj-paper") for case in args.cases):
+        parser.error("--hydrogen-mass and --timestep apply to the molecules (methane, ethanol) only")
+    if any(value is not None and not value > 0 for value in (args.hydrogen_mass, args.timestep)):
+        parser.error("--hydrogen-mass and --timestep must be positive")
     rows = []
     for case in args.cases:
         preset, options = CASES[case]
         folder = case
-        if args.hydrogen_mass is not None or args.timestep is not None:
-            if preset in ("lj", "lj-paper"):
-                parser.error("--hydrogen-mass and --timestep apply to the molecules (methane, ethanol)")
+        if system_options:
             options = dict(options, hydrogen_mass=args.hydrogen_mass, timestep=(args.timestep or 2.0) / 1000.0)
             folder = case + (f"-hmr{args.hydrogen_mass:g}" if args.hydrogen_mass else "") + f"-{args.timestep or 2.0:g}fs"
         system = solvation_system(preset, **options)

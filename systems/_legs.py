@@ -5,6 +5,7 @@ and the OpenMM Systems built from them.
 
 __all__ = ["WATER_RESIDUES", "ION_ELEMENTS", "parametrize", "from_solvated_prmtop", "assemble"]
 
+import math
 import re
 import shutil
 from pathlib import Path
@@ -187,6 +188,22 @@ def from_solvated_prmtop(inputs, name, options, scratch):
             "info": info}
 
 
+def _check_repartitioned_masses(system, topology, hydrogen_mass):
+    """Refuse a hydrogen mass that leaves a heavy atom lighter than its hydrogens (OpenMM takes their extra mass from
+    the atom they are bonded to: methane's carbon keeps 12.011 - 4 (m_H - 1.008) amu)."""
+    for atom in topology.atoms():
+        if atom.element is None or atom.element.symbol == "H":
+            continue
+        mass = system.getParticleMass(atom.index).value_in_unit(unit.dalton)
+        if mass < hydrogen_mass:
+            lost = atom.element.mass.value_in_unit(unit.dalton) - mass
+            n_hydrogens = round(lost / (hydrogen_mass - 1.008)) if hydrogen_mass > 1.008 else 0
+            limit = atom.element.mass.value_in_unit(unit.dalton) / (n_hydrogens + 1) + 1.008 * n_hydrogens / (n_hydrogens + 1)
+            raise InvalidInputError(f"hydrogen_mass {hydrogen_mass:g} amu leaves atom {atom.index} ({atom.element.symbol}, residue "
+                                    f"{atom.residue.name}) with {mass:.3g} amu, lighter than its hydrogens; use a hydrogen mass "
+                                    f"of at most {math.floor(limit * 100) / 100:g} amu (3 is usual with 4 fs steps).")
+
+
 def _leg(prmtop_path, inpcrd_path, periodic, options):
     prmtop, inpcrd = app.AmberPrmtopFile(str(prmtop_path)), app.AmberInpcrdFile(str(inpcrd_path))
     nm = unit.nanometer
@@ -201,6 +218,8 @@ def _leg(prmtop_path, inpcrd_path, periodic, options):
     else:
         kwargs.update(nonbondedMethod=app.NoCutoff)
     system = prmtop.createSystem(**kwargs)
+    if options["hydrogen_mass_amu"] is not None:
+        _check_repartitioned_masses(system, prmtop.topology, options["hydrogen_mass_amu"])
     for force in system.getForces():
         if isinstance(force, openmm.NonbondedForce):
             force.setUseDispersionCorrection(options["dispersion_correction"] and periodic)

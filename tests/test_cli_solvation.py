@@ -18,7 +18,8 @@ def run(*args):
     (["--preset", "lj", "--smiles", "C"], "either --preset or a molecule"),
     (["--preset", "lj", "--padding", "1.0"], "--padding applies to molecules"),
     (["--preset", "lj", "--temperature", "300"], "reduced temperature"),
-    (["--preset", "lj", "--hydrogen-mass", "3"], "--hydrogen-mass applies to molecules"),
+    (["--preset", "lj", "--hydrogen-mass", "3"], "--hydrogen-mass does nothing for --preset lj"),
+    (["--preset", "water", "--hydrogen-mass", "3"], "OpenMM keeps the masses of rigid water"),
     (["--preset", "methane", "--hydrogen-mass", "0"], "Invalid value for '--hydrogen-mass'"),
     (["--preset", "nope"], "Invalid value for '--preset'"),
     (["--preset", "lj", "--method", "exp"], "Invalid value for '--method'"),
@@ -44,10 +45,11 @@ def test_a_molecule_is_built_for_its_hydrogen_mass_and_time_step(tmp_path, monke
 
     monkeypatch.setattr(presets, "_builder", lambda path: builder)
     for args in (["--preset", "methane", "--hydrogen-mass", "3", "--timestep", "4"], ["--smiles", "CCO", "--timestep", "1"],
-                 ["--preset", "water"]):
+                 ["--preset", "water"], ["--preset", "lj", "--timestep", "5"]):
         result = run(*args, "-o", str(tmp_path / "out"))
         assert result.exit_code == 2 and "stop after the build" in result.output, result.output
-    assert built == [{"hydrogen_mass": 3.0, "timestep": 0.004}, {"smiles": "CCO", "timestep": 0.001}, {}]
+    # an LJ preset's step is in its reduced units: --timestep goes to the run only
+    assert built == [{"hydrogen_mass": 3.0, "timestep": 0.004}, {"smiles": "CCO", "timestep": 0.001}, {}, {}]
 
 
 def test_lj_preset_runs_writes_results_and_refuses_other_settings(tmp_path, monkeypatch):
@@ -79,6 +81,14 @@ def test_neural_ti_method_runs_both_estimators(tmp_path, monkeypatch):
 
     # a dilute fluid: 4 nodes overlap well (>= 0.03, or the result is refused) even after 5 training steps
     monkeypatch.setattr(presets, "_builder", lambda path: lambda **options: lj_fluid(n_particles=36, density=0.3, cutoff=2.0))
+    from openmm_flowplugin.freeenergy import neural_ti
+
+    seeds_given = {}
+    for name, key in (("sample_endpoints", "endpoints"), ("train_neural_ti", "training"), ("amortized_delta_f", "amortized")):
+        def spy(*args, _real=getattr(neural_ti, name), _key=key, **kwargs):  # records the seed each step is given
+            seeds_given[_key] = kwargs["seed"]
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(neural_ti, name, spy)
     out = tmp_path / "nti"
     result = run("--preset", "lj", "-o", str(out), "--method", "neural-ti", "--nodes", "4", "--train-steps", "5", "--samples", "8",
                  "--iterations", "30", "--md-steps", "20", "--equilibration", "2", "--checkpoint-interval", "2",
@@ -90,7 +100,7 @@ def test_neural_ti_method_runs_both_estimators(tmp_path, monkeypatch):
     assert stored["seed"] == 0  # --seed's default, recorded
     from openmm_flowplugin.freeenergy.neural_ti import derived_seeds
 
-    assert stored["seeds"] == derived_seeds(0)  # endpoint MD, training and the amortized estimate: from the root
+    assert stored["seeds"] == seeds_given == derived_seeds(0)  # endpoint MD, training and the amortized estimate: from the root
     for name in ("neural_ti_samples.npz", "neural_ti_model.pt", "neural_ti_path.nc", "neural_ti.md", "dudl.png"):
         assert (out / name).is_file()
     assert (out / "neural_ti.md").read_text().strip() in result.output

@@ -136,3 +136,22 @@ def test_exact_path_estimate_agrees_with_widom_insertion(leg, tmp_path):
     with pytest.raises(Exception, match="another run"):
         run_leg(other, tmp_path / "path.nc", 70, md_steps=50, timestep=20.0, platform="Reference", progress=False,
                 equilibration_iterations=5)
+
+
+def test_a_run_without_a_seed_takes_the_root_stored_with_its_samples(tmp_path, monkeypatch):
+    """Without the path's storage (deleted, or a run stopped before it), seed=None reuses the root the samples were made from."""
+    roots = []
+
+    def stop(root_seed):
+        roots.append(root_seed)
+        raise RuntimeError("stop after resolving the root")
+
+    monkeypatch.setattr(nti, "derived_seeds", stop)
+    fluid = solvation_system("lj", n_particles=36, density=0.5, reduced_temperature=1.5, cutoff=2.0)
+    for folder, stored in ((tmp_path / "stored", 42), (tmp_path / "new", None)):
+        folder.mkdir()
+        if stored is not None:
+            np.savez(folder / "neural_ti_samples.npz", root_seed=np.array(stored))
+        with pytest.raises(RuntimeError, match="stop after"):
+            nti.neural_ti_free_energy(fluid, folder, seed=None)
+    assert roots[0] == 42 and roots[1] != 42  # control: nothing stored, a fresh root

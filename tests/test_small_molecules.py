@@ -152,6 +152,9 @@ def test_hydrogen_mass_repartitioning_keeps_the_hamiltonian(methane, tmp_path):
         assert masses[1].sum() == pytest.approx(masses[0].sum())
         box = ours.system.getDefaultPeriodicBoxVectors()
         assert _energy(theirs.system, ours.positions_nm, box) == pytest.approx(_energy(ours.system, ours.positions_nm, box), rel=1e-9)
+    with pytest.raises(InvalidInputError, match=r"leaves atom 0 \(C, residue MOL\) with 2.04 amu.*at most 3.2 amu") as caught:
+        sm.methane_solvation(hydrogen_mass=3.5)  # carbon: 12.011 - 4 (3.5 - 1.008) amu
+    assert "\n" not in str(caught.value)
 
 
 @needs_ambertools

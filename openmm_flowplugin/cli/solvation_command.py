@@ -54,7 +54,8 @@ def _nodes(ctx, param, value):
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Output folder (resumed if it holds this run).")
 @click.option("--iterations", default=500, show_default=True, type=POSITIVE_INT, help="Replica-exchange iterations per leg (total).")
 @click.option("--md-steps", default=500, show_default=True, type=POSITIVE_INT, help="Langevin steps per iteration and state.")
-@click.option("--timestep", default=None, type=FINITE_POSITIVE, help="fs (default: the system's, 2 fs with HBond constraints).")
+@click.option("--timestep", default=None, type=FINITE_POSITIVE,
+              help="fs (default 2, with HBond constraints): every leg's MD, and for molecules also neural TI's endpoint MD.")
 @click.option("--padding", default=None, type=FINITE_POSITIVE, help="Water padding around the solute, nm (default 1.2).")
 @click.option("--temperature", default=None, type=FINITE_POSITIVE, help="K (molecules: default 298.15).")
 @click.option("--hydrogen-mass", default=None, type=FINITE_POSITIVE,
@@ -89,8 +90,10 @@ def solvation(preset, smiles, mol2, frcmod, prmtop, inpcrd, method, nodes, train
             raise InvalidInputError("the Lennard-Jones presets are defined by their reduced temperature; drop --temperature.")
         options["temperature"] = temperature
     if hydrogen_mass is not None:
-        if preset in ("lj", "lj-paper"):
-            raise InvalidInputError("--hydrogen-mass applies to molecules in water; the Lennard-Jones presets have no hydrogens.")
+        if preset in ("lj", "lj-paper", "water"):
+            raise InvalidInputError(f"--hydrogen-mass does nothing for --preset {preset}: " + (
+                "the Lennard-Jones presets have no hydrogens." if preset != "water" else
+                "OpenMM keeps the masses of rigid water, and this solute is a TIP3P water."))
         options["hydrogen_mass"] = hydrogen_mass
     if timestep is not None and preset not in ("lj", "lj-paper"):  # a molecule's System records the step of its run
         options["timestep"] = timestep / 1000.0

@@ -228,8 +228,8 @@ def train_neural_ti(leg, samples, pair_potential=None, n_steps=200, batch_size=8
     rng = np.random.default_rng(seed)
     classes = pair_classes(leg.molecular_system.system, leg.solute_atoms)
     if pair_potential is None:
-        with torch.random.fork_rng(devices=[]):  # the initial weights from ``seed``; torch's global generator is left as it was
-            torch.manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):  # the initial weights from ``seed``; the CPU generator is restored after
+            torch.default_generator.manual_seed(seed)  # not torch.manual_seed, which would reseed the GPUs' generators too
             pair_potential = PairPotential(_cutoff(leg), n_classes=classes.n_classes)
     context, _ = _context(leg, platform)
     beta = 1.0 / leg.molecular_system.kT

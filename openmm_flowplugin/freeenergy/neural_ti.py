@@ -247,6 +247,8 @@ def neural_ti_free_energy(solvation_system, output_dir, n_samples=200, n_train_s
     from .mbar_route import analyze_leg, kT_in, resolved_root_seed, run_leg
 
     output_dir = Path(output_dir)
+    if seed is None and not (output_dir / "neural_ti_path.nc").exists():
+        seed = _stored_root_seed(output_dir)  # the root that made the stored samples or φ (None if there are none)
     seed = resolved_root_seed(seed, output_dir / "neural_ti_path.nc")  # the path's and the vacuum leg's root, recorded
     output_dir.mkdir(parents=True, exist_ok=True)
     leg = alchemical_leg(solvation_system.solvent, solvation_system.solute_atoms, schedule=schedule, pressure=solvation_system.pressure)
@@ -254,9 +256,9 @@ def neural_ti_free_energy(solvation_system, output_dir, n_samples=200, n_train_s
     record = _training_record(solvation_system)
     seeds = derived_seeds(seed)
     samples, seeds["endpoints"] = _stored_or_new_samples(output_dir / "neural_ti_samples.npz", record, leg, n_samples, platform,
-                                                         seeds["endpoints"])
+                                                         seeds["endpoints"], root_seed=seed)
     phi, history, seeds["training"] = _stored_or_new_model(output_dir / "neural_ti_model.pt", record, leg, samples, n_train_steps,
-                                                           platform, progress, seeds["training"])
+                                                           platform, progress, seeds["training"], root_seed=seed)
     amortized, amortized_error = amortized_delta_f(leg, samples, phi, seed=seeds["amortized"], platform=platform)
     path = exact_path_leg(leg, phi, nodes=nodes)
     if timestep is None:
@@ -335,21 +337,47 @@ def derived_seeds(root_seed):
     Each is drawn from ``SeedSequence(root_seed, spawn_key=(crc32("neural_ti"), purpose))`` (purpose 0, 1, 2), below
     ``2**31 - 3`` (OpenMM's integer seeds: :func:`sample_endpoints` uses the seed + 1 and + 2).
 
+    Parameters
+    ----------
+    root_seed : int
+        Non-negative.
+
+    Returns
+    -------
+    dict
+        ``{"endpoints": int, "training": int, "amortized": int}``.
+
     Examples
     --------
     >>> seeds = derived_seeds(7)
     >>> sorted(seeds), seeds == derived_seeds(7), seeds == derived_seeds(8)
     (['amortized', 'endpoints', 'training'], True, False)
     """
-    from ..proposals.streams import numpy_generator
+    from ..proposals.streams import checked_root_seed, numpy_generator
 
+    if root_seed is None:
+        raise InvalidInputError("derived_seeds needs a root seed (a non-negative integer), got None.")
+    root_seed = checked_root_seed(root_seed)
     return {name: int(numpy_generator(root_seed, _NEURAL_TI_STREAM, purpose).integers(1, 2**31 - 3))
             for purpose, name in enumerate(_SEED_PURPOSES)}
 
 
-def _stored_or_new_samples(path, record, leg, n_samples, platform, seed=0):
-    """Endpoint samples stored at ``path`` (refused if made for another ``record``) or new ones drawn with ``seed``;
-    returns them and the seed they were made with (``None`` for files written before seeds were stored)."""
+def _stored_root_seed(output_dir):
+    """The root seed stored with ``output_dir``'s endpoint samples or φ, or ``None``."""
+    samples, model = output_dir / "neural_ti_samples.npz", output_dir / "neural_ti_model.pt"
+    if samples.exists():
+        with np.load(samples) as data:
+            if "root_seed" in data.files:
+                return int(data["root_seed"])
+    if model.exists():
+        return torch.load(model, weights_only=True).get("root_seed")
+    return None
+
+
+def _stored_or_new_samples(path, record, leg, n_samples, platform, seed=0, root_seed=None):
+    """Endpoint samples stored at ``path`` (refused if made for another ``record``) or new ones drawn with ``seed`` (stored
+    with ``root_seed``, the root it derives from); returns them and the seed they were made with (``None`` for files
+    written before seeds were stored)."""
     if path.exists():
         data = np.load(path)
         _refuse_other(path, data["record"][()] if "record" in data.files else None, record)
@@ -359,13 +387,14 @@ def _stored_or_new_samples(path, record, leg, n_samples, platform, seed=0):
         return samples, (int(data["seed"]) if "seed" in data.files else None)
     samples = sample_endpoints(leg, n_samples, seed=seed, platform=platform)
     np.savez(path, x0=samples.x0, f0=samples.f0, x1=samples.x1, f1=samples.f1, box=samples.box, solute=samples.solute,
-             record=np.array(record), seed=np.array(seed))
+             record=np.array(record), seed=np.array(seed), **({} if root_seed is None else {"root_seed": np.array(root_seed)}))
     return samples, seed
 
 
-def _stored_or_new_model(path, record, leg, samples, n_train_steps, platform, progress, seed=0):
-    """φ stored at ``path`` (refused if made for another ``record``) or trained anew with ``seed``; returns φ, its loss
-    history and the seed it was trained with (``None`` for files written before seeds were stored)."""
+def _stored_or_new_model(path, record, leg, samples, n_train_steps, platform, progress, seed=0, root_seed=None):
+    """φ stored at ``path`` (refused if made for another ``record``) or trained anew with ``seed`` (stored with
+    ``root_seed``); returns φ, its loss history and the seed it was trained with (``None`` for files written before
+    seeds were stored)."""
     if path.exists():
         stored = torch.load(path, weights_only=True)
         _refuse_other(path, stored.get("record"), record)
@@ -375,7 +404,8 @@ def _stored_or_new_model(path, record, leg, samples, n_train_steps, platform, pr
             _refuse_other(path, "another", record)
         return phi, list(stored["history"]), stored.get("seed")
     phi, history = train_neural_ti(leg, samples, n_steps=n_train_steps, seed=seed, platform=platform, progress=progress)
-    torch.save({"config": phi.config, "state_dict": phi.state_dict(), "history": history, "record": record, "seed": seed}, path)
+    torch.save({"config": phi.config, "state_dict": phi.state_dict(), "history": history, "record": record, "seed": seed,
+                "root_seed": root_seed}, path)
     return phi, history, seed
 
 
