@@ -329,3 +329,31 @@ def test_unreadable_trajectory_is_one_line(ala2, tmp_path):
     output.write_bytes(b"not an HDF5 file")  # e.g. damaged by a kill during a write
     with pytest.raises(ValueError, match=r"^cannot read trajectory .*md\.h5: [^\n]*$"):
         simulate(ala2, 600, output=output, checkpoint=checkpoint, resume=True, **RUN)
+
+
+def test_a_seeded_run_seeds_the_systems_barostat(request):
+    """With ``seed`` a Monte Carlo barostat in the user's System is seeded too (on a copy): the same seed gives the
+    same box volumes, another seed others (the control). CPU platform with one thread: its barostat has a generator
+    of its own, random unless seeded (Reference's draws from the integrator's)."""
+    import openmm
+
+    from openmm_flowplugin._systems.lj_fluids import lj_fluid
+
+    cpu = openmm.Platform.getPlatformByName("CPU")
+    threads = cpu.getPropertyDefaultValue("Threads")
+    cpu.setPropertyDefaultValue("Threads", "1")
+    request.addfinalizer(lambda: cpu.setPropertyDefaultValue("Threads", threads))
+    fluid = lj_fluid(n_particles=36, density=0.5, reduced_temperature=1.5, cutoff=2.0).solvent
+    barostat = openmm.MonteCarloBarostat(1.0 * unit.bar, fluid.temperature, 1)  # every step
+    fluid.system.addForce(barostat)
+
+    def volumes(seed):
+        frames = simulate(fluid, 200, report_interval=20, equilibration_steps=0, timestep=0.01, seed=seed, progress=False,
+                          platform="CPU")
+        return np.prod(frames.unitcell_lengths, axis=1)
+
+    first = volumes(5)
+    assert len(np.unique(first)) > 1  # the barostat moved the box
+    assert np.array_equal(first, volumes(5))
+    assert not np.allclose(first, volumes(6))
+    assert barostat.getRandomNumberSeed() == 0  # the user's System is unchanged

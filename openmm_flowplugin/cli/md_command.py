@@ -48,6 +48,7 @@ def md(molecular_system_options, flow_path, steps, interval, jump_interval, prop
 
     from ..flows.conditional_io import load_proposal_flow
     from ..integrators import FlowMCIntegrator
+    from ..mcmc.seeded_runs import with_seeded_random_forces
     from ..outputs import check_output_path
     from ..platforms import select_platform
     from ..simulation._validation import check_timestep
@@ -83,7 +84,7 @@ def md(molecular_system_options, flow_path, steps, interval, jump_interval, prop
                                   topology=molecular_system.topology, seed=seed)
     if seed is not None:
         integrator.setRandomNumberSeed(seed)
-    simulation = app.Simulation(molecular_system.topology, molecular_system.system, integrator,
+    simulation = app.Simulation(molecular_system.topology, with_seeded_random_forces(molecular_system.system, seed, "md"), integrator,
                                 select_platform(molecular_system.system, platform, purpose="md", positions=molecular_system.positions))
     if resume:
         _load_checkpoint(simulation, checkpoint, temperature, friction)

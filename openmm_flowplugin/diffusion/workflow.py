@@ -263,11 +263,13 @@ def _md_frames(molecular_system, n_frames, interval, seed, platform):
     """Positions (n_frames, n_atoms, 3) nm of a Langevin run at the system's temperature (1 fs, friction 1/ps)."""
     from openmm import unit
 
+    from ..mcmc.seeded_runs import with_seeded_random_forces
     from ..platforms import select_platform
 
     integrator = openmm.LangevinMiddleIntegrator(molecular_system.temperature, 1.0 / unit.picosecond, 0.001 * unit.picoseconds)
     integrator.setRandomNumberSeed(int(seed) % 2**31 + 1)
-    context = openmm.Context(molecular_system.system, integrator, select_platform(molecular_system.system, platform, purpose="md"))
+    system = with_seeded_random_forces(molecular_system.system, seed, "diffusion warm start")
+    context = openmm.Context(system, integrator, select_platform(system, platform, purpose="md"))
     context.setPositions(molecular_system.positions)
     context.setVelocitiesToTemperature(molecular_system.temperature, int(seed) % 2**31 + 1)
     frames = []

@@ -21,10 +21,13 @@ Examples
 True
 """
 
-__all__ = ["INTEGRATORS", "SWAPS", "ENERGIES", "FORCES", "seeded_context_cache", "seed_replica_swaps", "seeded_sampler_run", "shared_root_seed"]
+__all__ = ["INTEGRATORS", "SWAPS", "ENERGIES", "FORCES", "seeded_context_cache", "seed_replica_swaps", "seeded_sampler_run", "shared_root_seed",
+           "with_seeded_random_forces"]
 
 import contextlib
+import copy
 import functools
+import zlib
 
 import numpy as np
 
@@ -106,8 +109,35 @@ def seeded_context_cache(platform, root_seed, run_key, purpose):
     return seeded
 
 
+def with_seeded_random_forces(system, seed, name):
+    """``system``, or where ``seed`` is given and it holds Monte Carlo barostats or Andersen thermostats (OpenMM
+    draws a random seed for one left at 0), a copy whose i-th such force is seeded from ``(seed, crc32(name), i)``:
+    for plain MD whose integrator takes ``seed`` itself (``name`` keeps the streams of different runs apart).
+
+    Examples
+    --------
+    >>> import openmm
+    >>> system = openmm.System()
+    >>> _ = system.addForce(openmm.MonteCarloBarostat(1.0, 300.0))
+    >>> seeded = with_seeded_random_forces(system, 1, "simulate")
+    >>> seeded.getForce(0).getRandomNumberSeed() > 0, system.getForce(0).getRandomNumberSeed()
+    (True, 0)
+    >>> with_seeded_random_forces(system, None, "simulate") is system
+    True
+    """
+    random_forces = [i for i, force in enumerate(system.getForces()) if isinstance(force, random_force_types())]
+    if seed is None or not random_forces:
+        return system
+    system = copy.deepcopy(system)
+    for k, index in enumerate(random_forces):
+        stream = numpy_generator(checked_root_seed(seed), zlib.crc32(name.encode()), k)
+        system.getForce(index).setRandomNumberSeed(int(stream.integers(1, 2**31)))
+    return system
+
+
 @functools.cache  # called on every get_context (each move's apply)
-def _random_force_types():
+def random_force_types():
+    """The OpenMM forces that draw random numbers of their own (seeded by ``setRandomNumberSeed``; 0 means random)."""
     import openmm
 
     names = ("MonteCarloBarostat", "MonteCarloAnisotropicBarostat", "MonteCarloMembraneBarostat", "MonteCarloFlexibleBarostat",
@@ -121,7 +151,7 @@ def _seeded_random_forces(thermodynamic_state, seed_of_force):
     new Context of) have their i-th random force seeded with ``seed_of_force(i)``; the state itself is unchanged."""
     get_system = thermodynamic_state.get_system
     shadowed = vars(thermodynamic_state).get("get_system")  # a get_system the caller set on the instance, if any
-    random_forces = _random_force_types()
+    random_forces = random_force_types()
 
     def seeded_copy(*args, **kwargs):
         system = get_system(*args, **kwargs)

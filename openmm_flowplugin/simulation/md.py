@@ -69,7 +69,9 @@ def simulate(
     platform : str, optional
         OpenMM platform name; default: automatic (Reference for tiny systems), or the checkpoint's on resume.
     seed : int, optional
-        Integrator random seed (and velocities). On resume the checkpoint's generator state is used.
+        Integrator random seed (and velocities); a Monte Carlo barostat or Andersen thermostat in the
+        System gets a seed derived from it (on a copy: the System passed in is unchanged). On resume the
+        checkpoint's generator state is used.
     output : str or Path, optional
         Trajectory to write, format by extension: ``.dcd``, ``.xtc`` or ``.h5`` (HDF5, with energies).
         Without a checkpoint it is written under a temporary name and moved into place at the end.
@@ -153,10 +155,12 @@ def simulate(
         for path in paths:
             check_output_path(path, overwrite)
 
+    from ..mcmc.seeded_runs import with_seeded_random_forces
+
     integrator = openmm.LangevinMiddleIntegrator(temperature_k, friction_per_ps, timestep_ps)
     if seed is not None:
         integrator.setRandomNumberSeed(int(seed))
-    simulation = app.Simulation(molecular_system.topology, molecular_system.system, integrator,
+    simulation = app.Simulation(molecular_system.topology, with_seeded_random_forces(molecular_system.system, seed, "simulate"), integrator,
                                 select_platform(molecular_system.system, platform, purpose="md", positions=molecular_system.positions))
     timestep_fs = timestep_ps * 1000
     if resume:
