@@ -5,6 +5,7 @@ and the OpenMM Systems built from them.
 
 __all__ = ["WATER_RESIDUES", "ION_ELEMENTS", "parametrize", "from_solvated_prmtop", "assemble"]
 
+import collections
 import math
 import re
 import shutil
@@ -191,14 +192,19 @@ def from_solvated_prmtop(inputs, name, options, scratch):
 def _check_repartitioned_masses(system, topology, hydrogen_mass):
     """Refuse a hydrogen mass that leaves a heavy atom lighter than its hydrogens (OpenMM takes their extra mass from
     the atom they are bonded to: methane's carbon keeps 12.011 - 4 (m_H - 1.008) amu)."""
+    hydrogens = collections.Counter()
+    for a, b in topology.bonds():
+        for hydrogen, heavy in ((a, b), (b, a)):
+            if hydrogen.element is not None and hydrogen.element.symbol == "H" and heavy.element is not None \
+                    and heavy.element.symbol != "H":
+                hydrogens[heavy.index] += 1
     for atom in topology.atoms():
         if atom.element is None or atom.element.symbol == "H":
             continue
         mass = system.getParticleMass(atom.index).value_in_unit(unit.dalton)
         if mass < hydrogen_mass:
-            lost = atom.element.mass.value_in_unit(unit.dalton) - mass
-            n_hydrogens = round(lost / (hydrogen_mass - 1.008)) if hydrogen_mass > 1.008 else 0
-            limit = atom.element.mass.value_in_unit(unit.dalton) / (n_hydrogens + 1) + 1.008 * n_hydrogens / (n_hydrogens + 1)
+            n = hydrogens[atom.index]
+            limit = (atom.element.mass.value_in_unit(unit.dalton) + 1.008 * n) / (n + 1)  # equal to its hydrogens
             raise InvalidInputError(f"hydrogen_mass {hydrogen_mass:g} amu leaves atom {atom.index} ({atom.element.symbol}, residue "
                                     f"{atom.residue.name}) with {mass:.3g} amu, lighter than its hydrogens; use a hydrogen mass "
                                     f"of at most {math.floor(limit * 100) / 100:g} amu (3 is usual with 4 fs steps).")
