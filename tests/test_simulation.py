@@ -357,3 +357,18 @@ def test_a_seeded_run_seeds_the_systems_barostat(request):
     assert np.array_equal(first, volumes(5))
     assert not np.allclose(first, volumes(6))
     assert barostat.getRandomNumberSeed() == 0  # the user's System is unchanged
+
+
+def test_a_seed_the_user_set_on_a_barostat_is_kept():
+    import openmm
+
+    from openmm_flowplugin.mcmc.seeded_runs import with_seeded_random_forces
+
+    system = openmm.System()
+    system.addForce(openmm.MonteCarloBarostat(1.0, 300.0))
+    system.addForce(openmm.AndersenThermostat(300.0, 1.0))
+    system.getForce(1).setRandomNumberSeed(123)
+    seeded = with_seeded_random_forces(system, -4, "simulate")  # any int, as OpenMM's seeds
+    assert seeded.getForce(1).getRandomNumberSeed() == 123 and seeded.getForce(0).getRandomNumberSeed() != 0
+    assert seeded.getForce(0).getRandomNumberSeed() != with_seeded_random_forces(system, 4, "simulate").getForce(0).getRandomNumberSeed()
+    assert seeded.getForce(0).getRandomNumberSeed() != with_seeded_random_forces(system, -4, "md").getForce(0).getRandomNumberSeed()

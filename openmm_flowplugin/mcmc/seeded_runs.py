@@ -110,9 +110,10 @@ def seeded_context_cache(platform, root_seed, run_key, purpose):
 
 
 def with_seeded_random_forces(system, seed, name):
-    """``system``, or where ``seed`` is given and it holds Monte Carlo barostats or Andersen thermostats (OpenMM
-    draws a random seed for one left at 0), a copy whose i-th such force is seeded from ``(seed, crc32(name), i)``:
-    for plain MD whose integrator takes ``seed`` itself (``name`` keeps the streams of different runs apart).
+    """``system``, or where ``seed`` is given and it holds Monte Carlo barostats or Andersen thermostats left
+    unseeded (seed 0: OpenMM draws a random one), a copy whose i-th such force is seeded from
+    ``(seed mod 2**63, crc32(name), i)``: for plain MD whose integrator takes ``seed`` itself (``name`` keeps the
+    streams of different runs apart). A seed the user set on a force is kept.
 
     Examples
     --------
@@ -125,12 +126,13 @@ def with_seeded_random_forces(system, seed, name):
     >>> with_seeded_random_forces(system, None, "simulate") is system
     True
     """
-    random_forces = [i for i, force in enumerate(system.getForces()) if isinstance(force, random_force_types())]
-    if seed is None or not random_forces:
+    unseeded = [i for i, force in enumerate(system.getForces())
+                if isinstance(force, random_force_types()) and force.getRandomNumberSeed() == 0]
+    if seed is None or not unseeded:
         return system
     system = copy.deepcopy(system)
-    for k, index in enumerate(random_forces):
-        stream = numpy_generator(checked_root_seed(seed), zlib.crc32(name.encode()), k)
+    for k, index in enumerate(unseeded):
+        stream = numpy_generator(int(seed) % 2**63, zlib.crc32(name.encode()), k)
         system.getForce(index).setRandomNumberSeed(int(stream.integers(1, 2**31)))
     return system
 
