@@ -69,7 +69,7 @@ def simulate(
     platform : str, optional
         OpenMM platform name; default: automatic (Reference for tiny systems), or the checkpoint's on resume.
     seed : int, optional
-        Integrator random seed (and velocities); a Monte Carlo barostat or Andersen thermostat in the
+        Integrator random seed (and velocities); an unseeded Monte Carlo barostat or Andersen thermostat in the
         System gets a seed derived from it (on a copy: the System passed in is unchanged). On resume the
         checkpoint's generator state is used.
     output : str or Path, optional
