@@ -33,6 +33,10 @@ def test_a_small_run_writes_results_and_resumes(tmp_path):
     assert results["energy_evaluations"] == 3 * 16 + 64
     stored = np.load(out / "samples.npz")
     assert stored["log_weights"].shape == (64,) and stored["cv_values"].shape == (64, 2)
+    fes = np.load(out / "fes.npz")  # the reweighted FES with its error bars, as the plot shows it
+    assert fes["free_energy_kJ_per_mol"].shape == fes["error_kJ_per_mol"].shape == (50, 50) and list(fes["cv_names"]) == ["x", "y"]
+    finite = np.isfinite(fes["free_energy_kJ_per_mol"])
+    assert finite.any() and np.nanmin(fes["free_energy_kJ_per_mol"]) == 0.0 and not np.isnan(fes["error_kJ_per_mol"][finite]).any()
     force = openmm.XmlSerializer.deserialize((out / "bias.xml").read_text())
     assert isinstance(force, openmm.CustomCVForce) and force.getNumCollectiveVariables() == 2
     extended = run(*MB, *SMALL, *basins, "--iterations", "5", "-o", str(out))
@@ -64,7 +68,7 @@ def test_bad_input_is_one_line(tmp_path, args, message):
 
 def test_internal_coordinates_on_a_molecule(tmp_path):
     out = tmp_path / "ala"
-    result = run("--system", "alanine_dipeptide_vacuum", "--cv", "phi:4,6,8,14", "--cv", "psi:6,8,14,16", "--coordinates", "internal",
+    result = run("--system", "alanine_dipeptide_vacuum", "--cv", "phi:4,6,8,14", "--cv", "psi:6,8,14,16",  # coordinates auto
                  *SMALL, "--iterations", "2", "-o", str(out))
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
@@ -94,3 +98,26 @@ def test_constrained_systems_are_refused():
     system.addConstraint(0, 1, 0.109)
     with pytest.raises(InvalidInputError, match="1 constraints.*constraints=None"):
         DiffusionSampler(dataclasses.replace(ala2, system=system))
+
+
+def test_auto_coordinates_are_internal_for_a_molecule_only():
+    from openmm_flowplugin import systems
+    from openmm_flowplugin.diffusion.workflow import parse_cv, resolved_coordinates
+    from openmm_flowplugin.errors import InvalidInputError
+
+    ala2, mb = systems.get("alanine_dipeptide_vacuum"), systems.get("mueller_brown")
+    torsions = [parse_cv("phi:4,6,8,14")[1], parse_cv("psi:6,8,14,16")[1]]
+    assert resolved_coordinates(ala2, "auto", torsions) == "internal"
+    assert resolved_coordinates(ala2, "auto", [parse_cv("x:x@0")[1], torsions[0]]) == "cartesian"  # no positions in internal ones
+    assert resolved_coordinates(mb, "auto", [parse_cv("x:x@0")[1], parse_cv("y:y@0")[1]]) == "cartesian"
+    assert resolved_coordinates(ala2, "cartesian", torsions) == "cartesian"
+    with pytest.raises(InvalidInputError, match="'auto', 'cartesian' or 'internal'"):
+        resolved_coordinates(ala2, "zmatrix", torsions)
+
+
+def test_a_cartesian_run_made_before_auto_is_told_how_to_resume(tmp_path):
+    out, cvs = tmp_path / "ala", ["--system", "alanine_dipeptide_vacuum", "--cv", "phi:4,6,8,14", "--cv", "psi:6,8,14,16"]
+    assert run(*cvs, *SMALL, "--coordinates", "cartesian", "--iterations", "1", "-o", str(out)).exit_code == 0
+    resumed = run(*cvs, *SMALL, "--iterations", "2", "-o", str(out))
+    assert resumed.exit_code == 2 and "--coordinates cartesian" in resumed.output, resumed.output
+    assert run(*cvs, *SMALL, "--coordinates", "cartesian", "--iterations", "2", "-o", str(out)).exit_code == 0

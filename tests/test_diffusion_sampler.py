@@ -171,6 +171,7 @@ def test_nan_energies_are_counted_and_get_weight_zero():
     samples = sampler.sample(256)
     bad = samples.positions[:, 0, 0] < -0.3
     assert bad.any() and np.all(np.isneginf(samples.log_weights[bad])) and np.all(np.isfinite(samples.log_weights[~bad]))
+    assert samples.n_invalid == bad.sum()
 
 
 def test_a_cv_on_missing_atoms_is_refused():

@@ -41,8 +41,9 @@ exact either way (see docs/diffusion.md for alanine dipeptide).
 @click.option("--gamma", default=8.0, show_default=True, type=click.FloatRange(min=1.0, min_open=True), help="Bias factor γ.")
 @click.option("--hill-height", default=0.02, show_default=True, type=FINITE_POSITIVE, help="kJ/mol per hill (one per chain end point).")
 @click.option("--hill-width", default=0.2, show_default=True, type=FINITE_POSITIVE, help="Hill width in the CVs' units.")
-@click.option("--coordinates", type=click.Choice(["cartesian", "internal"]), default="cartesian", show_default=True,
-              help="The sampler's variables: Cartesian positions, or standardized internal coordinates (molecules).")
+@click.option("--coordinates", type=click.Choice(["auto", "cartesian", "internal"]), default="auto", show_default=True,
+              help="The sampler's variables: Cartesian positions, or standardized internal coordinates; auto: internal for "
+                   "a system that is one bonded molecule, Cartesian otherwise (the 2D model systems).")
 @click.option("--rotor-scale", default=1.0, show_default=True, type=click.FloatRange(0.0, 3.14159),
               help="With --coordinates internal: least standardization spread (rad) of the torsions about the bonds of torsion CVs, "
                    "so the noise reaches their other basins; 0 keeps the MD run's spread.")

@@ -63,6 +63,10 @@ class DiffusionSamples:
         V(s) in kJ/mol at the samples (frozen bias).
     kT : float
         kJ/mol.
+    n_invalid : int
+        Samples whose energy OpenMM returned as NaN or infinite (weight 0, included in the weights'
+        normalisation as zeros): count them, since a failed evaluation of a finite-energy configuration
+        biases the estimates.
     """
 
     positions: np.ndarray
@@ -71,6 +75,7 @@ class DiffusionSamples:
     cv_values: np.ndarray
     bias: np.ndarray
     kT: float
+    n_invalid: int = 0
 
     @property
     def ess_fraction(self):
@@ -444,7 +449,8 @@ class DiffusionSampler:
         if self.bias is not None:
             s = self.bias.cv_values(x)
             cv_values, bias = s.detach().numpy(), self.bias.of_cvs(s).detach().numpy()
-        return DiffusionSamples(positions=x.numpy(), reduced_energies=u, log_weights=log_weights, cv_values=cv_values, bias=bias, kT=self.kT)
+        return DiffusionSamples(positions=x.numpy(), reduced_energies=u, log_weights=log_weights, cv_values=cv_values, bias=bias, kT=self.kT,
+                                n_invalid=int(np.sum(~np.isfinite(u))))
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self):
@@ -493,6 +499,9 @@ class DiffusionSampler:
             if "coordinates" in differs and stored.get("coordinates", {}).get("kind") == "internal" and getattr(self.coordinates, "rotors", None):
                 hint = (" (this run widens rotor torsions; a run standardized without that resumes with rotor_scale=None, "
                         "on the command line --rotor-scale 0)")
+            elif "coordinates" in differs and stored.get("coordinates", {}).get("kind") == "cartesian":
+                hint = (" (it ran on Cartesian coordinates, the command's default before 'auto': resume it with coordinates='cartesian', "
+                        "on the command line --coordinates cartesian)")
             raise InvalidInputError(f"{path} was trained with other settings ({', '.join(differs)}){hint}; use the same ones to resume, "
                                     "or another checkpoint path.")
         self.controller.load_state_dict(state["controller"])

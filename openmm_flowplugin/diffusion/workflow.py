@@ -36,6 +36,26 @@ _UNITS = {Torsion: "rad", Angle: "rad", Distance: "nm", CartesianComponent: "nm"
 DEFAULT_SCHEDULES = {"cartesian": (1.5, 0.02), "internal": (1.2, 0.05)}
 
 
+def resolved_coordinates(molecular_system, coordinates, cvs=()):
+    """``coordinates`` checked; ``"auto"`` → ``"internal"`` where ``molecular_system`` is one bonded molecule of at least
+    4 atoms (its Z-matrix exists) and no CV is a Cartesian component, else ``"cartesian"``. Molecules should not
+    default to Cartesian coordinates: on alanine dipeptide the Cartesian controller's ESS was 0.0005 where the
+    internal one's is several percent (docs/diffusion.md)."""
+    if coordinates == "auto":
+        from ..geometry import InternalCoordinateTransform
+
+        if molecular_system.topology.getNumAtoms() < 4 or any(isinstance(cv, CartesianComponent) for cv in cvs):
+            return "cartesian"
+        try:
+            InternalCoordinateTransform.from_topology(molecular_system.topology)
+        except InvalidInputError:  # disconnected (several molecules, no bonds) or no frame
+            return "cartesian"
+        return "internal"
+    if coordinates not in DEFAULT_SCHEDULES:
+        raise InvalidInputError(f"coordinates must be 'auto', 'cartesian' or 'internal', got {coordinates!r}.")
+    return coordinates
+
+
 def parse_cv(spec):
     """``NAME:ATOMS`` → (name, CollectiveVariable): 4 atoms a torsion, 3 an angle, 2 a distance, ``AXIS@ATOM`` a Cartesian component.
 
@@ -97,7 +117,7 @@ def _grid(cvs, grid_ranges, hill_width):
 def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges=None, basins=None, n_iterations=200,
                                   n_samples=8000, bias_factor=8.0, hill_height=0.02, hill_width=0.2, sigma_max=None,
                                   sigma_min=None, n_steps=50, batch_size=128, seed=0, platform=None, progress=None,
-                                  coordinates="cartesian", md_frames=200, md_interval=50, rotor_scale=1.0, **sampler_options):
+                                  coordinates="auto", md_frames=200, md_interval=50, rotor_scale=1.0, **sampler_options):
     """Train (or resume) a CV-biased diffusion sampler, draw weighted samples, write the FES and basin ΔF.
 
     Parameters
@@ -119,8 +139,10 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
         Noise schedule: nm in Cartesian coordinates (default 1.5 and 0.02), standardized units in
         internal ones (default 1.2 and 0.05).
     seed : int
-    coordinates : {"cartesian", "internal"}
-        The sampler's variables. ``"internal"`` (molecules) standardizes the Z-matrix coordinates on
+    coordinates : {"auto", "cartesian", "internal"}
+        The sampler's variables; ``"auto"`` (default): ``"internal"`` for a system that is one bonded
+        molecule (its Z-matrix exists) unless a CV is a Cartesian component, else ``"cartesian"`` (the 2D
+        model systems). ``"internal"`` standardizes the Z-matrix coordinates on
         ``md_frames`` frames of a Langevin run (1 fs steps, ``md_interval`` steps apart, from the
         system's positions), which also warm-start the replay buffer; its steps count as energy
         evaluations. ``sigma_max``/``sigma_min`` are then in standardized units.
@@ -149,8 +171,7 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
 
     if len(cvs) != 2:
         raise InvalidInputError(f"give exactly two CVs (--cv twice), got {len(cvs)}.")
-    if coordinates not in DEFAULT_SCHEDULES:
-        raise InvalidInputError(f"coordinates must be 'cartesian' or 'internal', got {coordinates!r}.")
+    coordinates = resolved_coordinates(molecular_system, coordinates, cvs.values())
     sigma_max = DEFAULT_SCHEDULES[coordinates][0] if sigma_max is None else sigma_max
     sigma_min = DEFAULT_SCHEDULES[coordinates][1] if sigma_min is None else sigma_min
     output_dir = Path(output_dir)
@@ -199,9 +220,11 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
         iterations=sampler.iteration, samples=int(n_samples), ess_fraction=samples.ess_fraction, n_effective=samples.n_effective,
         energy_evaluations=sampler.n_energy_evaluations + md_evaluations, md_steps_for_standardization=md_evaluations,
         coordinates=coordinates, rotors=[list(r) for r in getattr(space, 'rotors', [])], invalid_energies=sampler.n_invalid,
+        invalid_sample_energies=samples.n_invalid,
         cpu_seconds_this_process=time.process_time() - start, bias_max_kJ_per_mol=bias.max_value, n_hills=bias.n_hills,
         basins=basin_results, estimator="exact importance weights on the discretized chain (main result)",
-        well_tempered_estimate="F = -gamma/(gamma-1) V: approximate (exact only at convergence), in fes.png only",
+        well_tempered_estimate="F = -gamma/(gamma-1) V: approximate (exact only at convergence), in fes.png and fes.npz",
+        fes="fes.npz: the reweighted F per bin (edges_0, edges_1) with its bootstrap standard error, kJ/mol",
         settings={key: value for key, value in sampler.settings.items() if key != "hamiltonian"},
     )
     (output_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
@@ -210,6 +233,10 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
              reduced_energies=samples.reduced_energies)
     (output_dir / "bias.xml").write_text(openmm.XmlSerializer.serialize(bias.to_openmm_force()))
     nodes = [np.linspace(lo, hi, n) for lo, hi, n in zip(grid["lower"], grid["upper"], grid["n_nodes"])]
+    np.savez(output_dir / "fes.npz", cv_names=np.array(names), cv_units=np.array(units), edges_0=fes.edges[0], edges_1=fes.edges[1],
+             free_energy_kJ_per_mol=fes.free_energy, error_kJ_per_mol=fes.error, probability=fes.probability,
+             well_tempered_nodes_0=nodes[0], well_tempered_nodes_1=nodes[1],
+             well_tempered_estimate_kJ_per_mol_approximate=bias.free_energy_estimate())
     plot_free_energy_surfaces(
         [("reweighted (exact weights)", fes.centres, fes.free_energy),
          (f"well-tempered −γ/(γ−1)V, γ = {bias_factor:g} (approximate)", nodes, bias.free_energy_estimate())],
@@ -240,10 +267,12 @@ def _markdown(results):
     lines = [f"# Diffusion sampler: {results['system']}", "",
              f"- iterations {results['iterations']}, samples {results['samples']}, ESS {results['ess_fraction']:.4f} "
              f"({results['n_effective']:.0f} effective samples)",
-             f"- energy evaluations {results['energy_evaluations']:,} ({results['invalid_energies']} non-finite, weight 0); "
+             f"- energy evaluations {results['energy_evaluations']:,} (non-finite, weight 0: {results['invalid_energies']} in training, "
+             f"{results['invalid_sample_energies']} of the samples); "
              f"CPU {results['cpu_seconds_this_process']:.0f} s in this process",
              f"- bias: {results['n_hills']} hills, max {results['bias_max_kJ_per_mol']:.2f} kJ/mol",
-             f"- estimator: {results['estimator']}; {results['well_tempered_estimate']}", ""]
+             f"- estimator: {results['estimator']}; {results['well_tempered_estimate']}",
+             f"- FES: {results['fes']}", ""]
     if results["basins"]:
         lines += ["| basins | ΔF, kJ/mol | probabilities | weights' tail |", "|---|---:|---|---|"]
         for pair, value in results["basins"].items():
