@@ -123,6 +123,38 @@ def test_training_statistics_and_energy_count(trained):
     assert sampler.history[-1]["bias_max_kJ"] > 5.0 and 0 < sampler.history[-1]["buffer_ess"] <= 1
 
 
+def test_training_interrupted_mid_iteration_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
+    """A run killed inside an iteration (after a checkpoint, and while writing the next one: a stale ``.partial``
+    file) resumes from the last complete checkpoint and ends where an uninterrupted run does."""
+    molecular_system = systems.get("mueller_brown")
+    lower, upper, _, _ = CASES["mueller_brown"]
+    small = dict(batch_size=32, n_adjoint_steps=3, training_batch_size=32, snapshot_interval=2)
+    straight = _sampler(molecular_system, _xy_bias(molecular_system, lower, upper), seed=5, **small)
+    straight.train(6)
+    checkpoint = tmp_path / "sampler.pt"
+    interrupted = _sampler(molecular_system, _xy_bias(molecular_system, lower, upper), seed=5, **small)
+    optimise = DiffusionSampler._optimise
+
+    def killed_in_iteration_4(self, *args, **kwargs):
+        if self.iteration == 4:
+            checkpoint.with_name(checkpoint.name + ".partial").write_bytes(b"half a checkpoint")
+            raise KeyboardInterrupt
+        return optimise(self, *args, **kwargs)
+
+    monkeypatch.setattr(DiffusionSampler, "_optimise", killed_in_iteration_4)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.train(6, checkpoint=checkpoint, checkpoint_interval=3)
+    monkeypatch.setattr(DiffusionSampler, "_optimise", optimise)
+    resumed = _sampler(molecular_system, _xy_bias(molecular_system, lower, upper), seed=5, **small)
+    resumed.train(6, checkpoint=checkpoint, checkpoint_interval=3)
+    assert resumed.iteration == 6 and resumed.n_energy_evaluations == straight.n_energy_evaluations
+    for a, b in zip(straight.controller.parameters(), resumed.controller.parameters()):
+        assert torch.equal(a, b)
+    assert np.array_equal(straight.bias.values, resumed.bias.values)
+    # the interrupted run had deposited iteration 4's hills past its checkpoint (at 3): the resumed one must not keep them
+    assert interrupted.bias.n_hills == 5 * 32 and resumed.bias.n_hills == straight.bias.n_hills == 6 * 32
+
+
 def test_training_resumes_from_a_checkpoint_exactly(tmp_path):
     molecular_system = systems.get("mueller_brown")
     lower, upper, _, _ = CASES["mueller_brown"]
