@@ -165,3 +165,19 @@ def test_caller_call_forms(tmp_path):
     plot_ramachandran([("flow samples", phi, psi, None)], str(tmp_path / "a.png"), title="x")
     plot_energy_histogram([("flow", np.arange(100.0), None)], str(tmp_path / "b.png"))
     assert (tmp_path / "a.png").is_file() and (tmp_path / "b.png").is_file()
+
+
+def test_fes_panels_have_units_titles_and_a_colorbar_each(tmp_path):
+    from openmm_flowplugin.analysis.fes_plots import plot_free_energy_surfaces
+
+    centres = (np.linspace(-3.0, 3.0, 12), np.linspace(-2.0, 2.0, 8))
+    surface = np.add.outer(centres[0] ** 2, centres[1] ** 2)
+    surface[0, 0] = np.nan  # an empty bin
+    fig = plot_free_energy_surfaces([("reweighted", centres, surface), ("approximate", centres, 2 * surface)], ("phi", "psi"),
+                                    ("rad", "rad"), tmp_path / "fes.png")
+    assert (tmp_path / "fes.png").stat().st_size > 0
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    colorbars = [ax for ax in fig.axes if not ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["reweighted", "approximate"] and len(colorbars) == 2
+    assert all(ax.get_xlabel() == "phi (rad)" and ax.get_ylabel() == "psi (rad)" for ax in panels)
+    assert all(ax.get_ylabel() == "F (kJ/mol)" for ax in colorbars)
