@@ -130,6 +130,15 @@ def test_a_seeded_npt_leg_repeats(tmp_path, request):
     assert not np.allclose(volumes, volumes_and_energies("c.nc", 6)[0])  # control: another seed
 
 
+def test_interval_errors_are_the_neighbours_and_bound_the_legs_error(lj_run):
+    """One MBAR standard error per pair of neighbouring states; the end-to-end error is at most their sum (the
+    standard deviation of a sum of correlated terms), and an interval error of the states' diagonal (0) would fail it."""
+    estimate = lj_run[3]
+    errors = np.array(estimate.interval_errors)
+    assert len(errors) == len(estimate.overlap) - 1 and np.all(np.isfinite(errors)) and np.all(errors > 0)
+    assert estimate.error <= errors.sum() * (1 + 1e-9)
+
+
 def test_mbar_excess_chemical_potential_agrees_with_widom_insertion(lj_run):
     fluid, _, _, estimate = lj_run
     mu_widom, se_widom = widom_mu(fluid)
@@ -191,7 +200,9 @@ def test_solvation_workflow_writes_results_and_resumes(tmp_path):
     assert result.delta_g_reduced == pytest.approx(result.delta_g * 1.5)  # T* = 1.5: kT = 1.5 epsilon
     for name in ("results.json", "results.md", "overlap.png", "dudl.png", "solvent.nc"):
         assert (tmp_path / name).is_file()
-    assert "ΔG_solv" in (tmp_path / "results.md").read_text()
+    assert "ΔG_solv" in (tmp_path / "results.md").read_text() and "- solvent: states " in (tmp_path / "results.md").read_text()
+    stored = json.loads((tmp_path / "results.json").read_text())["legs"]["solvent"]
+    assert stored["interval_errors_kT"] == result.legs["solvent"].interval_errors
     seed = json.loads((tmp_path / "results.json").read_text())["settings"]["seed"]  # a fresh root seed, recorded
     assert seed == result.settings["seed"] and isinstance(seed, int) and seed >= 0
     # dudl.png draws exactly the computed ⟨∂u/∂λ⟩ (read back from the figure's artists)

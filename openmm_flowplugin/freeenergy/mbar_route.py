@@ -47,6 +47,10 @@ class LegEstimate:
         Stored iterations (without the minimized start), iterations discarded as equilibration, the
         statistical inefficiency of the replicas' summed reduced potential (in iterations), and the
         samples MBAR used (uncorrelated iterations times replicas).
+    interval_errors : list of float
+        MBAR standard error of ``f_{k+1} - f_k`` for each pair of neighbouring states (kT): where the
+        schedule's variance comes from (add states, or spread them, where these are largest). Their squares
+        need not add up to ``error**2``: the intervals' errors are correlated.
     """
 
     delta_f: float
@@ -59,6 +63,7 @@ class LegEstimate:
     n_equilibration: int = 0
     statistical_inefficiency: float = 1.0
     n_uncorrelated: int = 0
+    interval_errors: list = field(default_factory=list)
 
     @property
     def min_neighbour_overlap(self):
@@ -71,7 +76,7 @@ class LegEstimate:
                 "overlap": np.asarray(self.overlap).tolist(), "min_neighbour_overlap": self.min_neighbour_overlap,
                 "forward": self.forward, "reverse": self.reverse, "n_iterations": self.n_iterations,
                 "n_equilibration": self.n_equilibration, "statistical_inefficiency": self.statistical_inefficiency,
-                "n_uncorrelated": self.n_uncorrelated}
+                "n_uncorrelated": self.n_uncorrelated, "interval_errors_kT": self.interval_errors}
 
 
 def _leg_record(leg, md_steps, timestep_fs, collision_rate, equilibration_iterations):
@@ -339,7 +344,8 @@ def analyze_leg(storage, fractions=(0.2, 0.4, 0.6, 0.8, 1.0)):
     return LegEstimate(delta_f=float(delta_f[0, -1]), error=float(d_delta_f[0, -1]),
                        state_free_energies=[float(v) for v in delta_f[0]], overlap=overlap, forward=forward, reverse=reverse,
                        n_iterations=int(len(energies)), n_equilibration=t0, statistical_inefficiency=g,
-                       n_uncorrelated=int(len(iterations) * energies.shape[1]))
+                       n_uncorrelated=int(len(iterations) * energies.shape[1]),
+                       interval_errors=[float(d_delta_f[k, k + 1]) for k in range(len(d_delta_f) - 1)])
 
 
 def kT_in(temperature, target=unit.kilocalorie_per_mole):

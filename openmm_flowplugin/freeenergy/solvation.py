@@ -95,6 +95,11 @@ class SolvationResult:
         for name, leg in self.legs.items():
             pairs = ", ".join(f"{f:.0%}: {a:.3f} / {b:.3f}" for (f, a, _), (_, b, _) in zip(leg.forward, leg.reverse))
             lines.append(f"- {name}: {pairs}")
+        lines += ["", "Standard error (kT) of ΔF between neighbouring states, the three largest per leg (add or spread states there "
+                  "to lower the leg's error):", ""]
+        for name, leg in self.legs.items():
+            largest = sorted(range(len(leg.interval_errors)), key=lambda k: -leg.interval_errors[k])[:3]
+            lines.append(f"- {name}: " + ", ".join(f"states {k} → {k + 1}: {leg.interval_errors[k]:.3f}" for k in largest))
         if self.dudl:
             lines += ["", "⟨∂u/∂λ⟩ (kT) at the states, from the stored configurations (dudl.png):", ""]
             for name, profiles in self.dudl.items():
