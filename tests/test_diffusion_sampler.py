@@ -296,3 +296,15 @@ def test_bootstrap_settings_and_sparse_basins():
     assert ((s[:, 0] >= 2.6).sum()) <= 3
     sparse = basin_free_energy_difference(s, np.zeros(500), basins, "A", "B", 300.0, seed=1)
     assert np.isfinite(sparse.value) and sparse.error == math.inf
+
+
+def test_the_progress_bar_shows_loss_buffer_ess_bias_height_and_invalid_energies(capsys):
+    molecular_system = systems.get("mueller_brown")
+    lower, upper, _, _ = CASES["mueller_brown"]
+    sampler = _sampler(molecular_system, _xy_bias(molecular_system, lower, upper), batch_size=16, n_adjoint_steps=1,
+                       training_batch_size=16)
+    sampler.train(2, progress=True)
+    shown = capsys.readouterr().err
+    assert "diffusion sampler" in shown and "2/2" in shown
+    for field in ("loss=", "ess=", "bias=", "kJ/mol", "invalid=0"):
+        assert field in shown, (field, shown)
