@@ -59,6 +59,7 @@ def test_a_small_run_writes_results_and_resumes(tmp_path):
     ([*MB, "--grid", "z:0,1"], "name one of the CVs"),
     (["--system", "mueller_brown", "--cv", "x:x@0", "--cv", "y:y@3", "--grid", "x:-2,1.5", "--grid", "y:-1,2.5", "--hill-width", "0.25"],
      "reads atom 3"),
+    (["--system", "alanine_dipeptide_vacuum", "--cv", "phi:4,6,8,14", "--cv", "psi:6,8,14,99"], "reads atom 99"),  # before any MD
 ])
 def test_bad_input_is_one_line(tmp_path, args, message):
     result = run(*args, *SMALL, "--iterations", "1", "-o", str(tmp_path / "out"))
@@ -115,9 +116,12 @@ def test_auto_coordinates_are_internal_for_a_molecule_only():
         resolved_coordinates(ala2, "zmatrix", torsions)
 
 
-def test_a_cartesian_run_made_before_auto_is_told_how_to_resume(tmp_path):
+def test_a_cartesian_run_made_before_auto_resumes_in_its_own_coordinates(tmp_path):
     out, cvs = tmp_path / "ala", ["--system", "alanine_dipeptide_vacuum", "--cv", "phi:4,6,8,14", "--cv", "psi:6,8,14,16"]
     assert run(*cvs, *SMALL, "--coordinates", "cartesian", "--iterations", "1", "-o", str(out)).exit_code == 0
-    resumed = run(*cvs, *SMALL, "--iterations", "2", "-o", str(out))
-    assert resumed.exit_code == 2 and "--coordinates cartesian" in resumed.output, resumed.output
-    assert run(*cvs, *SMALL, "--coordinates", "cartesian", "--iterations", "2", "-o", str(out)).exit_code == 0
+    resumed = run(*cvs, *SMALL, "--iterations", "2", "-o", str(out))  # auto: the checkpoint's space
+    assert resumed.exit_code == 0, resumed.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["coordinates"] == "cartesian" and results["iterations"] == 2
+    other = run(*cvs, *SMALL, "--coordinates", "internal", "--iterations", "3", "-o", str(out))  # asked for another space
+    assert other.exit_code == 2 and "--coordinates cartesian" in other.output, other.output

@@ -124,8 +124,8 @@ def test_training_statistics_and_energy_count(trained):
 
 
 def test_training_interrupted_mid_iteration_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
-    """A run killed inside an iteration (after a checkpoint, and while writing the next one: a stale ``.partial``
-    file) resumes from the last complete checkpoint and ends where an uninterrupted run does."""
+    """A run killed inside an iteration, past its last checkpoint (leaving a stale ``.partial`` file, as a kill during a
+    save would: it is ignored and replaced), resumes from that checkpoint and ends where an uninterrupted run does."""
     molecular_system = systems.get("mueller_brown")
     lower, upper, _, _ = CASES["mueller_brown"]
     small = dict(batch_size=32, n_adjoint_steps=3, training_batch_size=32, snapshot_interval=2)

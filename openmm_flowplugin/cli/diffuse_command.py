@@ -15,12 +15,14 @@ basin to each other one, with bootstrap errors.
 
 Everything goes to OUTPUT: checkpoint.pt (run the command again to resume or extend: --iterations is the total),
 results.json/results.md, fes.png (reweighted FES, and the well-tempered estimate labelled approximate),
-samples.npz and bias.xml (the frozen bias as an OpenMM CustomCVForce).
+fes.npz (the reweighted FES with its bootstrap errors), samples.npz and bias.xml (the frozen bias as an OpenMM
+CustomCVForce).
 
---coordinates internal (molecules) runs the sampler on standardized Z-matrix bonds, angles and torsions, standardized
-on a short MD run that also warm-starts it (--sigma-max and --sigma-min are then in standardized units, default
-1.2 and 0.05); the default, cartesian (1.5 and 0.02 nm), suits the 2D test systems and a few atoms. The weights are
-exact either way (see docs/diffusion.md for alanine dipeptide).
+--coordinates internal runs the sampler on standardized Z-matrix bonds, angles and torsions, standardized on a short
+MD run that also warm-starts it (--sigma-max and --sigma-min are then in standardized units, default 1.2 and 0.05);
+cartesian (1.5 and 0.02 nm) suits the 2D test systems and a few atoms. The default, auto, takes internal for a
+system that is one bonded molecule (unless a CV is a Cartesian component), cartesian otherwise, and a resumed run's
+own. The weights are exact either way (see docs/diffusion.md for alanine dipeptide).
 """
 
 
@@ -45,7 +47,7 @@ exact either way (see docs/diffusion.md for alanine dipeptide).
               help="The sampler's variables: Cartesian positions, or standardized internal coordinates; auto: internal for "
                    "a system that is one bonded molecule, Cartesian otherwise (the 2D model systems).")
 @click.option("--rotor-scale", default=1.0, show_default=True, type=click.FloatRange(0.0, 3.14159),
-              help="With --coordinates internal: least standardization spread (rad) of the torsions about the bonds of torsion CVs, "
+              help="With internal coordinates (--coordinates internal, or auto on a molecule): least standardization spread (rad) of the torsions about the bonds of torsion CVs, "
                    "so the noise reaches their other basins; 0 keeps the MD run's spread.")
 @click.option("--max-gradient-norm", default=20.0, show_default=True, type=FINITE_POSITIVE,
               help="Clip of each |grad u| (1/nm, u = U/kT) in the training target; the weights stay exact.")

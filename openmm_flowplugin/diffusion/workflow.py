@@ -3,7 +3,8 @@
 :func:`diffusion_free_energy_surface` is what ``openmm-flowplugin diffuse`` runs. Its output folder holds
 ``checkpoint.pt`` (training resumes from it), ``results.json`` / ``results.md`` (ESS, basin ΔF with
 bootstrap errors, energy evaluations, CPU time), ``fes.png`` (the reweighted FES — the main result —
-beside the well-tempered estimate −γ/(γ−1)V, labelled approximate), ``samples.npz`` (CV values, exact
+beside the well-tempered estimate −γ/(γ−1)V, labelled approximate), ``fes.npz`` (the reweighted F per
+bin with its bootstrap error), ``samples.npz`` (CV values, exact
 log weights, bias) and ``bias.xml`` (the frozen bias as a serialized OpenMM ``CustomCVForce``: add it
 to the System to continue with MD or FlowMCMove on the same biased target).
 
@@ -54,6 +55,30 @@ def resolved_coordinates(molecular_system, coordinates, cvs=()):
     if coordinates not in DEFAULT_SCHEDULES:
         raise InvalidInputError(f"coordinates must be 'auto', 'cartesian' or 'internal', got {coordinates!r}.")
     return coordinates
+
+
+def _check_before_md(molecular_system, cvs):
+    """What :class:`DiffusionSampler` would refuse, checked before the standardization MD run: CV atoms and constraints."""
+    n_atoms = molecular_system.system.getNumParticles()
+    for name, cv in cvs.items():
+        if max(cv.atoms) >= n_atoms:
+            raise InvalidInputError(f"the CV {name!r} reads atom {max(cv.atoms)}, but {molecular_system.name!r} has {n_atoms} atoms "
+                                    f"(indices 0..{n_atoms - 1}).")
+    if molecular_system.system.getNumConstraints():
+        raise InvalidInputError(f"{molecular_system.name!r} has {molecular_system.system.getNumConstraints()} constraints, but the diffusion "
+                                "sampler moves every degree of freedom: build the System without constraints.")
+
+
+def _stored_coordinates(checkpoint):
+    """The coordinate space ("cartesian" or "internal") a stored checkpoint was trained in, or None (no or unreadable file)."""
+    import torch
+
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        kind = state["settings"]["coordinates"]["kind"]
+    except Exception:  # noqa: BLE001 - missing or not a checkpoint: the sampler's loader says why, if it matters
+        return None
+    return kind if kind in DEFAULT_SCHEDULES else None
 
 
 def parse_cv(spec):
@@ -140,9 +165,9 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
         internal ones (default 1.2 and 0.05).
     seed : int
     coordinates : {"auto", "cartesian", "internal"}
-        The sampler's variables; ``"auto"`` (default): ``"internal"`` for a system that is one bonded
-        molecule (its Z-matrix exists) unless a CV is a Cartesian component, else ``"cartesian"`` (the 2D
-        model systems). ``"internal"`` standardizes the Z-matrix coordinates on
+        The sampler's variables; ``"auto"`` (default): the stored checkpoint's when resuming, else
+        ``"internal"`` for a system that is one bonded molecule (its Z-matrix exists) unless a CV is a
+        Cartesian component, and ``"cartesian"`` otherwise (the 2D model systems). ``"internal"`` standardizes the Z-matrix coordinates on
         ``md_frames`` frames of a Langevin run (1 fs steps, ``md_interval`` steps apart, from the
         system's positions), which also warm-start the replay buffer; its steps count as energy
         evaluations. ``sigma_max``/``sigma_min`` are then in standardized units.
@@ -171,10 +196,13 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
 
     if len(cvs) != 2:
         raise InvalidInputError(f"give exactly two CVs (--cv twice), got {len(cvs)}.")
+    _check_before_md(molecular_system, cvs)
+    output_dir = Path(output_dir)
+    if coordinates == "auto":  # a stored run keeps the space it was trained in (runs made before "auto" were Cartesian)
+        coordinates = _stored_coordinates(output_dir / "checkpoint.pt") or coordinates
     coordinates = resolved_coordinates(molecular_system, coordinates, cvs.values())
     sigma_max = DEFAULT_SCHEDULES[coordinates][0] if sigma_max is None else sigma_max
     sigma_min = DEFAULT_SCHEDULES[coordinates][1] if sigma_min is None else sigma_min
-    output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     grid = _grid(cvs, dict(grid_ranges or {}), hill_width)
     bias = WellTemperedBias(list(cvs.values()), hill_width=hill_width, hill_height=hill_height, bias_factor=bias_factor,
