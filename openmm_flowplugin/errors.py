@@ -13,7 +13,8 @@ Examples
 n_steps must be an integer >= 1, got 0.
 """
 
-__all__ = ["UserInputError", "InvalidInputError", "InvalidTypeError", "UnknownNameError", "ParametrizationError", "NoOverlapError"]
+__all__ = ["UserInputError", "InvalidInputError", "InvalidTypeError", "UnknownNameError", "ParametrizationError", "NoOverlapError",
+           "MissingDependencyError"]
 
 
 class UserInputError(Exception):
@@ -40,6 +41,10 @@ class ParametrizationError(UserInputError, RuntimeError):
 
     The message names the tool, its last error lines and the log file kept for inspection.
     """
+
+
+class MissingDependencyError(UserInputError, ImportError):
+    """An optional package or program a feature needs is not installed; the message names what to install."""
 
 
 class NoOverlapError(InvalidInputError):

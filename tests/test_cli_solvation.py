@@ -26,6 +26,11 @@ def run(*args):
     (["--preset", "lj", "--method", "neural-ti", "--nodes", "1,0.5"], "decrease from t = 1 to t = 0"),
     (["--preset", "lj", "--method", "neural-ti", "--nodes", "many"], "give a count"),
     (["--preset", "lj", "--method", "neural-ti", "--nodes", "1"], "at least 2 nodes"),
+    (["--preset", "lj", "--nvt", "--cutoff", "1.0"], "--nvt, --cutoff apply to molecules in water"),
+    (["--preset", "water", "--forcefield", "gaff"], "--forcefield do not apply to --preset water"),
+    (["--prmtop", __file__, "--inpcrd", __file__, "--charge-method", "bcc"], "--charge-method do not apply to --prmtop"),
+    (["--prmtop", __file__, "--inpcrd", __file__, "--padding", "1.0"], "--padding does not apply to --prmtop"),
+    (["--smiles", "C", "--constraints", "some"], "Invalid value for '--constraints'"),
 ])
 def test_contradictory_input_is_one_line(tmp_path, args, message):
     result = run(*args, "-o", str(tmp_path / "out"))
@@ -50,6 +55,27 @@ def test_a_molecule_is_built_for_its_hydrogen_mass_and_time_step(tmp_path, monke
         assert result.exit_code == 2 and "stop after the build" in result.output, result.output
     # an LJ preset's step is in its reduced units: --timestep goes to the run only
     assert built == [{"hydrogen_mass": 3.0, "timestep": 0.004}, {"smiles": "CCO", "timestep": 0.001}, {}, {}]
+    # the options that decide the Hamiltonian, each to the builder's keyword
+    built.clear()
+    result = run("--smiles", "CC(=O)[O-]", "--forcefield", "gaff", "--charge-method", "bcc", "--allow-charged", "--nvt", "--cutoff",
+                 "1.0", "--switch-distance", "0.8", "--no-dispersion-correction", "--constraints", "none", "-o", str(tmp_path / "out"))
+    assert result.exit_code == 2 and "stop after the build" in result.output, result.output
+    assert built == [dict(smiles="CC(=O)[O-]", forcefield="gaff", charge_method="bcc", allow_charged=True, pressure=None,
+                          nonbonded_cutoff=1.0, switch_distance=0.8, dispersion_correction=False, constraints=None)]
+
+
+def test_a_molecule_the_builder_refuses_is_one_line(tmp_path, monkeypatch):
+    """Invalid SMILES, a charged solute (naming the flag that builds it anyway) and missing AmberTools (naming the extra)."""
+    pytest.importorskip("rdkit")
+    small_molecules = pytest.importorskip("openmm_flowplugin._systems.small_molecules")
+    for args, message in ((["--smiles", "C1CC"], "SMILES"), (["--smiles", "CC(=O)[O-]"], "--allow-charged")):
+        result = run(*args, "-o", str(tmp_path / "out"))
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    monkeypatch.setattr(small_molecules, "_tool_dirs", lambda: [str(tmp_path)])  # no AmberTools there
+    result = run("--smiles", "C", "-o", str(tmp_path / "out"))
+    assert result.exit_code == 2 and "was not found" in result.output and "openmm_flowplugin[solvation]" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 def test_lj_preset_runs_writes_results_and_refuses_other_settings(tmp_path, monkeypatch):

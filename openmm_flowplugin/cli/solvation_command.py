@@ -7,8 +7,11 @@ from ._common import FINITE_POSITIVE, POSITIVE_INT, _user_errors
 
 _HELP = """Solvation free energy of a molecule (--smiles, --mol2 [--frcmod], --prmtop/--inpcrd) or a --preset
 (lj, lj-paper, methane, water) by the alchemical route: openmmtools replica exchange over the λ states of
-each leg (solvent; vacuum for molecules), MBAR with pymbar. Molecules are parametrized with GAFF2 and
-AM1-BCC through AmberTools (pip install 'openmm_flowplugin[solvation]') and solvated in TIP3P.
+each leg (solvent; vacuum for molecules), MBAR with pymbar. Molecules are parametrized with GAFF2 (or --forcefield
+gaff) and AM1-BCC (or a mol2's own charges) through AmberTools (pip install 'openmm_flowplugin[solvation]') and
+solvated in TIP3P; the options that decide the Hamiltonian (--temperature, --nvt, --cutoff, --switch-distance,
+--no-dispersion-correction, --constraints, --hydrogen-mass, --timestep) are recorded in results.json. A charged
+solute is refused unless --allow-charged (counter-ions; no finite-size or neutralization corrections).
 
 Everything goes to OUTPUT: each leg's openmmtools storage (solvent.nc, vacuum.nc), results.json,
 results.md, overlap.png (MBAR overlap) and dudl.png (<du/dlambda> against lambda at each state, in kT, from
@@ -37,10 +40,46 @@ def _nodes(ctx, param, value):
     return nodes
 
 
+def _hamiltonian_options(preset, molecule, **given):
+    """The molecule builder's options from the command's (None or False: not given), refused where they do not apply."""
+    flags = {"forcefield": "--forcefield", "charge_method": "--charge-method", "allow_charged": "--allow-charged", "nvt": "--nvt",
+             "cutoff": "--cutoff", "switch_distance": "--switch-distance", "no_dispersion_correction": "--no-dispersion-correction",
+             "constraints": "--constraints"}
+    used = [name for name, value in given.items() if value not in (None, False)]
+    if used and preset in ("lj", "lj-paper"):
+        raise InvalidInputError(f"{', '.join(flags[n] for n in used)} apply to molecules in water, not to the Lennard-Jones presets.")
+    solute_only = [n for n in used if n in ("forcefield", "charge_method", "allow_charged")]
+    if solute_only and preset == "water":
+        raise InvalidInputError(f"{', '.join(flags[n] for n in solute_only)} do not apply to --preset water (the solute is a TIP3P water).")
+    parametrized = [n for n in used if n in ("forcefield", "charge_method")]
+    if parametrized and "prmtop" in molecule:
+        raise InvalidInputError(f"{', '.join(flags[n] for n in parametrized)} do not apply to --prmtop: the topology's own "
+                                "parameters and charges are used.")
+    options = {}
+    if given["forcefield"] is not None:
+        options["forcefield"] = given["forcefield"]
+    if given["charge_method"] is not None:
+        options["charge_method"] = given["charge_method"]
+    if given["allow_charged"]:
+        options["allow_charged"] = True
+    if given["nvt"]:
+        options["pressure"] = None
+    if given["cutoff"] is not None:
+        options["nonbonded_cutoff"] = given["cutoff"]
+    if given["switch_distance"] is not None:
+        options["switch_distance"] = given["switch_distance"]
+    if given["no_dispersion_correction"]:
+        options["dispersion_correction"] = False
+    if given["constraints"] is not None:
+        options["constraints"] = None if given["constraints"] == "none" else given["constraints"]
+    return options
+
+
 @click.command(help=_HELP)
 @click.option("--preset", type=click.Choice(["lj", "lj-paper", "methane", "water"]), default=None, help="A ready-made system.")
 @click.option("--smiles", default=None, help="Solute as SMILES (RDKit conformer, AM1-BCC charges).")
-@click.option("--mol2", type=click.Path(dir_okay=False, exists=True), default=None, help="Solute as mol2 (charges from the file).")
+@click.option("--mol2", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Solute as mol2 (charges from the file, or --charge-method bcc).")
 @click.option("--frcmod", type=click.Path(dir_okay=False, exists=True), default=None, help="Extra parameters for --mol2.")
 @click.option("--prmtop", type=click.Path(dir_okay=False, exists=True), default=None, help="Solvated AMBER topology (with --inpcrd).")
 @click.option("--inpcrd", type=click.Path(dir_okay=False, exists=True), default=None, help="Solvated AMBER coordinates.")
@@ -60,6 +99,17 @@ def _nodes(ctx, param, value):
 @click.option("--temperature", default=None, type=FINITE_POSITIVE, help="K (molecules: default 298.15).")
 @click.option("--hydrogen-mass", default=None, type=FINITE_POSITIVE,
               help="amu: hydrogen mass repartitioning of the molecule (e.g. 3 with --timestep 4; water stays rigid TIP3P).")
+@click.option("--forcefield", type=click.Choice(["gaff2", "gaff"]), default=None, help="GAFF version of the solute [default: gaff2].")
+@click.option("--charge-method", type=click.Choice(["bcc", "file"]), default=None,
+              help="AM1-BCC charges, or the --mol2 file's own [default: file for --mol2, bcc otherwise].")
+@click.option("--allow-charged", is_flag=True,
+              help="Build a charged solute with counter-ions (its ΔG then lacks finite-size and neutralization corrections).")
+@click.option("--nvt", is_flag=True, help="No barostat in the solvent leg (default: 1 atm, MonteCarloBarostat).")
+@click.option("--cutoff", default=None, type=FINITE_POSITIVE, help="PME real-space and LJ cutoff, nm (default 0.9).")
+@click.option("--switch-distance", default=None, type=FINITE_POSITIVE, help="LJ switching start, nm (default: no switch).")
+@click.option("--no-dispersion-correction", is_flag=True, help="Drop the long-range LJ correction of the solvent leg.")
+@click.option("--constraints", type=click.Choice(["HBonds", "none", "AllBonds", "HAngles"]), default=None,
+              help="Solute constraints (water stays rigid) [default: HBonds].")
 @click.option("--checkpoint-interval", default=10, show_default=True, type=POSITIVE_INT,
               help="Iterations between stored positions (the samples of <du/dlambda> and of neural TI's TI estimate).")
 @click.option("--equilibration", default=20, show_default=True, type=click.IntRange(min=0),
@@ -70,7 +120,8 @@ def _nodes(ctx, param, value):
               help="Root seed of the legs' MD and replica swaps (a resume continues with new draws).")
 @_user_errors
 def solvation(preset, smiles, mol2, frcmod, prmtop, inpcrd, method, nodes, train_steps, samples, output, iterations, md_steps,
-              timestep, padding, temperature, hydrogen_mass, checkpoint_interval, equilibration, platform, progress, seed):
+              timestep, padding, temperature, hydrogen_mass, forcefield, charge_method, allow_charged, nvt, cutoff, switch_distance,
+              no_dispersion_correction, constraints, checkpoint_interval, equilibration, platform, progress, seed):
     from pathlib import Path
 
     from ..freeenergy import solvation_free_energy, solvation_system
@@ -84,6 +135,8 @@ def solvation(preset, smiles, mol2, frcmod, prmtop, inpcrd, method, nodes, train
     if padding is not None:
         if preset in ("lj", "lj-paper"):
             raise InvalidInputError("--padding applies to molecules in water, not to the Lennard-Jones presets.")
+        if "prmtop" in molecule:
+            raise InvalidInputError("--padding does not apply to --prmtop: its box is already solvated.")
         options["padding"] = padding
     if temperature is not None:
         if preset in ("lj", "lj-paper"):
@@ -97,6 +150,9 @@ def solvation(preset, smiles, mol2, frcmod, prmtop, inpcrd, method, nodes, train
         options["hydrogen_mass"] = hydrogen_mass
     if timestep is not None and preset not in ("lj", "lj-paper"):  # a molecule's System records the step of its run
         options["timestep"] = timestep / 1000.0
+    options.update(_hamiltonian_options(preset, molecule, forcefield=forcefield, charge_method=charge_method,
+                                        allow_charged=allow_charged, nvt=nvt, cutoff=cutoff, switch_distance=switch_distance,
+                                        no_dispersion_correction=no_dispersion_correction, constraints=constraints))
     system = solvation_system(preset, **options)
     from ..freeenergy.mbar_route import _mpi_comm
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from .as_force import as_openmm_force
-from ..errors import InvalidInputError, InvalidTypeError
+from ..errors import InvalidInputError, InvalidTypeError, MissingDependencyError
 
 #: Environment variable naming the folder that holds named models' state-dict files.
 ANI_DIR_ENV_VAR = "OPENMM_FLOWPLUGIN_ANI_DIR"
@@ -47,7 +47,7 @@ def _torchani():
             warnings.filterwarnings("ignore", message="The extensions")  # optional CUDA extensions
             import torchani
     except ImportError as error:
-        raise ImportError(
+        raise MissingDependencyError(
             "TorchANI support needs torchani: install the extra `pip install openmm_flowplugin[ani]`."
         ) from error
     return torchani

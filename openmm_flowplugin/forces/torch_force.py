@@ -17,7 +17,7 @@ import warnings
 
 import torch
 
-from ..errors import InvalidTypeError
+from ..errors import InvalidTypeError, MissingDependencyError
 
 INSTALL_HINT = (
     "backend='torch' needs openmmtorch (TorchForce): install the extra `pip install "
@@ -124,7 +124,7 @@ def torch_force(module, particles=None, periodic=False, global_parameters=None):
     try:
         from openmmtorch import TorchForce
     except ImportError as error:
-        raise ImportError(INSTALL_HINT) from error
+        raise MissingDependencyError(INSTALL_HINT) from error
     parameters = dict(global_parameters or {})
     scripted = script_adapter(module, particles=particles, periodic=periodic, parameter_names=tuple(parameters))
     force = TorchForce(scripted)
