@@ -7,8 +7,8 @@ error, the overlap matrices and forward/reverse convergence (in ``output_dir/res
 ``--neural-ti`` neural thermodynamic integration of the solvent leg runs in the same folder (the vacuum
 leg is shared) and the two ΔG are printed side by side.
 
-Run: ``python examples/solvation_methane.py [output_dir]``: an hour-scale job on 2 CPU cores at these
-settings (run it again to resume); on a GPU machine add ``--platform CUDA``. ``--quick`` runs a few
+Run: ``python examples/solvation_methane.py [output_dir]``: about 8 CPU-hours on 2 CPU cores at these
+settings (500 iterations × 500 steps; run it again to resume); on a GPU machine add ``--platform CUDA``. ``--quick`` runs a few
 iterations to show the workflow (minutes; not converged).
 """
 
