@@ -79,6 +79,25 @@ def test_openmm_table_and_dU_dt_match_torch(leg, random_phi):
     assert abs((up - down) / (2 * h) - t * (1 - t) * dudt_torch.item()) > 0.05 * abs(dudt_torch.item())
 
 
+def test_amortized_time_derivative_equals_openmms_path(leg, random_phi):
+    """∂_t u_θ as the amortized estimator computes it (physical part by differences on Reference, learned part by
+    autograd) equals a finite difference in t of the exact path's whole OpenMM energy."""
+    path = nti.exact_path_leg(leg, random_phi, nodes=3)
+    box = leg.alchemical_system.getDefaultPeriodicBoxVectors()[0][0].value_in_unit(unit.nanometer)
+    rng = np.random.default_rng(3)
+    x = leg.molecular_system.positions_nm + 0.02 * rng.standard_normal((3, leg.molecular_system.n_atoms, 3))
+    t = np.array([0.25, 0.5, 0.8])
+    du = nti.path_time_derivatives(leg, random_phi, x, t, box)
+    beta, h = 1.0 / leg.molecular_system.kT, 1e-4
+    openmm_du = np.array([beta * (_state(path.alchemical_system, x[k], t[k] + h)[0] - _state(path.alchemical_system, x[k], t[k] - h)[0])
+                          / (2 * h) for k in range(3)])
+    np.testing.assert_allclose(du, openmm_du, rtol=5e-3)
+    # Control: the learned part alone (the physical λ held fixed) differs
+    learned_only = np.array([beta * (_state(path.alchemical_system, x[k], t[k] + h, lam=t[k])[0]
+                                     - _state(path.alchemical_system, x[k], t[k] - h, lam=t[k])[0]) / (2 * h) for k in range(3)])
+    assert not np.allclose(learned_only, openmm_du, rtol=5e-2)
+
+
 def test_endpoint_samples_repeat_for_a_seed(leg):
     """The integrator's seed reaches OpenMM (it is read when the Context is made); control: another seed."""
     def draw(seed):
@@ -155,3 +174,19 @@ def test_a_run_without_a_seed_takes_the_root_stored_with_its_samples(tmp_path, m
         with pytest.raises(RuntimeError, match="stop after"):
             nti.neural_ti_free_energy(fluid, folder, seed=None)
     assert roots[0] == 42 and roots[1] != 42  # control: nothing stored, a fresh root
+
+
+def test_a_stored_model_is_reused_only_for_its_training_length_and_a_broken_one_is_one_line(leg, random_phi, tmp_path):
+    from openmm_flowplugin.errors import InvalidInputError
+
+    path = tmp_path / "neural_ti_model.pt"
+    torch.save({"config": random_phi.config, "state_dict": random_phi.state_dict(), "history": [1.0, 0.5, 0.25], "record": "r",
+                "seed": 7}, path)
+    phi, history, seed = nti._stored_or_new_model(path, "r", leg, None, 3, "Reference", False)
+    assert history == [1.0, 0.5, 0.25] and seed == 7
+    assert all(torch.equal(a, b) for a, b in zip(phi.state_dict().values(), random_phi.state_dict().values()))
+    with pytest.raises(InvalidInputError, match=r"trained for 3 steps, not 500: give --train-steps 3"):
+        nti._stored_or_new_model(path, "r", leg, None, 500, "Reference", False)
+    path.write_bytes(path.read_bytes()[:100])  # truncated
+    with pytest.raises(InvalidInputError, match="not a readable neural-TI model"):
+        nti._stored_or_new_model(path, "r", leg, None, 3, "Reference", False)

@@ -211,8 +211,13 @@ def test_samples_of_other_settings_are_refused(leg, tmp_path):
     np.savez(path, x0=x, f0=x, x1=x, f1=x, box=1.0, solute=leg.solute_atoms, record=np.array('{"other": 1}'))
     with pytest.raises(InvalidInputError, match="another system or settings"):
         _stored_or_new_samples(path, '{"this": 1}', leg, 2, "Reference")
-    samples, seed = _stored_or_new_samples(path, '{"other": 1}', leg, 2, "Reference")  # Control: its own record
+    samples, seed = _stored_or_new_samples(path, '{"other": 1}', leg, 1, "Reference")  # Control: its own record
     assert samples.x0.shape == x.shape and seed is None  # a file from before seeds were stored
+    with pytest.raises(InvalidInputError, match=r"holds 1 samples per end state, not 2: give --samples 1"):
+        _stored_or_new_samples(path, '{"other": 1}', leg, 2, "Reference")  # another count is not silently reused
+    path.write_bytes(b"PK\x03\x04 half an npz")  # what an interrupted write would have left before writes were atomic
+    with pytest.raises(InvalidInputError, match="not readable endpoint samples"):
+        _stored_or_new_samples(path, '{"other": 1}', leg, 1, "Reference")
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """Neural TI before the exact path: endpoint MD, pairing, target score matching, the amortized estimate (:mod:`.neural_ti`)."""
 
-__all__ = ["ELECTROSTATICS_FROM", "path_lambdas", "EndpointSamples", "sample_endpoints", "train_neural_ti", "amortized_delta_f"]
+__all__ = ["ELECTROSTATICS_FROM", "path_lambdas", "EndpointSamples", "sample_endpoints", "train_neural_ti", "amortized_delta_f",
+           "path_time_derivatives"]
 
 import math
 from dataclasses import dataclass
@@ -271,23 +272,37 @@ def amortized_delta_f(leg, samples, pair_potential, n_points=256, seed=1, platfo
     Returns ``(delta_f, standard_error)`` in kT, ``delta_f = f(decoupled) - f(coupled)``. The standard
     error is statistical only; the estimator is biased unless the interpolant's marginals are the
     Boltzmann distributions of U_θ, which nothing enforces. Use :func:`~.neural_ti.exact_path_leg` for the result.
+    ∂_t u_θ is :func:`path_time_derivatives` (``platform`` is not used).
     """
     rng = np.random.default_rng(seed)
-    context, _ = _context(leg, platform)
-    beta = 1.0 / leg.molecular_system.kT
-    boundary = path_boundary(leg)
     x1, _ = _pair(samples, rng, *_solvent_molecules(leg))
     index = rng.integers(0, len(samples.x0), n_points)
     t = rng.uniform(0.0, 1.0, n_points)
     xt = _interpolate(samples.x0[index], x1[index], t, samples.box)
-    du_phys = np.array([_physical_reduced(context, xt[k], float(t[k]), beta, forces=False, boundary=boundary)[2]
-                        for k in range(n_points)])
+    du = path_time_derivatives(leg, pair_potential, xt, t, samples.box)  # f(1) - f(0) = E[∂_t u]
+    return float(-du.mean()), float(du.std(ddof=1) / math.sqrt(n_points))
+
+
+def path_time_derivatives(leg, pair_potential, positions, t, box):
+    """∂_t u_θ(x, t) in kT at configurations ``positions`` (n, atoms, 3) nm and times ``t`` (n,) in a fixed ``box``.
+
+    The physical part is a central finite difference (one-sided at the ends) of the energy of the forces that
+    depend on λ, in double precision on the Reference platform (a difference of energies 1e-4 apart in λ; on a
+    single-precision platform the whole box's energy would drown it); the learned part is exact (autograd).
+    """
+    from ._dudl import _derivative_context
+
+    context = _derivative_context(_constant_volume(leg.alchemical_system), ("lambda_sterics", "lambda_electrostatics"))
+    beta = 1.0 / leg.molecular_system.kT
+    boundary = path_boundary(leg)
+    t = np.asarray(t, dtype=np.float64)
+    du_phys = np.array([_physical_reduced(context, positions[k], float(t[k]), beta, forces=False, boundary=boundary)[2]
+                        for k in range(len(t))])
     t_torch = torch.tensor(t, requires_grad=True)
     classes = pair_classes(leg.molecular_system.system, leg.solute_atoms)
-    energy = beta * pair_potential.learned_energy(torch.tensor(xt), t_torch, None, samples.box, classes)
+    energy = beta * pair_potential.learned_energy(torch.as_tensor(np.asarray(positions)), t_torch, None, box, classes)
     (du_nn,) = torch.autograd.grad(energy.sum(), t_torch)
-    du = du_phys + du_nn.detach().numpy()  # ∂_t u_θ at each point; f(1) - f(0) = E[∂_t u]
-    return float(-du.mean()), float(du.std(ddof=1) / math.sqrt(n_points))
+    return du_phys + du_nn.detach().numpy()
 
 
 def _charges(leg):

@@ -33,8 +33,10 @@ imported from here.
 __all__ = ["PairPotential", "PairClasses", "pair_classes", "path_lambdas", "NeuralTIState", "EndpointSamples", "sample_endpoints",
            "train_neural_ti", "amortized_delta_f", "learned_force", "exact_path_leg", "path_ti", "neural_ti_free_energy", "derived_seeds"]
 
+import contextlib
 import json
 import math
+import os
 import zlib
 
 import numpy as np
@@ -48,11 +50,14 @@ from ._dudl import profile_stage
 from ._neural_ti_model import (_TABLE_R, _TABLE_T, T_PARAMETER, PairClasses, PairPotential, learned_force,  # noqa: F401
                                pair_classes)
 from ._neural_ti_training import (ELECTROSTATICS_FROM, EndpointSamples, _charges, _context, _cutoff, _interpolate,  # noqa: F401
-                                  _pair, _physical_reduced, _set_lambda, amortized_delta_f, path_boundary, path_lambdas,
+                                  _pair, _physical_reduced, _set_lambda, amortized_delta_f, path_boundary, path_lambdas, path_time_derivatives,
                                   sample_endpoints, train_neural_ti)
 
 with quiet_banners():
     from openmmtools.states import GlobalParameterState
+
+#: The files of a neural-TI run in its output folder.
+_SAMPLES_FILE, _MODEL_FILE, _PATH_FILE = "neural_ti_samples.npz", "neural_ti_model.pt", "neural_ti_path.nc"
 
 
 class NeuralTIState(GlobalParameterState):
@@ -379,16 +384,39 @@ def _stored_or_new_samples(path, record, leg, n_samples, platform, seed=0, root_
     with ``root_seed``, the root it derives from); returns them and the seed they were made with (``None`` for files
     written before seeds were stored)."""
     if path.exists():
-        data = np.load(path)
-        _refuse_other(path, data["record"][()] if "record" in data.files else None, record)
-        samples = EndpointSamples(data["x0"], data["f0"], data["x1"], data["f1"], float(data["box"]), data["solute"])
+        try:
+            data = np.load(path)
+            stored_record = data["record"][()] if "record" in data.files else None
+            samples = EndpointSamples(data["x0"], data["f0"], data["x1"], data["f1"], float(data["box"]), data["solute"])
+            stored_seed = int(data["seed"]) if "seed" in data.files else None
+        except Exception as error:  # noqa: BLE001 - a truncated or foreign file gets one line
+            raise InvalidInputError(f"{path} is not readable endpoint samples ({type(error).__name__}: {error}); delete it to "
+                                    "draw new ones.") from None
+        _refuse_other(path, stored_record, record)
         if samples.x0.shape[1] != leg.molecular_system.n_atoms or samples.solute != list(leg.solute_atoms):
             _refuse_other(path, "another", record)
-        return samples, (int(data["seed"]) if "seed" in data.files else None)
+        if len(samples.x0) != n_samples:
+            raise InvalidInputError(f"{path} holds {len(samples.x0)} samples per end state, not {n_samples}: give --samples "
+                                    f"{len(samples.x0)} (n_samples=) to reuse them, or delete the file (and {_MODEL_FILE}, trained "
+                                    "on them) to draw new ones.")
+        return samples, stored_seed
     samples = sample_endpoints(leg, n_samples, seed=seed, platform=platform)
-    np.savez(path, x0=samples.x0, f0=samples.f0, x1=samples.x1, f1=samples.f1, box=samples.box, solute=samples.solute,
-             record=np.array(record), seed=np.array(seed), **({} if root_seed is None else {"root_seed": np.array(root_seed)}))
+    with _atomic(path) as temporary, open(temporary, "wb") as file:
+        np.savez(file, x0=samples.x0, f0=samples.f0, x1=samples.x1, f1=samples.f1, box=samples.box, solute=samples.solute,
+                 record=np.array(record), seed=np.array(seed), **({} if root_seed is None else {"root_seed": np.array(root_seed)}))
     return samples, seed
+
+
+@contextlib.contextmanager
+def _atomic(path):
+    """A temporary name beside ``path``, moved onto it when the block ends without an error (an interrupted write
+    never leaves a truncated file under the name a resume reads)."""
+    temporary = path.with_name(path.name + ".partial")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def _stored_or_new_model(path, record, leg, samples, n_train_steps, platform, progress, seed=0, root_seed=None):
@@ -396,16 +424,26 @@ def _stored_or_new_model(path, record, leg, samples, n_train_steps, platform, pr
     ``root_seed``); returns φ, its loss history and the seed it was trained with (``None`` for files written before
     seeds were stored)."""
     if path.exists():
-        stored = torch.load(path, weights_only=True)
-        _refuse_other(path, stored.get("record"), record)
-        phi = PairPotential(**{k: v for k, v in stored["config"].items()})
+        try:
+            stored = torch.load(path, weights_only=True)
+            stored_record, config, history = stored.get("record"), dict(stored["config"]), list(stored["history"])
+        except Exception as error:  # noqa: BLE001 - a truncated or foreign file gets one line
+            raise InvalidInputError(f"{path} is not a readable neural-TI model ({type(error).__name__}: {error}); delete it to "
+                                    "train anew.") from None
+        _refuse_other(path, stored_record, record)
+        phi = PairPotential(**config)
         phi.load_state_dict(stored["state_dict"])
         if phi.n_classes != pair_classes(leg.molecular_system.system, leg.solute_atoms).n_classes:
             _refuse_other(path, "another", record)
-        return phi, list(stored["history"]), stored.get("seed")
+        if len(history) != n_train_steps:
+            raise InvalidInputError(f"{path} was trained for {len(history)} steps, not {n_train_steps}: give --train-steps "
+                                    f"{len(history)} (n_train_steps=) to reuse it, or delete it (and {_PATH_FILE}, run with it) "
+                                    "to train anew.")
+        return phi, history, stored.get("seed")
     phi, history = train_neural_ti(leg, samples, n_steps=n_train_steps, seed=seed, platform=platform, progress=progress)
-    torch.save({"config": phi.config, "state_dict": phi.state_dict(), "history": history, "record": record, "seed": seed,
-                "root_seed": root_seed}, path)
+    with _atomic(path) as temporary:
+        torch.save({"config": phi.config, "state_dict": phi.state_dict(), "history": history, "record": record, "seed": seed,
+                    "root_seed": root_seed}, temporary)
     return phi, history, seed
 
 
