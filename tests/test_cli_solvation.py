@@ -31,6 +31,7 @@ def run(*args):
     (["--prmtop", __file__, "--inpcrd", __file__, "--charge-method", "bcc"], "--charge-method do not apply to --prmtop"),
     (["--prmtop", __file__, "--inpcrd", __file__, "--padding", "1.0"], "--padding does not apply to --prmtop"),
     (["--smiles", "C", "--constraints", "some"], "Invalid value for '--constraints'"),
+    (["--preset", "methane", "--density", "0.6"], "--density sets the state of --preset lj"),
 ])
 def test_contradictory_input_is_one_line(tmp_path, args, message):
     result = run(*args, "-o", str(tmp_path / "out"))
@@ -50,11 +51,12 @@ def test_a_molecule_is_built_for_its_hydrogen_mass_and_time_step(tmp_path, monke
 
     monkeypatch.setattr(presets, "_builder", lambda path: builder)
     for args in (["--preset", "methane", "--hydrogen-mass", "3", "--timestep", "4"], ["--smiles", "CCO", "--timestep", "1"],
-                 ["--preset", "water"], ["--preset", "lj", "--timestep", "5"]):
+                 ["--preset", "water"], ["--preset", "lj", "--timestep", "5"], ["--preset", "lj", "--density", "0.6", "--reduced-temperature", "1.5"]):
         result = run(*args, "-o", str(tmp_path / "out"))
         assert result.exit_code == 2 and "stop after the build" in result.output, result.output
     # an LJ preset's step is in its reduced units: --timestep goes to the run only
-    assert built == [{"hydrogen_mass": 3.0, "timestep": 0.004}, {"smiles": "CCO", "timestep": 0.001}, {}, {}]
+    assert built == [{"hydrogen_mass": 3.0, "timestep": 0.004}, {"smiles": "CCO", "timestep": 0.001}, {}, {},
+                     {"density": 0.6, "reduced_temperature": 1.5}]
     # the options that decide the Hamiltonian, each to the builder's keyword
     built.clear()
     result = run("--smiles", "CC(=O)[O-]", "--forcefield", "gaff", "--charge-method", "bcc", "--allow-charged", "--nvt", "--cutoff",
@@ -94,6 +96,15 @@ def test_lj_preset_runs_writes_results_and_refuses_other_settings(tmp_path, monk
     assert (out / "results.md").read_text().strip() in first.output
     stored = json.loads((out / "results.json").read_text())
     assert stored["legs"]["solvent"]["n_iterations"] == 10 and stored["settings"]["timestep_ps"] > 0
+    from openmm_flowplugin.freeenergy.lj_reference import jzg_excess_chemical_potential, lj_tail_correction_mu
+
+    mu = stored["lj_chemical_potential"]  # μ_ex for the truncated potential, with the tail correction, and JZG's
+    assert mu["mu_ex_truncated_epsilon"] == pytest.approx(stored["delta_g_epsilon"])
+    assert mu["tail_correction_epsilon"] == pytest.approx(lj_tail_correction_mu(0.5, 2.0))
+    assert mu["mu_ex_full_lj_epsilon"] == pytest.approx(mu["mu_ex_truncated_epsilon"] + mu["tail_correction_epsilon"])
+    assert mu["jzg_full_lj_epsilon"] == pytest.approx(jzg_excess_chemical_potential(0.5, 1.2))
+    assert mu["error_epsilon"] == pytest.approx(stored["error_kT"] * 1.2)  # kT = T* ε
+    assert "Johnson–Zollweg–Gubbins" in (out / "results.md").read_text()
     extended = run(*args, "--iterations", "20")  # resumes: 10 more iterations
     assert extended.exit_code == 0, extended.output
     assert json.loads((out / "results.json").read_text())["legs"]["solvent"]["n_iterations"] == 20
@@ -127,7 +138,7 @@ def test_neural_ti_method_runs_both_estimators(tmp_path, monkeypatch):
     from openmm_flowplugin.freeenergy.neural_ti import derived_seeds
 
     assert stored["seeds"] == seeds_given == derived_seeds(0)  # endpoint MD, training and the amortized estimate: from the root
-    for name in ("neural_ti_samples.npz", "neural_ti_model.pt", "neural_ti_path.nc", "neural_ti.md", "dudl.png"):
+    for name in ("neural_ti_samples.npz", "neural_ti_model.pt", "neural_ti_path.nc", "neural_ti.md", "dudl.png", "neural_ti_overlap.png"):
         assert (out / name).is_file()
     assert (out / "neural_ti.md").read_text().strip() in result.output
     ti = stored["ti"]

@@ -76,7 +76,9 @@ def _hamiltonian_options(preset, molecule, **given):
 
 
 @click.command(help=_HELP)
-@click.option("--preset", type=click.Choice(["lj", "lj-paper", "methane", "water"]), default=None, help="A ready-made system.")
+@click.option("--preset", type=click.Choice(["lj", "lj-paper", "methane", "water"]), default=None,
+              help="A ready-made system (lj: its excess chemical potential, truncated and with the tail correction, against the "
+                   "JZG equation of state).")
 @click.option("--smiles", default=None, help="Solute as SMILES (RDKit conformer, AM1-BCC charges).")
 @click.option("--mol2", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Solute as mol2 (charges from the file, or --charge-method bcc).")
@@ -99,6 +101,8 @@ def _hamiltonian_options(preset, molecule, **given):
 @click.option("--temperature", default=None, type=FINITE_POSITIVE, help="K (molecules: default 298.15).")
 @click.option("--hydrogen-mass", default=None, type=FINITE_POSITIVE,
               help="amu: hydrogen mass repartitioning of the molecule (e.g. 3 with --timestep 4; water stays rigid TIP3P).")
+@click.option("--density", default=None, type=FINITE_POSITIVE, help="--preset lj: reduced density ρ* (default 0.8).")
+@click.option("--reduced-temperature", default=None, type=FINITE_POSITIVE, help="--preset lj: reduced temperature T* (default 1.2).")
 @click.option("--forcefield", type=click.Choice(["gaff2", "gaff"]), default=None, help="GAFF version of the solute [default: gaff2].")
 @click.option("--charge-method", type=click.Choice(["bcc", "file"]), default=None,
               help="AM1-BCC charges, or the --mol2 file's own [default: file for --mol2, bcc otherwise].")
@@ -120,7 +124,7 @@ def _hamiltonian_options(preset, molecule, **given):
               help="Root seed of the legs' MD and replica swaps (a resume continues with new draws).")
 @_user_errors
 def solvation(preset, smiles, mol2, frcmod, prmtop, inpcrd, method, nodes, train_steps, samples, output, iterations, md_steps,
-              timestep, padding, temperature, hydrogen_mass, forcefield, charge_method, allow_charged, nvt, cutoff, switch_distance,
+              timestep, padding, temperature, hydrogen_mass, density, reduced_temperature, forcefield, charge_method, allow_charged, nvt, cutoff, switch_distance,
               no_dispersion_correction, constraints, checkpoint_interval, equilibration, platform, progress, seed):
     from pathlib import Path
 
@@ -150,6 +154,11 @@ def solvation(preset, smiles, mol2, frcmod, prmtop, inpcrd, method, nodes, train
         options["hydrogen_mass"] = hydrogen_mass
     if timestep is not None and preset not in ("lj", "lj-paper"):  # a molecule's System records the step of its run
         options["timestep"] = timestep / 1000.0
+    for value, key, flag in ((density, "density", "--density"), (reduced_temperature, "reduced_temperature", "--reduced-temperature")):
+        if value is not None:
+            if preset != "lj":
+                raise InvalidInputError(f"{flag} sets the state of --preset lj (the identical-particle LJ fluid) only.")
+            options[key] = value
     options.update(_hamiltonian_options(preset, molecule, forcefield=forcefield, charge_method=charge_method,
                                         allow_charged=allow_charged, nvt=nvt, cutoff=cutoff, switch_distance=switch_distance,
                                         no_dispersion_correction=no_dispersion_correction, constraints=constraints))

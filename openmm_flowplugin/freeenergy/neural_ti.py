@@ -314,6 +314,9 @@ def neural_ti_free_energy(solvation_system, output_dir, n_samples=200, n_train_s
     }
     (output_dir / "neural_ti.json").write_text(json.dumps(result, indent=2))
     (output_dir / "neural_ti.md").write_text(_markdown(result))
+    from .solvation import _plot_overlaps
+
+    _plot_overlaps({"neural-TI path": estimate, **({} if vacuum is None else {"vacuum": vacuum})}, output_dir / "neural_ti_overlap.png")
     write_dudl_plot(output_dir)
     return result
 
@@ -496,4 +499,10 @@ def _markdown(result):
                                                      else " (electrostatics, t ≥ boundary)")
         lines += ["", f"⟨∂u/∂t⟩ at the nodes{stage} (kT): " + ", ".join(
             f"t = {t:g}: {_number(m)} ± {_number(e)}" for t, m, e in zip(profile["lambdas"], profile["mean"], profile["error"]))]
+    nodes, overlap = result["nodes"], path["overlap"]
+    lines += ["", "MBAR overlap of neighbouring nodes (neural_ti_overlap.png): " + ", ".join(
+        f"t = {nodes[k]:g} → {nodes[k + 1]:g}: {overlap[k][k + 1]:.3f}" for k in range(len(nodes) - 1))]
+    costs = result["costs"]
+    lines += ["", f"Costs: {costs['path_energy_evaluations']:,} energy evaluations on the path, CPU {costs['cpu_seconds']:.0f} s "
+              "in this process (results.json of the MBAR route holds its own)."]
     return "\n".join(lines) + "\n"

@@ -70,21 +70,45 @@ class SolvationResult:
             return None
         return self.delta_g * kT_in(self.temperature_K, unit.kilojoule_per_mole) / self.reduced_units["epsilon_kJ_mol"]
 
+    @property
+    def lj_chemical_potential(self):
+        """For an LJ fluid preset (particle 0 the solute): μ_ex = ΔG in ε for the truncated potential, with the
+        analytic tail correction added (the full LJ fluid), and the Johnson–Zollweg–Gubbins equation of state's
+        value for the full fluid; ``None`` for other systems."""
+        if self.settings.get("builder") != "lj_fluid" or self.delta_g_reduced is None:
+            return None
+        from .lj_reference import jzg_excess_chemical_potential, lj_tail_correction_mu
+
+        density, temperature = self.settings["density"], self.settings["reduced_temperature"]
+        error = self.error * kT_in(self.temperature_K, unit.kilojoule_per_mole) / self.reduced_units["epsilon_kJ_mol"]  # kT → ε
+        tail = lj_tail_correction_mu(density, self.settings["cutoff_sigma"])
+        return {"mu_ex_truncated_epsilon": self.delta_g_reduced, "error_epsilon": error, "tail_correction_epsilon": tail,
+                "mu_ex_full_lj_epsilon": self.delta_g_reduced + tail,
+                "jzg_full_lj_epsilon": jzg_excess_chemical_potential(density, temperature)}
+
     def to_dict(self):
         return {"name": self.name, "method": "alchemical MBAR (openmmtools replica exchange + pymbar)",
                 "delta_g_kT": self.delta_g, "error_kT": self.error, "delta_g_kcal_mol": self.delta_g_kcal,
                 "error_kcal_mol": self.error_kcal, "delta_g_epsilon": self.delta_g_reduced, "temperature_K": self.temperature_K,
                 "legs": {name: leg.to_dict() for name, leg in self.legs.items()}, "costs": self.costs, "settings": self.settings,
-                "dudl": {name: [p.to_dict() for p in profiles] for name, profiles in (self.dudl or {}).items()}}
+                "dudl": {name: [p.to_dict() for p in profiles] for name, profiles in (self.dudl or {}).items()},
+                "lj_chemical_potential": self.lj_chemical_potential}
 
     def to_markdown(self):
         kcal = kT_in(self.temperature_K)
         lines = [f"# Solvation free energy of {self.name} (alchemical MBAR)", "",
                  f"ΔG_solv = {self.delta_g_kcal:.3f} ± {self.error_kcal:.3f} kcal/mol "
                  f"({self.delta_g:.3f} ± {self.error:.3f} kT at {self.temperature_K:.2f} K)"
-                 + (f" = {self.delta_g_reduced:.4f} ε" if self.reduced_units else ""), "",
-                 "| leg | ΔF (decouple), kT | ± | kcal/mol | states | min. neighbour overlap | iterations | equil. | g | uncorrelated | CPU s |",
-                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                 + (f" = {self.delta_g_reduced:.4f} ε" if self.reduced_units else ""), ""]
+        mu = self.lj_chemical_potential
+        if mu is not None:
+            lines += [f"Excess chemical potential of the LJ fluid (ρ* = {self.settings['density']:g}, T* = "
+                      f"{self.settings['reduced_temperature']:g}): μ_ex = {mu['mu_ex_truncated_epsilon']:.3f} ± {mu['error_epsilon']:.3f} ε "
+                      f"for the potential truncated at {self.settings['cutoff_sigma']:g} σ; with the analytic tail correction "
+                      f"({mu['tail_correction_epsilon']:.3f} ε) {mu['mu_ex_full_lj_epsilon']:.3f} ± {mu['error_epsilon']:.3f} ε for the "
+                      f"full LJ fluid, against {mu['jzg_full_lj_epsilon']:.3f} ε from the Johnson–Zollweg–Gubbins equation of state.", ""]
+        lines += ["| leg | ΔF (decouple), kT | ± | kcal/mol | states | min. neighbour overlap | iterations | equil. | g | uncorrelated | CPU s |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for name, leg in self.legs.items():
             cost = self.costs[name]
             lines.append(f"| {name} | {leg.delta_f:.3f} | {leg.error:.3f} | {leg.delta_f * kcal:.3f} | {len(leg.overlap)} | "
