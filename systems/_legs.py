@@ -32,6 +32,7 @@ from ._solute import (
     checked_net_charge,
     rdkit_version,
     read_mol2,
+    read_sdf,
     refuse_charged,
     spread_charge_residual,
     write_conformer,
@@ -56,6 +57,11 @@ def parametrize(source, inputs, name, options, scratch):
             write_conformer(mol, scratch / sdf)
             args = ["-i", sdf, "-fi", "sdf"]
             info.update(smiles=canonical, conformer_seed=CONFORMER_SEED, rdkit=rdkit_version())
+        elif source == "sdf":
+            shutil.copyfile(inputs["sdf"], scratch / f"{name}_input.sdf")
+            net_charge = read_sdf(scratch / f"{name}_input.sdf")
+            args = ["-i", f"{name}_input.sdf", "-fi", "sdf"]
+            info.update(sdf=str(inputs["sdf"]), rdkit=rdkit_version())
         else:
             shutil.copyfile(inputs["mol2"], scratch / f"{name}_input.mol2")
             _, _, charges = read_mol2(scratch / f"{name}_input.mol2")

@@ -1,6 +1,7 @@
-"""The solute from SMILES (RDKit: one seeded conformer) or mol2 (names, types, charges) for :mod:`.small_molecules`."""
+"""The solute from SMILES (RDKit: one seeded conformer), an SD file (its own conformer) or mol2 (names, types, charges)
+for :mod:`.small_molecules`."""
 
-__all__ = ["CONFORMER_SEED", "parse_smiles", "write_conformer", "rdkit_version", "read_mol2", "checked_net_charge",
+__all__ = ["CONFORMER_SEED", "parse_smiles", "read_sdf", "write_conformer", "rdkit_version", "read_mol2", "checked_net_charge",
            "refuse_charged", "spread_charge_residual"]
 
 from pathlib import Path
@@ -29,6 +30,30 @@ def parse_smiles(smiles):
         raise InvalidInputError(f"smiles={smiles!r} holds {len(Chem.GetMolFrags(mol))} molecules; give one molecule "
                                 "(no '.'-separated salts or mixtures).")
     return Chem.MolToSmiles(mol), int(Chem.GetFormalCharge(mol)), mol
+
+
+def read_sdf(path):
+    """The net (formal) charge of the one molecule with 3D coordinates and explicit hydrogens in the SD file ``path``."""
+    try:
+        from rdkit import Chem, rdBase
+    except ImportError as error:
+        raise MissingDependencyError(f"a solute from an SD file needs RDKit: {INSTALL_HINT}.") from error
+    with rdBase.BlockLogs():
+        molecules = [m for m in Chem.SDMolSupplier(str(path), removeHs=False)]
+    if not molecules or molecules[0] is None:
+        raise InvalidInputError(f"sdf {path} holds no molecule RDKit can read (check its atom and bond blocks and valences).")
+    if len(molecules) > 1:
+        raise InvalidInputError(f"sdf {path} holds {len(molecules)} records; give one molecule (one conformer) per file.")
+    mol = molecules[0]
+    if len(Chem.GetMolFrags(mol)) != 1:
+        raise InvalidInputError(f"sdf {path} holds {len(Chem.GetMolFrags(mol))} molecules; give one molecule (no salts or mixtures).")
+    if mol.GetNumConformers() == 0 or not mol.GetConformer().Is3D():
+        raise InvalidInputError(f"sdf {path} has no 3D coordinates; give a 3D conformer (or the molecule as --smiles, which "
+                                "generates one).")
+    if any(atom.GetNumImplicitHs() for atom in mol.GetAtoms()):
+        raise InvalidInputError(f"sdf {path} lacks hydrogens (RDKit finds implicit ones); add them with coordinates, e.g. "
+                                "Chem.AddHs(mol, addCoords=True), or give the molecule as --smiles.")
+    return int(Chem.GetFormalCharge(mol))
 
 
 def write_conformer(mol, path):

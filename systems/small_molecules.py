@@ -41,7 +41,7 @@ from openmm_flowplugin.units import in_unit, kelvin, timestep_ps
 from . import _ambertools, _legs, _solute
 from ._ambertools import check_frcmod, tool_dirs, tool_path
 from ._legs import assemble, from_solvated_prmtop, parametrize
-from ._solute import checked_net_charge, parse_smiles, read_mol2, refuse_charged
+from ._solute import checked_net_charge, parse_smiles, read_mol2, read_sdf, refuse_charged
 from ._workdir import build_identity, default_name, keep_build, open_workdir
 
 # Re-exported: the module's constants, and the helpers' names from before they moved to private modules (for tests
@@ -54,13 +54,13 @@ _FORCEFIELDS = ("gaff", "gaff2")
 _CHARGE_METHODS = ("bcc", "file")
 
 
-def small_molecule_solvation(smiles=None, mol2=None, frcmod=None, prmtop=None, inpcrd=None, name=None, forcefield="gaff2",
+def small_molecule_solvation(smiles=None, mol2=None, frcmod=None, prmtop=None, inpcrd=None, sdf=None, name=None, forcefield="gaff2",
                              charge_method=None, padding=1.2, temperature=298.15, pressure=1.0, nonbonded_cutoff=0.9,
                              switch_distance=None, dispersion_correction=True, constraints="HBonds", hydrogen_mass=None,
                              timestep=0.002, workdir=None, allow_charged=False):
     """A small molecule in TIP3P water and alone: the two legs of its hydration free energy.
 
-    Give one source: ``smiles``; ``mol2`` (optionally with ``frcmod``); or ``prmtop`` + ``inpcrd`` of a
+    Give one source: ``smiles``; ``sdf``; ``mol2`` (optionally with ``frcmod``); or ``prmtop`` + ``inpcrd`` of a
     system already solvated, whose solute is its first molecule that is not water or an ion (the vacuum
     leg is that molecule cut out with ``cpptraj``; ``forcefield``, ``charge_method`` and ``padding`` do
     not apply). The solute's atoms come first in the solvent leg.
@@ -75,6 +75,9 @@ def small_molecule_solvation(smiles=None, mol2=None, frcmod=None, prmtop=None, i
         Extra parameters for ``mol2``, loaded after (and overriding) those ``parmchk2`` estimates.
     prmtop, inpcrd : str or Path, optional
         AMBER topology and coordinates of a solvated system.
+    sdf : str or Path, optional
+        An SD file of one molecule with 3D coordinates and explicit hydrogens (its conformer is used as is;
+        the net charge is the sum of its formal charges); AM1-BCC charges. Needs RDKit.
     name : str, optional
         Names the legs and the files in ``workdir`` (letters, digits, ``_.+-``). Default: the SMILES if it
         is alphanumeric, else ``"molecule"``; the file stem for ``mol2``/``prmtop``.
@@ -147,10 +150,10 @@ def small_molecule_solvation(smiles=None, mol2=None, frcmod=None, prmtop=None, i
     ...
     openmm_flowplugin.errors.InvalidInputError: the solute has net charge -1 e: hydration free energies of charged solutes need finite-size and neutralization corrections that are not implemented; give the neutral form (e.g. protonate it) or pass allow_charged=True (on the command line --allow-charged) to build it with counter-ions anyway.
     """
-    sources = {"smiles": smiles, "mol2": mol2, "prmtop": prmtop}
+    sources = {"smiles": smiles, "sdf": sdf, "mol2": mol2, "prmtop": prmtop}
     given = [key for key, value in sources.items() if value is not None]
     if len(given) != 1:
-        raise InvalidInputError(f"give exactly one of smiles, mol2 or prmtop (+ inpcrd), got {', '.join(given) or 'none'}.")
+        raise InvalidInputError(f"give exactly one of smiles, sdf, mol2 or prmtop (+ inpcrd), got {', '.join(given) or 'none'}.")
     if frcmod is not None and mol2 is None:
         raise InvalidInputError("frcmod adds parameters to a mol2 solute; pass mol2= with it, or drop frcmod.")
     if (prmtop is None) != (inpcrd is None):
@@ -169,6 +172,8 @@ def small_molecule_solvation(smiles=None, mol2=None, frcmod=None, prmtop=None, i
     options.update(forcefield=forcefield, charge_method=charge_method, allow_charged=bool(allow_charged))
     if source == "smiles":
         return _build("smiles", parse_smiles(smiles), name, options, workdir)
+    if source == "sdf":
+        return _build("sdf", {"sdf": _checked_file(sdf, "sdf")}, name, options, workdir)
     if source == "mol2":
         files = {"mol2": _checked_file(mol2, "mol2")}
         if frcmod is not None:
@@ -256,6 +261,9 @@ def _build(source, inputs, name, options, workdir):
         raise InvalidInputError(f"name={name!r} must be letters, digits and _.+- (it names files); e.g. name='ethanol'.")
     if source == "smiles":
         refuse_charged(inputs[1], options)
+        tools = ["antechamber", "sqm", "parmchk2", "tleap"]
+    elif source == "sdf":
+        refuse_charged(read_sdf(inputs["sdf"]), options)
         tools = ["antechamber", "sqm", "parmchk2", "tleap"]
     elif source == "mol2":
         _, _, charges = read_mol2(inputs["mol2"])

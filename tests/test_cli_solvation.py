@@ -51,12 +51,13 @@ def test_a_molecule_is_built_for_its_hydrogen_mass_and_time_step(tmp_path, monke
 
     monkeypatch.setattr(presets, "_builder", lambda path: builder)
     for args in (["--preset", "methane", "--hydrogen-mass", "3", "--timestep", "4"], ["--smiles", "CCO", "--timestep", "1"],
-                 ["--preset", "water"], ["--preset", "lj", "--timestep", "5"], ["--preset", "lj", "--density", "0.6", "--reduced-temperature", "1.5"]):
+                 ["--preset", "water"], ["--preset", "lj", "--timestep", "5"], ["--preset", "lj", "--density", "0.6", "--reduced-temperature", "1.5"],
+                 ["--sdf", __file__]):
         result = run(*args, "-o", str(tmp_path / "out"))
         assert result.exit_code == 2 and "stop after the build" in result.output, result.output
     # an LJ preset's step is in its reduced units: --timestep goes to the run only
     assert built == [{"hydrogen_mass": 3.0, "timestep": 0.004}, {"smiles": "CCO", "timestep": 0.001}, {}, {},
-                     {"density": 0.6, "reduced_temperature": 1.5}]
+                     {"density": 0.6, "reduced_temperature": 1.5}, {"sdf": __file__}]
     # the options that decide the Hamiltonian, each to the builder's keyword
     built.clear()
     result = run("--smiles", "CC(=O)[O-]", "--forcefield", "gaff", "--charge-method", "bcc", "--allow-charged", "--nvt", "--cutoff",

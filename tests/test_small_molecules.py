@@ -398,3 +398,46 @@ def test_both_legs_change_the_solutes_own_energy_alike(ethanol_build):
     assert alchemical == pytest.approx(zeroed[0] - zeroed[1], abs=1e-6)
     exceptions_14 = (vacuum[0] - vacuum[off]) - zeroed[1]
     assert abs(exceptions_14) > 10.0, exceptions_14  # what a mismatch in the 1-4 treatment would add
+
+
+def _sdf(path, smiles, hydrogens=True, three_d=True, records=1):
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    mol = Chem.AddHs(Chem.MolFromSmiles(smiles)) if hydrogens else Chem.MolFromSmiles(smiles)
+    if three_d:
+        AllChem.EmbedMolecule(mol, randomSeed=7)
+    writer = Chem.SDWriter(str(path))
+    for _ in range(records):
+        writer.write(mol)
+    writer.close()
+    return path
+
+
+@needs_ambertools
+@needs_rdkit
+def test_a_solute_from_an_sdf_keeps_its_conformer_and_gets_am1bcc_charges(tmp_path):
+    from rdkit import Chem
+
+    path = _sdf(tmp_path / "ethanol.sdf", "CCO")
+    built = sm.small_molecule_solvation(sdf=path, padding=1.0, pressure=None)
+    assert built.n_solute_atoms == 9 and built.settings["net_charge"] == 0 and built.settings["sdf"] == str(path.resolve())
+    assert built.settings["charge_method"] == "bcc" and abs(sum(built.settings["solute_charges_e"])) < 1e-8
+    assert sorted(built.settings["solute_atom_types"]) == sorted(["c3", "c3", "oh", "hc", "hc", "hc", "h1", "h1", "ho"])
+    # the vacuum leg holds the file's conformer (up to antechamber's 4-decimal Å coordinates)
+    given = Chem.MolFromMolFile(str(path), removeHs=False).GetConformer().GetPositions() / 10.0
+    np.testing.assert_allclose(np.asarray(built.vacuum.positions_nm), given, atol=1e-4)
+
+
+@needs_rdkit
+@pytest.mark.parametrize("kind, message", [
+    ("no hydrogens", "lacks hydrogens"), ("2D", "no 3D coordinates"), ("two records", "holds 2 records"),
+    ("charged", "net charge -1 e.*--allow-charged"),
+])
+def test_an_sdf_that_cannot_be_used_is_refused_before_any_tool_runs(tmp_path, kind, message, monkeypatch):
+    monkeypatch.setattr(sm, "_tool_dirs", lambda: [str(tmp_path)])  # no AmberTools: the refusal must come first
+    smiles = "CC(=O)[O-]" if kind == "charged" else "CCO"
+    path = _sdf(tmp_path / "solute.sdf", smiles, hydrogens=kind != "no hydrogens", three_d=kind != "2D",
+                records=2 if kind == "two records" else 1)
+    with pytest.raises(InvalidInputError, match=message):
+        sm.small_molecule_solvation(sdf=path)

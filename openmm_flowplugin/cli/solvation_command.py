@@ -5,7 +5,7 @@ import click
 from ..errors import InvalidInputError
 from ._common import FINITE_POSITIVE, POSITIVE_INT, _user_errors
 
-_HELP = """Solvation free energy of a molecule (--smiles, --mol2 [--frcmod], --prmtop/--inpcrd) or a --preset
+_HELP = """Solvation free energy of a molecule (--smiles, --sdf, --mol2 [--frcmod], --prmtop/--inpcrd) or a --preset
 (lj, lj-paper, methane, water) by the alchemical route: openmmtools replica exchange over the λ states of
 each leg (solvent; vacuum for molecules), MBAR with pymbar. Molecules are parametrized with GAFF2 (or --forcefield
 gaff) and AM1-BCC (or a mol2's own charges) through AmberTools (pip install 'openmm_flowplugin[solvation]') and
@@ -80,6 +80,8 @@ def _hamiltonian_options(preset, molecule, **given):
               help="A ready-made system (lj: its excess chemical potential, truncated and with the tail correction, against the "
                    "JZG equation of state).")
 @click.option("--smiles", default=None, help="Solute as SMILES (RDKit conformer, AM1-BCC charges).")
+@click.option("--sdf", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Solute as an SD file (its 3D conformer with hydrogens; AM1-BCC charges).")
 @click.option("--mol2", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Solute as mol2 (charges from the file, or --charge-method bcc).")
 @click.option("--frcmod", type=click.Path(dir_okay=False, exists=True), default=None, help="Extra parameters for --mol2.")
@@ -123,7 +125,7 @@ def _hamiltonian_options(preset, molecule, **given):
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
               help="Root seed of the legs' MD and replica swaps (a resume continues with new draws).")
 @_user_errors
-def solvation(preset, smiles, mol2, frcmod, prmtop, inpcrd, method, nodes, train_steps, samples, output, iterations, md_steps,
+def solvation(preset, smiles, sdf, mol2, frcmod, prmtop, inpcrd, method, nodes, train_steps, samples, output, iterations, md_steps,
               timestep, padding, temperature, hydrogen_mass, density, reduced_temperature, forcefield, charge_method, allow_charged, nvt, cutoff, switch_distance,
               no_dispersion_correction, constraints, checkpoint_interval, equilibration, platform, progress, seed):
     from pathlib import Path
@@ -131,10 +133,10 @@ def solvation(preset, smiles, mol2, frcmod, prmtop, inpcrd, method, nodes, train
     from ..freeenergy import solvation_free_energy, solvation_system
     from ..freeenergy.neural_ti import neural_ti_free_energy
 
-    molecule = {key: value for key, value in (("smiles", smiles), ("mol2", mol2), ("frcmod", frcmod), ("prmtop", prmtop),
+    molecule = {key: value for key, value in (("smiles", smiles), ("sdf", sdf), ("mol2", mol2), ("frcmod", frcmod), ("prmtop", prmtop),
                                                ("inpcrd", inpcrd)) if value is not None}
     if (preset is None) == (not molecule):
-        raise InvalidInputError("give either --preset or a molecule (--smiles, --mol2 or --prmtop/--inpcrd), not both or neither.")
+        raise InvalidInputError("give either --preset or a molecule (--smiles, --sdf, --mol2 or --prmtop/--inpcrd), not both or neither.")
     options = dict(molecule)
     if padding is not None:
         if preset in ("lj", "lj-paper"):

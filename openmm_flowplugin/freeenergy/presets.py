@@ -27,7 +27,7 @@ def _builder(path):
 
 def solvation_system(preset=None, **options):
     """Build a preset (``options`` go to its builder) or, without a preset, a small molecule from
-    ``smiles``/``mol2``/``prmtop`` options (``systems/small_molecules.py``: ``small_molecule_solvation``).
+    ``smiles``/``sdf``/``mol2``/``prmtop`` options (``systems/small_molecules.py``: ``small_molecule_solvation``).
 
     Examples
     --------
@@ -36,8 +36,8 @@ def solvation_system(preset=None, **options):
     (1, 64)
     """
     if preset is None:
-        if not any(options.get(key) for key in ("smiles", "mol2", "prmtop")):
-            raise InvalidInputError("give a preset (" + ", ".join(PRESETS) + ") or a molecule: smiles, mol2 or prmtop/inpcrd.")
+        if not any(options.get(key) for key in ("smiles", "sdf", "mol2", "prmtop")):
+            raise InvalidInputError("give a preset (" + ", ".join(PRESETS) + ") or a molecule: smiles, sdf, mol2 or prmtop/inpcrd.")
         return _builder("small_molecules:small_molecule_solvation")(**options)
     if preset not in PRESETS:
         raise UnknownNameError(f"unknown solvation preset {preset!r}; choose one of: {', '.join(PRESETS)}.")
