@@ -79,7 +79,7 @@ def main():
                                            n_iterations=args.iterations, md_steps=args.md_steps,
                                            equilibration_iterations=args.equilibration, platform=args.platform)
             delta_g, error = neural["delta_g_kT"], neural["delta_g_error_kT"]
-            evaluations = sum(v for k, v in neural["costs"].items() if k != "cpu_seconds")
+            evaluations = sum(v for k, v in neural["costs"].items() if k.endswith(("_evaluations", "_steps")))
             extra = (f"amortized (approximate, solvent leg) {-neural['amortized_delta_f_kT']:.3f} ± {neural['amortized_error_kT']:.3f} kT; "
                      f"min. overlap {neural['path']['min_neighbour_overlap']:.3f}; ")
         cpu = time.process_time() - start

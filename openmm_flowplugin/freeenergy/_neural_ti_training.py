@@ -89,13 +89,16 @@ def _set_lambda(context, value, boundary=None):
         pass
 
 
-def sample_endpoints(leg, n_samples, steps_between=100, equilibration_steps=2000, timestep=None, seed=0, platform=None):
+def sample_endpoints(leg, n_samples, steps_between=100, equilibration_steps=2000, timestep=None, seed=0, platform=None,
+                     progress=False):
     """OpenMM Langevin MD at the two end states of ``leg`` (an :class:`~.alchemical.AlchemicalLeg`):
     ``n_samples`` frames each, with reduced forces (β times OpenMM's forces).
 
     The samples are training data only (any θ gives exact end states), so they are drawn at constant
     volume in the System's box even for an NPT leg, which keeps one box for all of them. The pairing and
-    the torch side of training assume a cubic box: other boxes are refused."""
+    the torch side of training assume a cubic box: other boxes are refused. ``progress``: a bar with ETA per end state."""
+    from tqdm.auto import tqdm
+
     vectors = np.array([v.value_in_unit(unit.nanometer) for v in leg.alchemical_system.getDefaultPeriodicBoxVectors()])
     if not np.allclose(vectors, vectors[0, 0] * np.eye(3), rtol=0.0, atol=1e-9):
         raise InvalidInputError(f"neural TI's training needs a cubic box; {leg.molecular_system.name} has box vectors "
@@ -112,7 +115,7 @@ def sample_endpoints(leg, n_samples, steps_between=100, equilibration_steps=2000
         context.setVelocitiesToTemperature(leg.molecular_system.temperature, seed + 2)
         integrator.step(equilibration_steps)
         xs, fs = [], []
-        for _ in range(n_samples):
+        for _ in tqdm(range(n_samples), desc=f"neural TI: endpoint MD at t = {value:g}", disable=not progress):
             integrator.step(steps_between)
             state = context.getState(positions=True, forces=True, enforcePeriodicBox=True)
             xs.append(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer))

@@ -260,8 +260,9 @@ def neural_ti_free_energy(solvation_system, output_dir, n_samples=200, n_train_s
     start = time.process_time()
     record = _training_record(solvation_system)
     seeds = derived_seeds(seed)
+    reused = [what for what, name in (("endpoint samples", _SAMPLES_FILE), ("trained φ", _MODEL_FILE)) if (output_dir / name).exists()]
     samples, seeds["endpoints"] = _stored_or_new_samples(output_dir / "neural_ti_samples.npz", record, leg, n_samples, platform,
-                                                         seeds["endpoints"], root_seed=seed)
+                                                         seeds["endpoints"], root_seed=seed, progress=progress)
     phi, history, seeds["training"] = _stored_or_new_model(output_dir / "neural_ti_model.pt", record, leg, samples, n_train_steps,
                                                            platform, progress, seeds["training"], root_seed=seed)
     amortized, amortized_error = amortized_delta_f(leg, samples, phi, seed=seeds["amortized"], platform=platform)
@@ -310,7 +311,10 @@ def neural_ti_free_energy(solvation_system, output_dir, n_samples=200, n_train_s
                   "ti_energy_evaluations": 2 * n_checkpoints,
                   "vacuum_energy_evaluations": 0 if vacuum is None else n_iterations * vacuum_leg.schedule.n_states * (
                       md_steps + vacuum_leg.schedule.n_states),
-                  "cpu_seconds": time.process_time() - start},
+                  "cpu_seconds": time.process_time() - start,
+                  "reused_from_the_folder": reused,
+                  "note": "the counts are of the whole route; what reused_from_the_folder names was made by an earlier "
+                          "process and is not in this process's cpu_seconds"},
     }
     (output_dir / "neural_ti.json").write_text(json.dumps(result, indent=2))
     (output_dir / "neural_ti.md").write_text(_markdown(result))
@@ -382,7 +386,7 @@ def _stored_root_seed(output_dir):
     return None
 
 
-def _stored_or_new_samples(path, record, leg, n_samples, platform, seed=0, root_seed=None):
+def _stored_or_new_samples(path, record, leg, n_samples, platform, seed=0, root_seed=None, progress=False):
     """Endpoint samples stored at ``path`` (refused if made for another ``record``) or new ones drawn with ``seed`` (stored
     with ``root_seed``, the root it derives from); returns them and the seed they were made with (``None`` for files
     written before seeds were stored)."""
@@ -403,7 +407,7 @@ def _stored_or_new_samples(path, record, leg, n_samples, platform, seed=0, root_
                                     f"{len(samples.x0)} (n_samples=) to reuse them, or delete the file (and {_MODEL_FILE}, trained "
                                     "on them) to draw new ones.")
         return samples, stored_seed
-    samples = sample_endpoints(leg, n_samples, seed=seed, platform=platform)
+    samples = sample_endpoints(leg, n_samples, seed=seed, platform=platform, progress=bool(progress))
     with _atomic(path) as temporary, open(temporary, "wb") as file:
         np.savez(file, x0=samples.x0, f0=samples.f0, x1=samples.x1, f1=samples.f1, box=samples.box, solute=samples.solute,
                  record=np.array(record), seed=np.array(seed), **({} if root_seed is None else {"root_seed": np.array(root_seed)}))
