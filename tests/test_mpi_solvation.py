@@ -1,9 +1,9 @@
 """The solvation workflow's λ replica exchange over MPI (``mpirun -n 2``), through the ``solvation`` command.
 
 A 36-particle Lennard-Jones fluid, sterics in 6 states (tests/mpi_scripts/solvation_cli.py). The Langevin
-dynamics draw their noise from OpenMM's unseeded generator, so runs are not reproducible bit for bit: the
-2-rank ΔF must equal the single-process one within 4 combined standard errors, and the storage the 2 ranks
-wrote must resume in one process. Slow (about 2 minutes on 2 cores): ``--runslow``.
+seeds derive from the root seed, the start iteration and the MPI rank, so 2 ranks draw other noise than one
+process: the 2-rank ΔF must equal the single-process one within 4 combined standard errors, and the storage the
+2 ranks wrote must resume in one process. Slow (about 2 minutes on 2 cores): ``--runslow``.
 """
 
 import json

@@ -98,7 +98,8 @@ def _hamiltonian_options(preset, molecule, **given):
 @click.option("--iterations", default=500, show_default=True, type=POSITIVE_INT, help="Replica-exchange iterations per leg (total).")
 @click.option("--md-steps", default=500, show_default=True, type=POSITIVE_INT, help="Langevin steps per iteration and state.")
 @click.option("--timestep", default=None, type=FINITE_POSITIVE,
-              help="fs (default 2, with HBond constraints): every leg's MD, and for molecules also neural TI's endpoint MD.")
+              help="fs (default: the system's; 2 for molecules, with HBond constraints, 0.005 τ for the LJ presets): every "
+                   "leg's MD, and for molecules also neural TI's endpoint MD.")
 @click.option("--padding", default=None, type=FINITE_POSITIVE, help="Water padding around the solute, nm (default 1.2).")
 @click.option("--temperature", default=None, type=FINITE_POSITIVE, help="K (molecules: default 298.15).")
 @click.option("--hydrogen-mass", default=None, type=FINITE_POSITIVE,

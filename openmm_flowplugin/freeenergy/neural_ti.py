@@ -305,6 +305,9 @@ def neural_ti_free_energy(solvation_system, output_dir, n_samples=200, n_train_s
         "amortized_note": "approximate: exact only if the interpolant's marginals are the Boltzmann distributions of U_theta",
         "path": estimate.to_dict(), "nodes": [float(state.neural_ti_t) for state in path.thermodynamic_states],
         "t_boundary": path.record.get("t_boundary"), "training_loss": history, "seed": seed, "seeds": seeds,
+        "settings": dict(solvation_system.settings, n_samples=len(samples.x0), n_train_steps=len(history), n_iterations=n_iterations,
+                         md_steps=md_steps, timestep_fs=timestep, equilibration_iterations=equilibration_iterations,
+                         checkpoint_interval=checkpoint_interval, schedule=path.schedule.to_dict()),
         "costs": {"endpoint_md_steps": 2 * (2000 + len(samples.x0) * 100),
                   "training_evaluations": len(history) * 8, "amortized_evaluations": 256 * 3,
                   "path_energy_evaluations": n_iterations * n_nodes * (md_steps + n_nodes),
@@ -316,7 +319,7 @@ def neural_ti_free_energy(solvation_system, output_dir, n_samples=200, n_train_s
                   "note": "the counts are of the whole route; what reused_from_the_folder names was made by an earlier "
                           "process and is not in this process's cpu_seconds"},
     }
-    (output_dir / "neural_ti.json").write_text(json.dumps(result, indent=2))
+    (output_dir / "neural_ti.json").write_text(json.dumps(result, indent=2, default=str))
     (output_dir / "neural_ti.md").write_text(_markdown(result))
     from .solvation import _plot_overlaps
 

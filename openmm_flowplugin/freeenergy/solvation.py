@@ -189,9 +189,9 @@ def solvation_free_energy(solvation_system, output_dir, n_iterations=500, md_ste
         cpu = time.process_time() - start
         legs[name] = analyze_leg(output_dir / f"{name}.nc")
         dudl[name] = derivative_profiles(leg, output_dir / f"{name}.nc", legs[name].n_equilibration)
-        n_states = leg.schedule.n_states
-        costs[name] = {"iterations": n_iterations, "states": n_states, "md_steps": n_iterations * n_states * md_steps,
-                       "energy_evaluations": n_iterations * n_states * (md_steps + n_states),
+        n_states, n_done = leg.schedule.n_states, legs[name].n_iterations  # the stored iterations (≥ n_iterations)
+        costs[name] = {"iterations": n_done, "states": n_states, "md_steps": n_done * n_states * md_steps,
+                       "energy_evaluations": n_done * n_states * (md_steps + n_states),
                        "cpu_seconds": cpu, "note": "cpu_seconds counts this process only (a resumed run adds its own)"}
     delta_f_vacuum = legs["vacuum"].delta_f if "vacuum" in legs else 0.0
     error_vacuum = legs["vacuum"].error if "vacuum" in legs else 0.0
