@@ -313,8 +313,8 @@ def test_missing_ambertools_names_the_extra(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("options, message", [
-    ({}, "give exactly one of smiles, mol2 or prmtop"),
-    ({"smiles": "C", "mol2": "x.mol2"}, "give exactly one of smiles, mol2 or prmtop"),
+    ({}, "give exactly one of smiles, sdf, mol2 or prmtop"),
+    ({"smiles": "C", "mol2": "x.mol2"}, "give exactly one of smiles, sdf, mol2 or prmtop"),
     ({"smiles": "C", "frcmod": "x.frcmod"}, "frcmod adds parameters to a mol2 solute"),
     ({"prmtop": "x.prmtop"}, "prmtop and inpcrd go together"),
     ({"smiles": "C", "forcefield": "amber14"}, "forcefield='amber14' is not one of gaff, gaff2"),
