@@ -218,7 +218,7 @@ def water_solvation(name="water", padding=1.2, temperature=298.15, pressure=1.0,
 
 
 def _refuse_sources(options, function, what):
-    extra = sorted(set(options) & {"smiles", "mol2", "frcmod", "prmtop", "inpcrd"})
+    extra = sorted(set(options) & {"smiles", "sdf", "mol2", "frcmod", "prmtop", "inpcrd"})
     if extra:
         raise InvalidInputError(f"{function} builds {what}; remove {', '.join(extra)}, or call small_molecule_solvation.")
 

@@ -156,3 +156,14 @@ def test_neural_ti_method_runs_both_estimators(tmp_path, monkeypatch):
     assert again.exit_code == 0, again.output
     reused = json.loads((out / "neural_ti.json").read_text())["seeds"]  # stored samples and φ keep the seeds they were made with
     assert reused == dict(derived_seeds(0), amortized=derived_seeds(5)["amortized"]) != derived_seeds(0)
+
+
+def test_both_routes_refuse_stored_neural_ti_files_of_other_counts_before_the_mbar_route(tmp_path):
+    import torch
+
+    out = tmp_path / "out"
+    out.mkdir()
+    torch.save({"history": [1.0, 0.5, 0.25]}, out / "neural_ti_model.pt")
+    result = run("--preset", "lj", "--method", "both", "--train-steps", "5", "-o", str(out), "--no-progress")
+    assert result.exit_code == 2 and "trained for 3 steps, not 5: give --train-steps 3" in result.output, result.output
+    assert not (out / "solvent.nc").exists()  # refused before any MBAR work

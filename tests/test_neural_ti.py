@@ -190,3 +190,12 @@ def test_a_stored_model_is_reused_only_for_its_training_length_and_a_broken_one_
     path.write_bytes(path.read_bytes()[:100])  # truncated
     with pytest.raises(InvalidInputError, match="not a readable neural-TI model"):
         nti._stored_or_new_model(path, "r", leg, None, 3, "Reference", False)
+
+
+def test_a_truncated_samples_file_is_one_line_also_without_a_seed(tmp_path):
+    from openmm_flowplugin.errors import InvalidInputError
+
+    fluid = solvation_system("lj", n_particles=36, density=0.5, reduced_temperature=1.5, cutoff=2.0)
+    (tmp_path / "neural_ti_samples.npz").write_bytes(b"PK\x03\x04 half an npz")  # seed=None reads it for its root first
+    with pytest.raises(InvalidInputError, match="not readable endpoint samples"):
+        nti.neural_ti_free_energy(fluid, tmp_path, seed=None, platform="Reference", progress=False)

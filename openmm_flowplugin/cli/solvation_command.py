@@ -24,7 +24,8 @@ for a solute with charges the sterics come on over t in [0, 0.8], then the charg
 matching, then replica exchange over its --nodes values of t and MBAR (exact for any learned potential, given
 overlap); a molecule's vacuum leg runs by the MBAR route (vacuum.nc, shared with --method mbar). Thermodynamic integration over the same samples (trapezoid of <du/dt> over the nodes, with its
 statistical and quadrature errors) is reported beside it, and the papers' amortized estimator, labelled
-approximate; results in neural_ti.json and neural_ti.md. --method both runs both routes.
+approximate; results in neural_ti.json, neural_ti.md and neural_ti_overlap.png (samples and model are kept and
+reused for the same --samples and --train-steps). --method both runs both routes.
 """
 
 
@@ -173,6 +174,10 @@ def solvation(preset, smiles, sdf, mol2, frcmod, prmtop, inpcrd, method, nodes, 
         raise InvalidInputError("under mpirun only --method mbar runs (its replica exchange is distributed over the ranks); "
                                 "run neural TI in one process.")
     echo = click.echo if comm is None or comm.rank == 0 else (lambda *args, **kwargs: None)  # rank 0 reports, once
+    if method == "both":  # neural TI's stored files are checked before the hours of the MBAR route
+        from ..freeenergy.neural_ti import check_stored_counts
+
+        check_stored_counts(output, samples, train_steps)
     if method in ("mbar", "both"):
         result = solvation_free_energy(system, output, n_iterations=iterations, md_steps=md_steps, timestep=timestep,
                                        checkpoint_interval=checkpoint_interval, equilibration_iterations=equilibration,

@@ -296,6 +296,8 @@ def path_time_derivatives(leg, pair_potential, positions, t, box):
     from ._dudl import _derivative_context
 
     context = _derivative_context(_constant_volume(leg.alchemical_system), ("lambda_sterics", "lambda_electrostatics"))
+    if leg.alchemical_system.usesPeriodicBoundaryConditions():  # the configurations' box, as the learned term's
+        context.setPeriodicBoxVectors(*(openmm.Vec3(*(float(box) * row)) for row in np.eye(3)))
     beta = 1.0 / leg.molecular_system.kT
     boundary = path_boundary(leg)
     t = np.asarray(t, dtype=np.float64)

@@ -38,6 +38,7 @@ import json
 import math
 import os
 import zlib
+from pathlib import Path
 
 import numpy as np
 import openmm
@@ -214,8 +215,9 @@ def neural_ti_free_energy(solvation_system, output_dir, n_samples=200, n_train_s
                           progress=None, checkpoint_interval=10, seed=None):
     """Neural TI of a solute's solvent leg: endpoint MD, training, the estimators; resumable in ``output_dir``.
 
-    Endpoint samples (``neural_ti_samples.npz``) and the trained φ (``neural_ti_model.pt``) are kept and
-    reused by a later call; the exact path's storage (``neural_ti_path.nc``) resumes like any leg. A
+    Endpoint samples (``neural_ti_samples.npz``) and the trained φ (``neural_ti_model.pt``) are kept (written
+    atomically) and reused by a later call with the same ``n_samples`` and ``n_train_steps`` (other counts are
+    refused: delete the file to redo it); the exact path's storage (``neural_ti_path.nc``) resumes like any leg. A
     molecule's vacuum leg (intramolecular terms only: no learned term) runs by the alchemical MBAR route
     into ``vacuum.nc``, the same storage :func:`~.solvation.solvation_free_energy` uses, so a run of both
     routes in one folder computes it once. The results go to ``neural_ti.json`` and ``neural_ti.md``, and
@@ -310,9 +312,9 @@ def neural_ti_free_energy(solvation_system, output_dir, n_samples=200, n_train_s
                          checkpoint_interval=checkpoint_interval, schedule=path.schedule.to_dict()),
         "costs": {"endpoint_md_steps": 2 * (2000 + len(samples.x0) * 100),
                   "training_evaluations": len(history) * 8, "amortized_evaluations": 256 * 3,
-                  "path_energy_evaluations": n_iterations * n_nodes * (md_steps + n_nodes),
+                  "path_energy_evaluations": estimate.n_iterations * n_nodes * (md_steps + n_nodes),
                   "ti_energy_evaluations": 2 * n_checkpoints,
-                  "vacuum_energy_evaluations": 0 if vacuum is None else n_iterations * vacuum_leg.schedule.n_states * (
+                  "vacuum_energy_evaluations": 0 if vacuum is None else vacuum.n_iterations * vacuum_leg.schedule.n_states * (
                       md_steps + vacuum_leg.schedule.n_states),
                   "cpu_seconds": time.process_time() - start,
                   "reused_from_the_folder": reused,
@@ -377,15 +379,38 @@ def derived_seeds(root_seed):
             for purpose, name in enumerate(_SEED_PURPOSES)}
 
 
+def check_stored_counts(output_dir, n_samples, n_train_steps):
+    """Refuse, before any work, stored endpoint samples or φ in ``output_dir`` made for another ``n_samples`` or
+    ``n_train_steps`` (what :func:`neural_ti_free_energy` would refuse later; the command line calls it before the MBAR
+    route of ``--method both``). Unreadable files are left to the loaders' own one-line errors."""
+    counts = {}
+    with contextlib.suppress(Exception):
+        with np.load(Path(output_dir) / _SAMPLES_FILE) as data:
+            counts["samples"] = len(data["x0"])
+    with contextlib.suppress(Exception):
+        counts["steps"] = len(torch.load(Path(output_dir) / _MODEL_FILE, weights_only=True)["history"])
+    if counts.get("samples", n_samples) != n_samples:
+        raise InvalidInputError(f"{Path(output_dir) / _SAMPLES_FILE} holds {counts['samples']} samples per end state, not {n_samples}: "
+                                f"give --samples {counts['samples']} (n_samples=) to reuse them, or delete the file (and "
+                                f"{_MODEL_FILE}, trained on them) to draw new ones.")
+    if counts.get("steps", n_train_steps) != n_train_steps:
+        raise InvalidInputError(f"{Path(output_dir) / _MODEL_FILE} was trained for {counts['steps']} steps, not {n_train_steps}: give "
+                                f"--train-steps {counts['steps']} (n_train_steps=) to reuse it, or delete it (and {_PATH_FILE}, "
+                                "run with it) to train anew.")
+
+
 def _stored_root_seed(output_dir):
     """The root seed stored with ``output_dir``'s endpoint samples or φ, or ``None``."""
-    samples, model = output_dir / "neural_ti_samples.npz", output_dir / "neural_ti_model.pt"
-    if samples.exists():
-        with np.load(samples) as data:
-            if "root_seed" in data.files:
-                return int(data["root_seed"])
-    if model.exists():
-        return torch.load(model, weights_only=True).get("root_seed")
+    samples, model = output_dir / _SAMPLES_FILE, output_dir / _MODEL_FILE
+    try:
+        if samples.exists():
+            with np.load(samples) as data:
+                if "root_seed" in data.files:
+                    return int(data["root_seed"])
+        if model.exists():
+            return torch.load(model, weights_only=True).get("root_seed")
+    except Exception:  # noqa: BLE001 - an unreadable file: its loader says so in one line
+        return None
     return None
 
 
@@ -436,13 +461,13 @@ def _stored_or_new_model(path, record, leg, samples, n_train_steps, platform, pr
     if path.exists():
         try:
             stored = torch.load(path, weights_only=True)
-            stored_record, config, history = stored.get("record"), dict(stored["config"]), list(stored["history"])
+            stored_record, history = stored.get("record"), list(stored["history"])
+            phi = PairPotential(**dict(stored["config"]))
+            phi.load_state_dict(stored["state_dict"])
         except Exception as error:  # noqa: BLE001 - a truncated or foreign file gets one line
             raise InvalidInputError(f"{path} is not a readable neural-TI model ({type(error).__name__}: {error}); delete it to "
                                     "train anew.") from None
         _refuse_other(path, stored_record, record)
-        phi = PairPotential(**config)
-        phi.load_state_dict(stored["state_dict"])
         if phi.n_classes != pair_classes(leg.molecular_system.system, leg.solute_atoms).n_classes:
             _refuse_other(path, "another", record)
         if len(history) != n_train_steps:
