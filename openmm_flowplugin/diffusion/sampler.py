@@ -45,6 +45,20 @@ CHECKPOINT_FORMAT = "openmm_flowplugin.diffusion/1"
 _REFILL, _TRAIN, _SAMPLE, _INITIALISE, _WARM_START = 10, 11, 12, 13, 14
 
 
+def check_system_and_cvs(molecular_system, cvs):
+    """Refuse a System with constraints and CVs reading atoms it does not have (before any work: the ``diffuse``
+    workflow calls it ahead of its standardization MD)."""
+    n_atoms = molecular_system.system.getNumParticles()
+    if molecular_system.system.getNumConstraints():
+        raise InvalidInputError(f"{molecular_system.name!r} has {molecular_system.system.getNumConstraints()} constraints, but the diffusion "
+                                "sampler moves every degree of freedom (its weights are for the unconstrained density): build the "
+                                "System without constraints (e.g. createSystem(..., constraints=None)).")
+    for cv in cvs:
+        if max(cv.atoms) >= n_atoms:
+            raise InvalidInputError(f"the CV {cv!r} reads atom {max(cv.atoms)}, but {molecular_system.name!r} has "
+                                    f"{n_atoms} atoms (indices 0..{n_atoms - 1}).")
+
+
 @dataclasses.dataclass
 class DiffusionSamples:
     """Independent samples of the sampler with exact importance weights for the Boltzmann density.
@@ -156,10 +170,7 @@ class DiffusionSampler:
         if not isinstance(self.schedule, NoiseSchedule):
             raise InvalidInputError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}.")
         self.n_atoms = molecular_system.system.getNumParticles()
-        if molecular_system.system.getNumConstraints():
-            raise InvalidInputError(f"{molecular_system.name!r} has {molecular_system.system.getNumConstraints()} constraints, but the diffusion "
-                                    "sampler moves every degree of freedom (its weights are for the unconstrained density): build the "
-                                    "System without constraints (e.g. createSystem(..., constraints=None)).")
+        check_system_and_cvs(molecular_system, [] if bias is None else bias.cvs)
         self.coordinates = coordinates if coordinates is not None else CartesianSpace(self.n_atoms)
         if self.coordinates.n_atoms != self.n_atoms:
             raise InvalidInputError(f"the coordinate space is for {self.coordinates.n_atoms} atoms, {molecular_system.name!r} has {self.n_atoms}.")
@@ -167,9 +178,6 @@ class DiffusionSampler:
         self.kT = self.energy.kT
         if bias is not None:
             for cv in bias.cvs:
-                if max(cv.atoms) >= self.n_atoms:
-                    raise InvalidInputError(f"the CV {cv!r} reads atom {max(cv.atoms)}, but {molecular_system.name!r} has "
-                                            f"{self.n_atoms} atoms (indices 0..{self.n_atoms - 1}).")
                 if isinstance(self.coordinates, InternalCoordinateSpace) and isinstance(cv, CartesianComponent):
                     raise InvalidInputError(
                         f"the CV {cv!r} is a Cartesian component, which depends on the molecule's position and orientation; "

@@ -57,18 +57,6 @@ def resolved_coordinates(molecular_system, coordinates, cvs=()):
     return coordinates
 
 
-def _check_before_md(molecular_system, cvs):
-    """What :class:`DiffusionSampler` would refuse, checked before the standardization MD run: CV atoms and constraints."""
-    n_atoms = molecular_system.system.getNumParticles()
-    for name, cv in cvs.items():
-        if max(cv.atoms) >= n_atoms:
-            raise InvalidInputError(f"the CV {name!r} reads atom {max(cv.atoms)}, but {molecular_system.name!r} has {n_atoms} atoms "
-                                    f"(indices 0..{n_atoms - 1}).")
-    if molecular_system.system.getNumConstraints():
-        raise InvalidInputError(f"{molecular_system.name!r} has {molecular_system.system.getNumConstraints()} constraints, but the diffusion "
-                                "sampler moves every degree of freedom: build the System without constraints.")
-
-
 def _stored_coordinates(checkpoint):
     """The coordinate space ("cartesian" or "internal") a stored checkpoint was trained in, or None (no or unreadable file)."""
     import torch
@@ -196,7 +184,9 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
 
     if len(cvs) != 2:
         raise InvalidInputError(f"give exactly two CVs (--cv twice), got {len(cvs)}.")
-    _check_before_md(molecular_system, cvs)
+    from .sampler import check_system_and_cvs
+
+    check_system_and_cvs(molecular_system, cvs.values())  # before the standardization MD
     output_dir = Path(output_dir)
     if coordinates == "auto":  # a stored run keeps the space it was trained in (runs made before "auto" were Cartesian)
         coordinates = _stored_coordinates(output_dir / "checkpoint.pt") or coordinates
