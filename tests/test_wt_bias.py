@@ -126,3 +126,52 @@ def test_bad_bias_settings_are_refused(make, message):
 def test_hills_at_non_finite_cvs_are_refused():
     with pytest.raises(InvalidInputError, match="non-finite"):
         _cartesian_bias().deposit([[float("nan"), 0.0]])
+
+
+def test_md_under_the_exported_bias_samples_the_torch_bias_target():
+    """Langevin MD on U + the exported force (through its XML, as a user loads bias.xml) samples exp(−β[U + V_torch]).
+
+    One particle in a harmonic well with hills deposited off centre; three averages of the MD samples against
+    quadrature of the torch bias's target, tolerances from the samples' statistical inefficiency. Control: the same
+    samples are far from the unbiased target, so the check sees the bias.
+    """
+    from pymbar.timeseries import statistical_inefficiency
+
+    spring = 30.0  # kJ/mol/nm²
+    bias = _cartesian_bias(lower=(-1.5, -1.5), upper=(1.5, 1.5), n_nodes=(61, 61), hill_width=0.2, hill_height=2.0)
+    bias.deposit(np.array([[0.0, 0.0]] * 3 + [[0.3, -0.2]] * 2))
+    system = openmm.System()
+    system.addParticle(1.0)
+    well = openmm.CustomExternalForce(f"0.5*{spring}*(x^2+y^2+z^2)")
+    well.addParticle(0, [])
+    system.addForce(well)
+    system.addForce(openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(bias.to_openmm_force())))
+    integrator = openmm.LangevinMiddleIntegrator(300.0, 20.0, 0.005)
+    integrator.setRandomNumberSeed(7)
+    context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions([[0.1, 0.1, 0.0]])
+    context.setVelocitiesToTemperature(300.0, 7)
+    integrator.step(1000)
+    xy = []
+    for _ in range(20000):
+        integrator.step(20)
+        xy.append(context.getState(getPositions=True).getPositions(asNumpy=True)._value[0, :2])
+    xy = np.array(xy)
+    observables = np.stack([xy[:, 0], xy[:, 0] ** 2 + xy[:, 1] ** 2, (xy ** 2).sum(1) < 0.3 ** 2], 1).astype(float)
+
+    grid = np.linspace(-1.5, 1.5, 301)
+    gx, gy = np.meshgrid(grid, grid, indexing="ij")
+    grid_observables = np.stack([gx, gx ** 2 + gy ** 2, gx ** 2 + gy ** 2 < 0.3 ** 2], -1).astype(float).reshape(-1, 3)
+    harmonic = 0.5 * spring * (gx ** 2 + gy ** 2).ravel()
+    v = bias.value_at(np.stack([gx.ravel(), gy.ravel()], 1))
+
+    def exact(potential):
+        weights = np.exp(-(potential - potential.min()) / KT300)
+        return weights @ grid_observables / weights.sum()
+
+    errors = np.array([observables[:, i].std() * math.sqrt(statistical_inefficiency(observables[:, i]) / len(observables))
+                       for i in range(3)])
+    z_biased = (observables.mean(0) - exact(harmonic + v)) / errors
+    z_unbiased = (observables.mean(0) - exact(harmonic)) / errors
+    assert np.abs(z_biased).max() < 4.0, z_biased
+    assert np.abs(z_unbiased).max() > 20.0, z_unbiased  # control
