@@ -2,7 +2,7 @@
 for :mod:`.small_molecules`."""
 
 __all__ = ["CONFORMER_SEED", "parse_smiles", "read_sdf", "write_conformer", "rdkit_version", "read_mol2", "checked_net_charge",
-           "refuse_charged", "spread_charge_residual"]
+           "check_uncharged_mol2_parity", "refuse_charged", "spread_charge_residual"]
 
 from pathlib import Path
 
@@ -110,6 +110,31 @@ def checked_net_charge(charges, label):
         raise InvalidInputError(f"the charges of {label} sum to {total:.4f} e, not a whole number; fix the charges or use "
                                 "charge_method='bcc' (--charge-method bcc).")
     return round(total)
+
+
+def _element_of_mol2_type(atom_type):
+    """Element symbol of a SYBYL (``C.3``, ``Cl``) or GAFF/GAFF2 (``c3``, ``cl``) atom type; ``None`` if unknown."""
+    head = atom_type.split(".")[0]
+    if not head or not head[0].isalpha():
+        return None
+    if head[0].isupper():  # SYBYL: the element itself
+        return head if head != "Du" else None
+    return head[:2].capitalize() if head[:2] in ("cl", "br") else head[0].upper()
+
+
+def check_uncharged_mol2_parity(types, path):
+    """Refuse a mol2 without charges whose electron count is odd when taken as neutral (an ion; AM1-BCC would fail)."""
+    from openmm.app import element
+
+    try:
+        electrons = sum(element.Element.getBySymbol(_element_of_mol2_type(kind)).atomic_number for kind in types)
+    except (KeyError, TypeError):
+        return  # an atom type we cannot map to an element: antechamber decides
+    if electrons % 2:
+        raise InvalidInputError(
+            f"mol2 {path} has no charges, so its net charge is taken as 0, but then it has an odd number of electrons "
+            f"({electrons}): it is an ion (or a radical). Give the file charges that sum to its net charge, or the molecule "
+            "as SMILES or an SD file with formal charges.")
 
 
 def refuse_charged(net_charge, options):

@@ -41,7 +41,7 @@ from openmm_flowplugin.units import in_unit, kelvin, timestep_ps
 from . import _ambertools, _legs, _solute
 from ._ambertools import check_frcmod, tool_dirs, tool_path
 from ._legs import assemble, from_solvated_prmtop, parametrize
-from ._solute import checked_net_charge, parse_smiles, read_mol2, read_sdf, refuse_charged
+from ._solute import check_uncharged_mol2_parity, checked_net_charge, parse_smiles, read_mol2, read_sdf, refuse_charged
 from ._workdir import build_identity, default_name, keep_build, open_workdir
 
 # Re-exported: the module's constants, and the helpers' names from before they moved to private modules (for tests
@@ -87,7 +87,8 @@ def small_molecule_solvation(smiles=None, mol2=None, frcmod=None, prmtop=None, i
         ``"bcc"``: AM1-BCC from ``antechamber -c bcc`` on the input geometry (AM1 charges depend on the
         conformer, e.g. ethanol's hydroxyl rotamer moves its charges by up to 0.03 e); ``"file"``: the
         charges in ``mol2``. Default: ``"bcc"`` for SMILES, ``"file"`` for mol2. With ``"bcc"``, a mol2
-        without charges is taken as neutral, and the few 0.001 e by which antechamber's charges miss the
+        without charges is taken as neutral (refused if that leaves an odd number of electrons, an ion;
+        a doubly charged ion cannot be told from its atom types: give charges or formal charges), and the few 0.001 e by which antechamber's charges miss the
         net charge (sqm prints AM1 charges with 3 decimals) are spread equally over the atoms
         (``settings["charge_correction_e"]``).
     padding : Quantity or float
@@ -266,13 +267,15 @@ def _build(source, inputs, name, options, workdir):
         refuse_charged(read_sdf(inputs["sdf"]), options)
         tools = ["antechamber", "sqm", "parmchk2", "tleap"]
     elif source == "mol2":
-        _, _, charges = read_mol2(inputs["mol2"])
+        _, types, charges = read_mol2(inputs["mol2"])
         if charges is None and options["charge_method"] == "file":
             raise InvalidInputError(f"mol2 {inputs['mol2']} has no charges (charge type NO_CHARGES, all zero or no charge "
                                     "column), so charge_method='file' has none to use; pass charge_method='bcc' (--charge-method bcc) to compute "
                                     "AM1-BCC charges, or give a mol2 with charges.")
         if charges is not None:
             refuse_charged(checked_net_charge(charges, f"mol2 {inputs['mol2'].name}"), options)
+        else:
+            check_uncharged_mol2_parity(types, inputs["mol2"])
         tools = ["antechamber", "parmchk2", "tleap"] + (["sqm"] if options["charge_method"] == "bcc" else [])
     else:
         tools = ["tleap"] if source == "water" else ["cpptraj"]

@@ -6,6 +6,7 @@ with the reason. Each build takes about half a second.
 
 import doctest
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -302,6 +303,28 @@ def test_mol2_without_charges_is_refused_for_file_charges(tmp_path):
         sm.small_molecule_solvation(mol2=mol2)
     with pytest.raises(InvalidInputError, match=r"has no charges"):
         sm.small_molecule_solvation(mol2=mol2, charge_method="file")
+
+
+def test_an_ion_in_a_mol2_without_charges_is_refused_before_any_tool_runs(tmp_path, monkeypatch):
+    """Taken as neutral, ethoxide (ethanol without its hydroxyl hydrogen) has an odd electron count: refused in one line."""
+    monkeypatch.setattr(sm, "_tool_dirs", lambda: [str(tmp_path)])  # no AmberTools: the refusal must come first
+    monkeypatch.setattr(sys.modules[__name__], "FREESOLV_ETHANOL", FREESOLV_ETHANOL[:-1])
+    monkeypatch.setattr(sys.modules[__name__], "ETHANOL_BONDS", ETHANOL_BONDS[:-1])
+    ethoxide = _ethanol_mol2(tmp_path / "ethoxide.mol2", with_charges=False)
+    with pytest.raises(InvalidInputError, match=r"no charges, so its net charge is taken as 0.*odd number of electrons \(25\)"):
+        sm.small_molecule_solvation(mol2=ethoxide, charge_method="bcc")
+
+
+def test_mol2_electron_count_reads_sybyl_and_gaff_types():
+    from openmm_flowplugin._systems._solute import check_uncharged_mol2_parity
+
+    check_uncharged_mol2_parity(["c3", "c3", "oh", "hc", "hc", "hc", "h1", "h1", "ho"], "ethanol.mol2")  # control: neutral
+    check_uncharged_mol2_parity(["C.3", "Cl", "H", "H", "H"], "chloromethane.mol2")
+    check_uncharged_mol2_parity(["c3", "br", "hc", "hc", "hc"], "bromomethane.mol2")
+    check_uncharged_mol2_parity(["C.3", "Xx", "H"], "unknown.mol2")  # an unknown type: left to antechamber
+    for types in (["C.3", "Cl", "H", "H"], ["c3", "cl", "hc", "hc"], ["N.4", "H", "H", "H", "H"]):
+        with pytest.raises(InvalidInputError, match="odd number of electrons"):
+            check_uncharged_mol2_parity(types, "ion.mol2")
 
 
 def test_missing_ambertools_names_the_extra(tmp_path, monkeypatch):
