@@ -263,6 +263,22 @@ def test_a_box_of_exactly_twice_the_cutoff_resumes(tmp_path):
     assert np.isfinite(profile.mean).all()
 
 
+def test_the_derivative_pass_shows_a_progress_bar_over_the_checkpoints(tmp_path, capsys):
+    from openmm_flowplugin.freeenergy import solvation_system
+    from openmm_flowplugin.freeenergy._dudl import derivative_profiles
+
+    fluid = solvation_system("lj", n_particles=36, density=0.5, reduced_temperature=1.5, cutoff=2.0)
+    leg = alchemical_leg(fluid.solvent, fluid.solute_atoms, schedule=SCHEDULE)
+    storage = tmp_path / "solvent.nc"
+    run_leg(leg, storage, 20, md_steps=5, checkpoint_interval=5, platform="Reference", progress=False)
+    capsys.readouterr()
+    derivative_profiles(leg, storage, progress=True, label="solvent leg: ⟨∂u/∂λ⟩")
+    shown = capsys.readouterr().err
+    assert "solvent leg: ⟨∂u/∂λ⟩" in shown and "4/4" in shown, shown  # checkpoints 5, 10, 15, 20
+    derivative_profiles(leg, storage)  # control: off by default
+    assert capsys.readouterr().err == ""
+
+
 def test_a_result_without_overlap_is_refused(tmp_path):
     """Synthetic storage-free check of the refusal: states 60 kT apart share no samples (pymbar returns nan errors)."""
     from openmm_flowplugin.errors import NoOverlapError

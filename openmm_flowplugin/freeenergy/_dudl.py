@@ -16,6 +16,7 @@ __all__ = ["DerivativeProfile", "derivative_profiles", "trapezoid_ti", "write_du
 import json
 import math
 import os
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -168,7 +169,7 @@ def _mean_and_error(series):
     return float(series.mean()), float(series.std(ddof=1) * math.sqrt(g / n)), n, g
 
 
-def derivative_profiles(leg, storage, n_equilibration=0, h=1e-4):
+def derivative_profiles(leg, storage, n_equilibration=0, h=1e-4, progress=False, label="⟨∂u/∂λ⟩"):
     """⟨∂u/∂λ⟩ at the states of ``leg`` from the configurations stored in ``storage`` (see the module docstring).
 
     Parameters
@@ -181,6 +182,8 @@ def derivative_profiles(leg, storage, n_equilibration=0, h=1e-4):
         Iterations after the minimized start to skip (:attr:`~.mbar_route.LegEstimate.n_equilibration`).
     h : float
         Finite-difference step in λ.
+    progress : bool or None
+        A tqdm bar with ETA over the stored checkpoints, named ``label`` (``None``: when stderr is a terminal).
 
     Returns
     -------
@@ -189,6 +192,8 @@ def derivative_profiles(leg, storage, n_equilibration=0, h=1e-4):
         sterics (the states with λ_electrostatics = 0, and the coupled state for an uncharged solute). On a
         charged solute's neural-TI path: the sterics stage (t ≤ 0.8) first, then the charges (t ≥ 0.8).
     """
+    from tqdm import tqdm
+
     with quiet_banners():
         from openmmtools.multistate import MultiStateReporter
 
@@ -205,7 +210,9 @@ def derivative_profiles(leg, storage, n_equilibration=0, h=1e-4):
         interval = reporter.checkpoint_interval
         replica_states = np.asarray(reporter.read_replica_thermodynamic_states())
         first = interval * math.ceil((1 + n_equilibration) / interval)
-        for iteration in range(first, last + 1, interval):
+        checkpoints = range(first, last + 1, interval)
+        for iteration in tqdm(checkpoints, desc=label, unit="checkpoint", file=sys.stderr,
+                              disable=None if progress is None else not progress):
             sampler_states = reporter.read_sampler_states(iteration)
             for replica, sampler_state in enumerate(sampler_states or []):
                 k = int(replica_states[iteration, replica])

@@ -190,24 +190,26 @@ def _interpolate(x0, x1, t, box):
     return np.mod(x0 + t[:, None, None] * dx, box)
 
 
-def _physical_reduced(context, x, t, beta, forces=True, derivative=True, h=1e-4, boundary=None):
-    """β U_phys(x; λ(t)), its x-gradient, and ∂_t of it by central differences (one-sided at the ends).
-
-    openmmtools' alchemical forces declare no parameter derivatives (OpenMM would report 0), hence the differences.
-    """
+def _physical_gradient(context, x, t, beta, boundary=None):
+    """∇_x β U_phys(x; λ(t)) in kT/nm."""
     _set_lambda(context, t, boundary)
     context.setPositions(x)
-    state = context.getState(energy=True, forces=forces)
-    u = beta * state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
-    grad = -beta * state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer) if forces else None
-    if not derivative:
-        return u, grad, None
+    forces = context.getState(forces=True).getForces(asNumpy=True)
+    return -beta * forces.value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
+
+
+def _physical_time_derivative(context, x, t, beta, h=1e-4, boundary=None):
+    """∂_t β U_phys(x; λ(t)) by a central difference (one-sided at the ends): two energies, none at t itself.
+
+    openmmtools' alchemical forces declare no parameter derivatives (OpenMM would report 0), hence the difference.
+    """
+    context.setPositions(x)
     lo, hi = max(t - h, 0.0), min(t + h, 1.0)
     values = []
     for value in (lo, hi):
         _set_lambda(context, value, boundary)
         values.append(beta * context.getState(energy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
-    return u, grad, (values[1] - values[0]) / (hi - lo)
+    return (values[1] - values[0]) / (hi - lo)
 
 
 #: kT/nm: residuals beyond it count linearly in the loss of a molecular solute (Huber), see :func:`train_neural_ti`.
@@ -249,8 +251,7 @@ def train_neural_ti(leg, samples, pair_potential=None, n_steps=200, batch_size=8
             index = rng.integers(0, len(samples.x0), batch_size)
             t = rng.uniform(0.0, 1.0, batch_size)
             xt = _interpolate(samples.x0[index], x1[index], t, box)
-            grad_phys = np.array([_physical_reduced(context, xt[k], float(t[k]), beta, derivative=False, boundary=boundary)[1]
-                                  for k in range(batch_size)])
+            grad_phys = np.array([_physical_gradient(context, xt[k], float(t[k]), beta, boundary=boundary) for k in range(batch_size)])
             left = -samples.f0[index] / np.clip(1 - t, 0.1, None)[:, None, None]  # ∇u_0(x_0) / (1 - t)
             right = -f1[index] / np.clip(t, 0.1, None)[:, None, None]  # ∇u_1(x_1) / t
             target = np.where((t < 0.5)[:, None, None], left, right)
@@ -301,7 +302,7 @@ def path_time_derivatives(leg, pair_potential, positions, t, box):
     beta = 1.0 / leg.molecular_system.kT
     boundary = path_boundary(leg)
     t = np.asarray(t, dtype=np.float64)
-    du_phys = np.array([_physical_reduced(context, positions[k], float(t[k]), beta, forces=False, boundary=boundary)[2]
+    du_phys = np.array([_physical_time_derivative(context, positions[k], float(t[k]), beta, boundary=boundary)
                         for k in range(len(t))])
     t_torch = torch.tensor(t, requires_grad=True)
     classes = pair_classes(leg.molecular_system.system, leg.solute_atoms)

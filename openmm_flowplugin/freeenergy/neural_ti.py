@@ -51,7 +51,7 @@ from ._dudl import profile_stage
 from ._neural_ti_model import (_TABLE_R, _TABLE_T, T_PARAMETER, PairClasses, PairPotential, learned_force,  # noqa: F401
                                pair_classes)
 from ._neural_ti_training import (ELECTROSTATICS_FROM, EndpointSamples, _charges, _context, _cutoff, _interpolate,  # noqa: F401
-                                  _pair, _physical_reduced, _set_lambda, amortized_delta_f, path_boundary, path_lambdas, path_time_derivatives,
+                                  _pair, _set_lambda, amortized_delta_f, path_boundary, path_lambdas, path_time_derivatives,
                                   sample_endpoints, train_neural_ti)
 
 with quiet_banners():
@@ -156,7 +156,7 @@ def exact_path_leg(leg, pair_potential, nodes=11):
 
 
 
-def path_ti(path, storage, n_equilibration=0):
+def path_ti(path, storage, n_equilibration=0, progress=False):
     """Thermodynamic integration along the learned path, from the exact path's stored samples.
 
     ``ΔF = f(decoupled) - f(coupled) = -∫₀¹ ⟨∂_t u_θ⟩_t dt``. At each node, ∂_t u_θ of the sampled
@@ -183,6 +183,8 @@ def path_ti(path, storage, n_equilibration=0):
     storage : str or Path
     n_equilibration : int
         Iterations to skip after the minimized start (e.g. the MBAR analysis' ``n_equilibration``).
+    progress : bool or None
+        A bar with ETA over the stored checkpoints (``None``: when stderr is a terminal).
 
     Returns
     -------
@@ -194,7 +196,7 @@ def path_ti(path, storage, n_equilibration=0):
     """
     from ._dudl import derivative_profiles, trapezoid_ti
 
-    profiles = derivative_profiles(path, storage, n_equilibration)
+    profiles = derivative_profiles(path, storage, n_equilibration, progress=progress, label="neural TI: ⟨∂u/∂t⟩ at the nodes")
     parts = [trapezoid_ti(p.lambdas, p.mean, p.error) for p in profiles]
 
     def total(key, combine=sum):
@@ -282,7 +284,7 @@ def neural_ti_free_energy(solvation_system, output_dir, n_samples=200, n_train_s
                              "solutes, fewer for molecules in water, see docs/solvation.md); delete neural_ti_path.nc (and "
                              "neural_ti_model.pt to retrain) in the output folder and run again, the endpoint samples are "
                              "reused.", weakest_pair=error.weakest_pair) from error
-    ti = path_ti(path, output_dir / "neural_ti_path.nc", estimate.n_equilibration)
+    ti = path_ti(path, output_dir / "neural_ti_path.nc", estimate.n_equilibration, progress=progress)
     vacuum = None
     if solvation_system.vacuum is not None:
         vacuum_leg = alchemical_leg(solvation_system.vacuum, list(range(solvation_system.n_solute_atoms)), schedule=leg.schedule,

@@ -188,7 +188,8 @@ def solvation_free_energy(solvation_system, output_dir, n_iterations=500, md_ste
                 equilibration_iterations=equilibration_iterations, platform=platform, progress=progress, seed=seed)
         cpu = time.process_time() - start
         legs[name] = analyze_leg(output_dir / f"{name}.nc")
-        dudl[name] = derivative_profiles(leg, output_dir / f"{name}.nc", legs[name].n_equilibration)
+        dudl[name] = derivative_profiles(leg, output_dir / f"{name}.nc", legs[name].n_equilibration,
+                                         progress=_on_root_rank(progress), label=f"{name} leg: ⟨∂u/∂λ⟩")
         n_states, n_done = leg.schedule.n_states, legs[name].n_iterations  # the stored iterations (≥ n_iterations)
         costs[name] = {"iterations": n_done, "states": n_states, "md_steps": n_done * n_states * md_steps,
                        "energy_evaluations": n_done * n_states * (md_steps + n_states),
@@ -238,3 +239,11 @@ def _check_schedule_type(schedule):
 
     if schedule is not None and not isinstance(schedule, LambdaSchedule):
         raise InvalidInputError(f"schedule must be a LambdaSchedule, got {type(schedule).__name__}.")
+
+
+def _on_root_rank(progress):
+    """``progress`` on MPI rank 0 (or without MPI), off on the other ranks: one bar per run."""
+    from .mbar_route import _mpi_comm
+
+    comm = _mpi_comm()
+    return progress if comm is None or comm.rank == 0 else False
