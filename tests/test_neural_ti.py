@@ -10,6 +10,7 @@ import pytest
 import torch
 from openmm import unit
 
+from openmm_flowplugin.errors import InvalidInputError
 from openmm_flowplugin.freeenergy import LambdaSchedule, alchemical_leg, analyze_leg, run_leg, solvation_system
 from openmm_flowplugin.freeenergy import neural_ti as nti
 
@@ -122,6 +123,46 @@ def test_training_repeats_for_a_seed_and_leaves_torchs_generator_alone(leg):
     assert torch.equal(torch.rand(3), expected_next_draw)  # the caller's stream is where it was
     assert torch.equal(first, again) and history == history_again
     assert not torch.allclose(first, other)  # control: the seed reaches the initial weights and the batches
+
+
+def test_an_interrupted_training_continues_from_its_checkpoint_to_the_uninterrupted_model(leg, tmp_path, monkeypatch):
+    """Killed at step 5 of 6 with checkpoints every 2 steps (and a stale .partial, as a kill during a save leaves):
+    the next call continues from step 4 and ends bit for bit where an uninterrupted training does."""
+    from openmm_flowplugin.freeenergy import _neural_ti_training as training
+
+    samples = nti.sample_endpoints(leg, 4, steps_between=10, equilibration_steps=20, seed=0, platform="Reference")
+    options = dict(n_steps=6, batch_size=2, seed=3, platform="Reference", progress=False)
+    straight, straight_history = nti.train_neural_ti(leg, samples, **options)
+    checkpoint = tmp_path / "neural_ti_training.pt"
+    gradient = training._physical_gradient
+    calls = []
+
+    def killed_in_step_5(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4 * 2 + 1:  # the first configuration of step 5 (two per step)
+            checkpoint.with_name(checkpoint.name + ".partial").write_bytes(b"half a checkpoint")
+            raise KeyboardInterrupt
+        return gradient(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_physical_gradient", killed_in_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        nti.train_neural_ti(leg, samples, checkpoint=checkpoint, checkpoint_interval=2, **options)
+    assert len(torch.load(checkpoint, weights_only=True)["history"]) == 4
+    calls.clear()
+    monkeypatch.setattr(training, "_physical_gradient", lambda *args, **kwargs: (calls.append(1), gradient(*args, **kwargs))[1])
+    resumed, history = nti.train_neural_ti(leg, samples, checkpoint=checkpoint, checkpoint_interval=2, **options)
+    assert len(calls) == 2 * 2  # steps 5 and 6 only: it continued (a restart would repeat the same result from 12 calls)
+    assert history == straight_history
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+    # a checkpoint of other settings, past the steps asked for, or unreadable is refused rather than continued
+    with pytest.raises(InvalidInputError, match=r"checkpoint of another training \(seed differ\)"):
+        nti.train_neural_ti(leg, samples, checkpoint=checkpoint, **dict(options, seed=4))
+    with pytest.raises(InvalidInputError, match="at step 4 of a training longer than the 3 steps"):
+        nti.train_neural_ti(leg, samples, checkpoint=checkpoint, **dict(options, n_steps=3))
+    checkpoint.write_bytes(b"not a checkpoint")
+    with pytest.raises(InvalidInputError, match="not a readable neural-TI training checkpoint"):
+        nti.train_neural_ti(leg, samples, checkpoint=checkpoint, **options)
 
 
 def test_exact_path_estimate_agrees_with_widom_insertion(leg, tmp_path):

@@ -3,8 +3,11 @@
 __all__ = ["ELECTROSTATICS_FROM", "path_lambdas", "EndpointSamples", "sample_endpoints", "train_neural_ti", "amortized_delta_f",
            "path_time_derivatives"]
 
+import json
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import openmm
@@ -217,7 +220,7 @@ HUBER_DELTA = 100.0
 
 
 def train_neural_ti(leg, samples, pair_potential=None, n_steps=200, batch_size=8, learning_rate=1e-3, seed=0, platform=None,
-                    progress=None, robust=None):
+                    progress=None, robust=None, checkpoint=None, checkpoint_interval=100):
     """Fit φ_θ by target score matching on ``samples`` (see the module docstring); returns (φ, loss history).
 
     The loss is the mean squared residual of the reduced gradients. With ``robust`` (default: for
@@ -226,6 +229,11 @@ def train_neural_ti(leg, samples, pair_potential=None, n_steps=200, batch_size=8
     gradients up to 1e8 kT/nm that φ cannot follow and that would otherwise steer the fit. Training only
     decides how good the path is: the exact-path estimate is exact for any θ. ``seed`` draws the pairing, the
     batches and t (NumPy) and φ's initial weights (torch, in a forked generator: torch's global one is left as it was).
+
+    ``checkpoint`` (a path): every ``checkpoint_interval`` steps φ, the optimizer, the loss history and the
+    generator's state are written there atomically, and a training that finds its own checkpoint there continues
+    from it to the result of an uninterrupted run (one of other settings, or past ``n_steps``, is refused). The
+    caller deletes it once the model is stored.
     """
     from tqdm import tqdm
 
@@ -246,8 +254,13 @@ def train_neural_ti(leg, samples, pair_potential=None, n_steps=200, batch_size=8
     if robust is None:
         robust = classes.n_classes > 1
     history = []
+    settings = dict(seed=int(seed), batch_size=int(batch_size), learning_rate=float(learning_rate), robust=bool(robust),
+                    config=dict(pair_potential.config), n_samples=len(samples.x0))
+    if checkpoint is not None and Path(checkpoint).exists():
+        history = _resume_training(Path(checkpoint), settings, n_steps, pair_potential, optimizer, rng)
     with package_threads():
-        for _ in tqdm(range(n_steps), disable=None if progress is None else not progress, desc="neural TI"):
+        for step in tqdm(range(len(history), n_steps), initial=len(history), total=n_steps,
+                         disable=None if progress is None else not progress, desc="neural TI"):
             index = rng.integers(0, len(samples.x0), batch_size)
             t = rng.uniform(0.0, 1.0, batch_size)
             xt = _interpolate(samples.x0[index], x1[index], t, box)
@@ -267,7 +280,40 @@ def train_neural_ti(leg, samples, pair_potential=None, n_steps=200, batch_size=8
             loss.backward()
             optimizer.step()
             history.append(loss.item())
+            if checkpoint is not None and (step + 1) % checkpoint_interval == 0 and step + 1 < n_steps:
+                _save_training(Path(checkpoint), settings, pair_potential, optimizer, rng, history)
     return pair_potential, history
+
+
+def _save_training(path, settings, pair_potential, optimizer, rng, history):
+    temporary = path.with_name(path.name + ".partial")
+    torch.save({"settings": settings, "state_dict": pair_potential.state_dict(), "optimizer": optimizer.state_dict(),
+                "rng": json.dumps(rng.bit_generator.state), "history": list(history)}, temporary)
+    os.replace(temporary, path)
+
+
+def _resume_training(path, settings, n_steps, pair_potential, optimizer, rng):
+    """Load a training checkpoint into φ, the optimizer and ``rng``; its loss history (refused if of another training)."""
+    try:
+        stored = torch.load(path, weights_only=True)
+        stored_settings, history = stored["settings"], list(stored["history"])
+        rng_state = json.loads(stored["rng"])
+    except Exception as error:  # noqa: BLE001 - a truncated or foreign file gets one line
+        raise InvalidInputError(f"{path} is not a readable neural-TI training checkpoint ({type(error).__name__}: {error}); "
+                                "delete it to train from the start.") from None
+    if stored_settings != settings:
+        differs = sorted(key for key in set(settings) | set(stored_settings) if stored_settings.get(key) != settings.get(key))
+        raise InvalidInputError(f"{path} is the checkpoint of another training ({', '.join(differs)} differ); delete it to "
+                                "train from the start.")
+    if len(history) > n_steps:
+        raise InvalidInputError(f"{path} is a checkpoint at step {len(history)} of a training longer than the {n_steps} steps "
+                                f"asked for; give at least {len(history)} steps (--train-steps), or delete it.")
+    if rng_state.get("bit_generator") != type(rng.bit_generator).__name__:  # the generator is ours; its state is data
+        raise InvalidInputError(f"{path} stores a {rng_state.get('bit_generator')!r} generator state, not this training's.")
+    pair_potential.load_state_dict(stored["state_dict"])
+    optimizer.load_state_dict(stored["optimizer"])
+    rng.bit_generator.state = rng_state
+    return history
 
 
 def amortized_delta_f(leg, samples, pair_potential, n_points=256, seed=1, platform=None):

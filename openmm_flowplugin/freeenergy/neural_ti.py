@@ -59,6 +59,7 @@ with quiet_banners():
 
 #: The files of a neural-TI run in its output folder.
 _SAMPLES_FILE, _MODEL_FILE, _PATH_FILE = "neural_ti_samples.npz", "neural_ti_model.pt", "neural_ti_path.nc"
+_TRAINING_FILE = "neural_ti_training.pt"  # the training's checkpoint (every 100 steps) until the model is written
 
 
 class NeuralTIState(GlobalParameterState):
@@ -219,7 +220,8 @@ def neural_ti_free_energy(solvation_system, output_dir, n_samples=200, n_train_s
 
     Endpoint samples (``neural_ti_samples.npz``) and the trained φ (``neural_ti_model.pt``) are kept (written
     atomically) and reused by a later call with the same ``n_samples`` and ``n_train_steps`` (other counts are
-    refused: delete the file to redo it); the exact path's storage (``neural_ti_path.nc``) resumes like any leg. A
+    refused: delete the file to redo it); an interrupted training continues from its checkpoint (``neural_ti_training.pt``,
+    every 100 steps); the exact path's storage (``neural_ti_path.nc``) resumes like any leg. A
     molecule's vacuum leg (intramolecular terms only: no learned term) runs by the alchemical MBAR route
     into ``vacuum.nc``, the same storage :func:`~.solvation.solvation_free_energy` uses, so a run of both
     routes in one folder computes it once. The results go to ``neural_ti.json`` and ``neural_ti.md``, and
@@ -477,10 +479,13 @@ def _stored_or_new_model(path, record, leg, samples, n_train_steps, platform, pr
                                     f"{len(history)} (n_train_steps=) to reuse it, or delete it (and {_PATH_FILE}, run with it) "
                                     "to train anew.")
         return phi, history, stored.get("seed")
-    phi, history = train_neural_ti(leg, samples, n_steps=n_train_steps, seed=seed, platform=platform, progress=progress)
+    training = path.with_name(_TRAINING_FILE)  # checkpoints within the training; gone once the model is stored
+    phi, history = train_neural_ti(leg, samples, n_steps=n_train_steps, seed=seed, platform=platform, progress=progress,
+                                   checkpoint=training)
     with _atomic(path) as temporary:
         torch.save({"config": phi.config, "state_dict": phi.state_dict(), "history": history, "record": record, "seed": seed,
                     "root_seed": root_seed}, temporary)
+    training.unlink(missing_ok=True)
     return phi, history, seed
 
 
