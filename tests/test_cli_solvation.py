@@ -97,6 +97,7 @@ def test_lj_preset_runs_writes_results_and_refuses_other_settings(tmp_path, monk
     assert (out / "results.md").read_text().strip() in first.output
     stored = json.loads((out / "results.json").read_text())
     assert stored["legs"]["solvent"]["n_iterations"] == 10 and stored["settings"]["timestep_ps"] > 0
+    assert stored["settings"]["seed"] == 0 and stored["settings"]["lattice_seed"] == 0  # the root seed; the preset's own
     from openmm_flowplugin.freeenergy.lj_reference import jzg_excess_chemical_potential, lj_tail_correction_mu
 
     mu = stored["lj_chemical_potential"]  # μ_ex for the truncated potential, with the tail correction, and JZG's
@@ -135,7 +136,8 @@ def test_neural_ti_method_runs_both_estimators(tmp_path, monkeypatch):
     assert "exact path" in result.output and "amortized (approximate)" in result.output and "TI: trapezoid" in result.output
     stored = json.loads((out / "neural_ti.json").read_text())
     assert stored["nodes"] == pytest.approx([1.0, 2 / 3, 1 / 3, 0.0]) and len(stored["training_loss"]) == 5
-    assert stored["seed"] == 0  # --seed's default, recorded
+    assert stored["seed"] == 0 and "seed" not in stored["settings"]  # --seed's default, recorded; the preset's own is
+    assert stored["settings"]["lattice_seed"] == 0  # recorded as lattice_seed
     from openmm_flowplugin.freeenergy.neural_ti import derived_seeds
 
     assert stored["seeds"] == seeds_given == derived_seeds(0)  # endpoint MD, training and the amortized estimate: from the root

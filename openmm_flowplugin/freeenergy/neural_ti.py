@@ -53,6 +53,7 @@ from ._neural_ti_model import (_TABLE_R, _TABLE_T, T_PARAMETER, PairClasses, Pai
 from ._neural_ti_training import (ELECTROSTATICS_FROM, EndpointSamples, _charges, _context, _cutoff, _interpolate,  # noqa: F401
                                   _pair, _set_lambda, amortized_delta_f, path_boundary, path_lambdas, path_time_derivatives,
                                   sample_endpoints, train_neural_ti)
+from .solvation import _plot_overlaps, recorded_system_settings
 
 with quiet_banners():
     from openmmtools.states import GlobalParameterState
@@ -311,7 +312,7 @@ def neural_ti_free_energy(solvation_system, output_dir, n_samples=200, n_train_s
         "amortized_note": "approximate: exact only if the interpolant's marginals are the Boltzmann distributions of U_theta",
         "path": estimate.to_dict(), "nodes": [float(state.neural_ti_t) for state in path.thermodynamic_states],
         "t_boundary": path.record.get("t_boundary"), "training_loss": history, "seed": seed, "seeds": seeds,
-        "settings": dict(solvation_system.settings, n_samples=len(samples.x0), n_train_steps=len(history), n_iterations=n_iterations,
+        "settings": dict(recorded_system_settings(solvation_system), n_samples=len(samples.x0), n_train_steps=len(history), n_iterations=n_iterations,
                          md_steps=md_steps, timestep_fs=timestep, equilibration_iterations=equilibration_iterations,
                          checkpoint_interval=checkpoint_interval, schedule=path.schedule.to_dict()),
         "costs": {"endpoint_md_steps": 2 * (2000 + len(samples.x0) * 100),
@@ -327,8 +328,6 @@ def neural_ti_free_energy(solvation_system, output_dir, n_samples=200, n_train_s
     }
     (output_dir / "neural_ti.json").write_text(json.dumps(result, indent=2, default=str))
     (output_dir / "neural_ti.md").write_text(_markdown(result))
-    from .solvation import _plot_overlaps
-
     _plot_overlaps({"neural-TI path": estimate, **({} if vacuum is None else {"vacuum": vacuum})}, output_dir / "neural_ti_overlap.png")
     write_dudl_plot(output_dir)
     return result

@@ -198,7 +198,7 @@ def solvation_free_energy(solvation_system, output_dir, n_iterations=500, md_ste
     error_vacuum = legs["vacuum"].error if "vacuum" in legs else 0.0
     delta_g = delta_f_vacuum - legs["solvent"].delta_f
     error = math.hypot(legs["solvent"].error, error_vacuum)
-    settings = dict(solvation_system.settings, schedule=used_schedule.to_dict(), n_iterations=n_iterations, md_steps=md_steps,
+    settings = dict(recorded_system_settings(solvation_system), schedule=used_schedule.to_dict(), n_iterations=n_iterations, md_steps=md_steps,
                     timestep_fs=float(timestep.value_in_unit(unit.femtosecond)) if unit.is_quantity(timestep) else float(timestep),
                     collision_rate=str(collision_rate), seed=seed)
     result = SolvationResult(solvation_system.name, delta_g, error, temperature, legs, costs, settings,
@@ -247,3 +247,12 @@ def _on_root_rank(progress):
 
     comm = _mpi_comm()
     return progress if comm is None or comm.rank == 0 else False
+
+
+def recorded_system_settings(solvation_system):
+    """The system's settings as a result records them: an LJ preset's lattice seed as ``lattice_seed``, so that
+    ``seed`` in a result is always the run's root seed."""
+    settings = dict(solvation_system.settings)
+    if "seed" in settings:
+        settings["lattice_seed"] = settings.pop("seed")
+    return settings
