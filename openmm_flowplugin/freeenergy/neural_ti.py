@@ -316,7 +316,7 @@ def neural_ti_free_energy(solvation_system, output_dir, n_samples=200, n_train_s
                          md_steps=md_steps, timestep_fs=timestep, equilibration_iterations=equilibration_iterations,
                          checkpoint_interval=checkpoint_interval, schedule=path.schedule.to_dict()),
         "costs": {"endpoint_md_steps": 2 * (2000 + len(samples.x0) * 100),
-                  "training_evaluations": len(history) * 8, "amortized_evaluations": 256 * 3,
+                  "training_evaluations": len(history) * 8, "amortized_evaluations": 256 * 2,  # two λ-dependent-force energies per point
                   "path_energy_evaluations": estimate.n_iterations * n_nodes * (md_steps + n_nodes),
                   "ti_energy_evaluations": 2 * n_checkpoints,
                   "vacuum_energy_evaluations": 0 if vacuum is None else vacuum.n_iterations * vacuum_leg.schedule.n_states * (
