@@ -4,6 +4,7 @@ for :mod:`.small_molecules`."""
 __all__ = ["CONFORMER_SEED", "parse_smiles", "read_sdf", "write_conformer", "rdkit_version", "read_mol2", "checked_net_charge",
            "check_uncharged_mol2_parity", "refuse_charged", "spread_charge_residual"]
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -112,24 +113,31 @@ def checked_net_charge(charges, label):
     return round(total)
 
 
+_GAFF_TYPE = re.compile(r"^(cl|br|f|i|[chnosp][0-9a-z+]?)$")  # GAFF/GAFF2 types: the element is their first letter(s)
+
+
 def _element_of_mol2_type(atom_type):
-    """Element symbol of a SYBYL (``C.3``, ``Cl``) or GAFF/GAFF2 (``c3``, ``cl``) atom type; ``None`` if unknown."""
+    """Element symbol of a SYBYL (``C.3``, ``Cl``, ``N.am``) or GAFF/GAFF2 (``c3``, ``cl``, ``n+``) atom type; ``None`` for
+    any other type (AMBER's ``CT``, dummies, lone pairs, OPLS names): then the electron count is left to antechamber."""
     head = atom_type.split(".")[0]
-    if not head or not head[0].isalpha():
-        return None
-    if head[0].isupper():  # SYBYL: the element itself
-        return head if head != "Du" else None
-    return head[:2].capitalize() if head[:2] in ("cl", "br") else head[0].upper()
+    if _GAFF_TYPE.match(atom_type):
+        return atom_type[:2].capitalize() if atom_type[:2] in ("cl", "br") else atom_type[0].upper()
+    if head == head.capitalize() and head.isalpha() and head not in ("Du", "Lp", "Any", "Hal", "Het", "Hev"):
+        return head  # SYBYL: the element itself, case as written (AMBER's CA, NA, HO are not calcium, sodium, holmium)
+    return None
 
 
 def check_uncharged_mol2_parity(types, path):
     """Refuse a mol2 without charges whose electron count is odd when taken as neutral (an ion; AM1-BCC would fail)."""
     from openmm.app import element
 
+    symbols = [_element_of_mol2_type(kind) for kind in types]
+    if None in symbols:
+        return  # a type we cannot map to an element: antechamber decides
     try:
-        electrons = sum(element.Element.getBySymbol(_element_of_mol2_type(kind)).atomic_number for kind in types)
-    except (KeyError, TypeError):
-        return  # an atom type we cannot map to an element: antechamber decides
+        electrons = sum(element.Element.getBySymbol(symbol).atomic_number for symbol in symbols)
+    except KeyError:  # not an element after all
+        return
     if electrons % 2:
         raise InvalidInputError(
             f"mol2 {path} has no charges, so its net charge is taken as 0, but then it has an odd number of electrons "

@@ -169,3 +169,8 @@ def test_both_routes_refuse_stored_neural_ti_files_of_other_counts_before_the_mb
     result = run("--preset", "lj", "--method", "both", "--train-steps", "5", "-o", str(out), "--no-progress")
     assert result.exit_code == 2 and "trained for 3 steps, not 5: give --train-steps 3" in result.output, result.output
     assert not (out / "solvent.nc").exists()  # refused before any MBAR work
+    (out / "neural_ti_model.pt").unlink()  # an interrupted training's checkpoint past the steps asked for: the same
+    torch.save({"settings": {}, "history": [1.0] * 7, "rng": "{}"}, out / "neural_ti_training.pt")
+    result = run("--preset", "lj", "--method", "both", "--train-steps", "5", "-o", str(out), "--no-progress")
+    assert result.exit_code == 2 and "at step 7 of a training longer than the 5 steps" in result.output, result.output
+    assert not (out / "solvent.nc").exists()

@@ -158,6 +158,11 @@ def test_an_interrupted_training_continues_from_its_checkpoint_to_the_uninterrup
     # a checkpoint of other settings, past the steps asked for, or unreadable is refused rather than continued
     with pytest.raises(InvalidInputError, match=r"checkpoint of another training \(seed differ\)"):
         nti.train_neural_ti(leg, samples, checkpoint=checkpoint, **dict(options, seed=4))
+    other_samples = nti.sample_endpoints(leg, 4, steps_between=10, equilibration_steps=20, seed=1, platform="Reference")
+    with pytest.raises(InvalidInputError, match=r"checkpoint of another training \(samples differ\)"):
+        nti.train_neural_ti(leg, other_samples, checkpoint=checkpoint, **options)
+    with pytest.raises(InvalidInputError, match="checkpoint_interval must be a positive number of steps, got 0"):
+        nti.train_neural_ti(leg, samples, checkpoint=checkpoint, checkpoint_interval=0, **options)
     with pytest.raises(InvalidInputError, match="at step 4 of a training longer than the 3 steps"):
         nti.train_neural_ti(leg, samples, checkpoint=checkpoint, **dict(options, n_steps=3))
     checkpoint.write_bytes(b"not a checkpoint")

@@ -321,8 +321,9 @@ def test_mol2_electron_count_reads_sybyl_and_gaff_types():
     check_uncharged_mol2_parity(["c3", "c3", "oh", "hc", "hc", "hc", "h1", "h1", "ho"], "ethanol.mol2")  # control: neutral
     check_uncharged_mol2_parity(["C.3", "Cl", "H", "H", "H"], "chloromethane.mol2")
     check_uncharged_mol2_parity(["c3", "br", "hc", "hc", "hc"], "bromomethane.mol2")
-    check_uncharged_mol2_parity(["C.3", "Xx", "H"], "unknown.mol2")  # an unknown type: left to antechamber
-    for types in (["C.3", "Cl", "H", "H"], ["c3", "cl", "hc", "hc"], ["N.4", "H", "H", "H", "H"]):
+    for types in (["C.3", "Xx", "H"], ["C.3", "H", "H", "H", "Du"], ["CA", "HA"], ["c3", "du"], ["opls_135", "H"], ["N.3", "LP"]):
+        check_uncharged_mol2_parity(types, "unknown.mol2")  # a type that is no element (or not surely): left to antechamber
+    for types in (["C.3", "Cl", "H", "H"], ["c3", "cl", "hc", "hc"], ["N.4", "H", "H", "H", "H"], ["n+", "hn", "hn", "hn", "hn"]):
         with pytest.raises(InvalidInputError, match="odd number of electrons"):
             check_uncharged_mol2_parity(types, "ion.mol2")
 

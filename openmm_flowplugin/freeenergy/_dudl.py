@@ -183,7 +183,9 @@ def derivative_profiles(leg, storage, n_equilibration=0, h=1e-4, progress=False,
     h : float
         Finite-difference step in λ.
     progress : bool or None
-        A tqdm bar with ETA over the stored checkpoints, named ``label`` (``None``: when stderr is a terminal).
+        A tqdm bar with ETA over the stored checkpoints (``None``: when stderr is a terminal).
+    label : str
+        The bar's description.
 
     Returns
     -------

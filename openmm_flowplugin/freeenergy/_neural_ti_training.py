@@ -3,6 +3,7 @@
 __all__ = ["ELECTROSTATICS_FROM", "path_lambdas", "EndpointSamples", "sample_endpoints", "train_neural_ti", "amortized_delta_f",
            "path_time_derivatives"]
 
+import hashlib
 import json
 import math
 import os
@@ -232,8 +233,8 @@ def train_neural_ti(leg, samples, pair_potential=None, n_steps=200, batch_size=8
 
     ``checkpoint`` (a path): every ``checkpoint_interval`` steps φ, the optimizer, the loss history and the
     generator's state are written there atomically, and a training that finds its own checkpoint there continues
-    from it to the result of an uninterrupted run (one of other settings, or past ``n_steps``, is refused). The
-    caller deletes it once the model is stored.
+    from it to the result of an uninterrupted run on the same platform (a checkpoint of other samples, settings,
+    temperature or platform, or past ``n_steps``, is refused). The caller deletes it once the model is stored.
     """
     from tqdm import tqdm
 
@@ -254,8 +255,12 @@ def train_neural_ti(leg, samples, pair_potential=None, n_steps=200, batch_size=8
     if robust is None:
         robust = classes.n_classes > 1
     history = []
+    if checkpoint is not None and (isinstance(checkpoint_interval, bool) or not isinstance(checkpoint_interval, int)
+                                   or checkpoint_interval < 1):
+        raise InvalidInputError(f"checkpoint_interval must be a positive number of steps, got {checkpoint_interval!r}.")
     settings = dict(seed=int(seed), batch_size=int(batch_size), learning_rate=float(learning_rate), robust=bool(robust),
-                    config=dict(pair_potential.config), n_samples=len(samples.x0))
+                    config=dict(pair_potential.config), samples=_samples_digest(samples), beta=float(beta),
+                    boundary=boundary, platform=str(platform))
     if checkpoint is not None and Path(checkpoint).exists():
         history = _resume_training(Path(checkpoint), settings, n_steps, pair_potential, optimizer, rng)
     with package_threads():
@@ -285,22 +290,41 @@ def train_neural_ti(leg, samples, pair_potential=None, n_steps=200, batch_size=8
     return pair_potential, history
 
 
+def _samples_digest(samples):
+    """sha256 of the endpoint samples a training fits (a checkpoint continues only on the very same samples)."""
+    digest = hashlib.sha256()
+    for array in (samples.x0, samples.f0, samples.x1, samples.f1, np.float64(samples.box), np.asarray(samples.solute)):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
 def _save_training(path, settings, pair_potential, optimizer, rng, history):
     temporary = path.with_name(path.name + ".partial")
-    torch.save({"settings": settings, "state_dict": pair_potential.state_dict(), "optimizer": optimizer.state_dict(),
-                "rng": json.dumps(rng.bit_generator.state), "history": list(history)}, temporary)
-    os.replace(temporary, path)
+    try:
+        torch.save({"settings": settings, "state_dict": pair_potential.state_dict(), "optimizer": optimizer.state_dict(),
+                    "rng": json.dumps(rng.bit_generator.state), "history": list(history)}, temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def read_training_checkpoint(path):
+    """``(settings, history, stored)`` of a training checkpoint; one line if it is not readable as one."""
+    try:
+        stored = torch.load(path, weights_only=True)
+        stored_settings, history = dict(stored["settings"]), [float(v) for v in stored["history"]]
+        if not isinstance(json.loads(stored["rng"]), dict):
+            raise TypeError("its generator state is not a mapping")
+    except Exception as error:  # noqa: BLE001 - a truncated or foreign file gets one line
+        raise InvalidInputError(f"{path} is not a readable neural-TI training checkpoint ({type(error).__name__}: {error}); "
+                                "delete it to train from the start.") from None
+    return stored_settings, history, stored
 
 
 def _resume_training(path, settings, n_steps, pair_potential, optimizer, rng):
     """Load a training checkpoint into φ, the optimizer and ``rng``; its loss history (refused if of another training)."""
-    try:
-        stored = torch.load(path, weights_only=True)
-        stored_settings, history = stored["settings"], list(stored["history"])
-        rng_state = json.loads(stored["rng"])
-    except Exception as error:  # noqa: BLE001 - a truncated or foreign file gets one line
-        raise InvalidInputError(f"{path} is not a readable neural-TI training checkpoint ({type(error).__name__}: {error}); "
-                                "delete it to train from the start.") from None
+    stored_settings, history, stored = read_training_checkpoint(path)
+    rng_state = json.loads(stored["rng"])
     if stored_settings != settings:
         differs = sorted(key for key in set(settings) | set(stored_settings) if stored_settings.get(key) != settings.get(key))
         raise InvalidInputError(f"{path} is the checkpoint of another training ({', '.join(differs)} differ); delete it to "
@@ -310,9 +334,13 @@ def _resume_training(path, settings, n_steps, pair_potential, optimizer, rng):
                                 f"asked for; give at least {len(history)} steps (--train-steps), or delete it.")
     if rng_state.get("bit_generator") != type(rng.bit_generator).__name__:  # the generator is ours; its state is data
         raise InvalidInputError(f"{path} stores a {rng_state.get('bit_generator')!r} generator state, not this training's.")
-    pair_potential.load_state_dict(stored["state_dict"])
-    optimizer.load_state_dict(stored["optimizer"])
-    rng.bit_generator.state = rng_state
+    try:
+        pair_potential.load_state_dict(stored["state_dict"])
+        optimizer.load_state_dict(stored["optimizer"])
+        rng.bit_generator.state = rng_state
+    except Exception as error:  # noqa: BLE001 - a foreign file with the right settings still gets one line
+        raise InvalidInputError(f"{path} does not fit this training ({type(error).__name__}: {error}); delete it to train "
+                                "from the start.") from None
     return history
 
 

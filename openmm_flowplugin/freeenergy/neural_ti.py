@@ -52,7 +52,7 @@ from ._neural_ti_model import (_TABLE_R, _TABLE_T, T_PARAMETER, PairClasses, Pai
                                pair_classes)
 from ._neural_ti_training import (ELECTROSTATICS_FROM, EndpointSamples, _charges, _context, _cutoff, _interpolate,  # noqa: F401
                                   _pair, _set_lambda, amortized_delta_f, path_boundary, path_lambdas, path_time_derivatives,
-                                  sample_endpoints, train_neural_ti)
+                                  read_training_checkpoint, sample_endpoints, train_neural_ti)
 from .solvation import _plot_overlaps, recorded_system_settings
 
 with quiet_banners():
@@ -343,7 +343,8 @@ def _training_record(solvation_system):
 def _refuse_other(path, stored_record, record):
     if stored_record is not None and str(stored_record) != record:
         raise InvalidInputError(f"{path} was made for another system or settings; use another output folder or delete "
-                                f"{path.name} (the model and the path's storage depend on it too).")
+                                f"{path.name} (the model, its training checkpoint {_TRAINING_FILE} and the path's storage "
+                                "depend on it too).")
 
 
 #: The neural-TI workflow's own stream of the root seed (the path's and the vacuum leg's MD use the legs' streams).
@@ -400,6 +401,13 @@ def check_stored_counts(output_dir, n_samples, n_train_steps):
         raise InvalidInputError(f"{Path(output_dir) / _MODEL_FILE} was trained for {counts['steps']} steps, not {n_train_steps}: give "
                                 f"--train-steps {counts['steps']} (n_train_steps=) to reuse it, or delete it (and {_PATH_FILE}, "
                                 "run with it) to train anew.")
+    training = Path(output_dir) / _TRAINING_FILE
+    if "steps" not in counts and training.exists():
+        _, history, _ = read_training_checkpoint(training)
+        if len(history) > n_train_steps:
+            raise InvalidInputError(f"{training} is a checkpoint at step {len(history)} of a training longer than the "
+                                    f"{n_train_steps} steps asked for; give at least {len(history)} steps (--train-steps), or "
+                                    "delete it.")
 
 
 def _stored_root_seed(output_dir):
@@ -439,6 +447,7 @@ def _stored_or_new_samples(path, record, leg, n_samples, platform, seed=0, root_
                                     "on them) to draw new ones.")
         return samples, stored_seed
     samples = sample_endpoints(leg, n_samples, seed=seed, platform=platform, progress=bool(progress))
+    path.with_name(_TRAINING_FILE).unlink(missing_ok=True)  # a training checkpoint of earlier samples
     with _atomic(path) as temporary, open(temporary, "wb") as file:
         np.savez(file, x0=samples.x0, f0=samples.f0, x1=samples.x1, f1=samples.f1, box=samples.box, solute=samples.solute,
                  record=np.array(record), seed=np.array(seed), **({} if root_seed is None else {"root_seed": np.array(root_seed)}))
@@ -485,6 +494,7 @@ def _stored_or_new_model(path, record, leg, samples, n_train_steps, platform, pr
         torch.save({"config": phi.config, "state_dict": phi.state_dict(), "history": history, "record": record, "seed": seed,
                     "root_seed": root_seed}, temporary)
     training.unlink(missing_ok=True)
+    training.with_name(training.name + ".partial").unlink(missing_ok=True)  # left by a kill during a checkpoint's write
     return phi, history, seed
 
 
