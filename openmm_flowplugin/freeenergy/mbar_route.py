@@ -214,7 +214,7 @@ def run_leg(leg, storage, n_iterations, md_steps=500, timestep=2.0, collision_ra
                     sampler.minimize()
                     if equilibration_iterations:
                         sampler.equilibrate(int(equilibration_iterations))
-                _run_with_progress(sampler, n_iterations, f"{leg.name} leg", progress if comm is None or comm.rank == 0 else False)
+                _run_with_progress(sampler, n_iterations, f"{leg.name} leg", on_root_rank(progress, comm))
             return sampler.iteration
         finally:
             sampler._reporter.close()
@@ -241,6 +241,12 @@ def _mpi_comm():
     import mpiplus
 
     return mpiplus.get_mpicomm()
+
+
+def on_root_rank(progress, comm=None):
+    """``progress`` on MPI rank 0 (or without MPI), off on the other ranks: one bar per run."""
+    comm = _mpi_comm() if comm is None else comm
+    return progress if comm is None or comm.rank == 0 else False
 
 
 def _run_with_progress(sampler, n_iterations, label, progress):

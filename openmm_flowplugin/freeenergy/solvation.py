@@ -19,7 +19,7 @@ from openmm import unit
 from ..errors import InvalidInputError
 from ._dudl import derivative_profiles, write_dudl_plot
 from .alchemical import alchemical_leg
-from .mbar_route import analyze_leg, kT_in, resolved_root_seed, run_leg
+from .mbar_route import analyze_leg, kT_in, on_root_rank, resolved_root_seed, run_leg
 
 
 @dataclass
@@ -189,7 +189,7 @@ def solvation_free_energy(solvation_system, output_dir, n_iterations=500, md_ste
         cpu = time.process_time() - start
         legs[name] = analyze_leg(output_dir / f"{name}.nc")
         dudl[name] = derivative_profiles(leg, output_dir / f"{name}.nc", legs[name].n_equilibration,
-                                         progress=_on_root_rank(progress), label=f"{name} leg: ⟨∂u/∂λ⟩")
+                                         progress=on_root_rank(progress), label=f"{name} leg: ⟨∂u/∂λ⟩")
         n_states, n_done = leg.schedule.n_states, legs[name].n_iterations  # the stored iterations (≥ n_iterations)
         costs[name] = {"iterations": n_done, "states": n_states, "md_steps": n_done * n_states * md_steps,
                        "energy_evaluations": n_done * n_states * (md_steps + n_states),
@@ -239,14 +239,6 @@ def _check_schedule_type(schedule):
 
     if schedule is not None and not isinstance(schedule, LambdaSchedule):
         raise InvalidInputError(f"schedule must be a LambdaSchedule, got {type(schedule).__name__}.")
-
-
-def _on_root_rank(progress):
-    """``progress`` on MPI rank 0 (or without MPI), off on the other ranks: one bar per run."""
-    from .mbar_route import _mpi_comm
-
-    comm = _mpi_comm()
-    return progress if comm is None or comm.rank == 0 else False
 
 
 def recorded_system_settings(solvation_system):
