@@ -256,7 +256,7 @@ def neural_ti_free_energy(solvation_system, output_dir, n_samples=200, n_train_s
 
     from ._dudl import write_dudl_plot
     from .alchemical import alchemical_leg
-    from .mbar_route import analyze_leg, kT_in, resolved_root_seed, run_leg
+    from .mbar_route import analyze_leg, kT_in, on_root_rank, resolved_root_seed, run_leg
 
     output_dir = Path(output_dir)
     if seed is None and not (output_dir / "neural_ti_path.nc").exists():
@@ -287,7 +287,7 @@ def neural_ti_free_energy(solvation_system, output_dir, n_samples=200, n_train_s
                              "solutes, fewer for molecules in water, see docs/solvation.md); delete neural_ti_path.nc (and "
                              "neural_ti_model.pt to retrain) in the output folder and run again, the endpoint samples are "
                              "reused.", weakest_pair=error.weakest_pair) from error
-    ti = path_ti(path, output_dir / "neural_ti_path.nc", estimate.n_equilibration, progress=progress)
+    ti = path_ti(path, output_dir / "neural_ti_path.nc", estimate.n_equilibration, progress=on_root_rank(progress))
     vacuum = None
     if solvation_system.vacuum is not None:
         vacuum_leg = alchemical_leg(solvation_system.vacuum, list(range(solvation_system.n_solute_atoms)), schedule=leg.schedule,
