@@ -269,9 +269,9 @@ def neural_ti_free_energy(solvation_system, output_dir, n_samples=200, n_train_s
     seeds = derived_seeds(seed)
     reused = [what for what, name in (("endpoint samples", _SAMPLES_FILE), ("trained φ", _MODEL_FILE)) if (output_dir / name).exists()]
     samples, seeds["endpoints"] = _stored_or_new_samples(output_dir / "neural_ti_samples.npz", record, leg, n_samples, platform,
-                                                         seeds["endpoints"], root_seed=seed, progress=progress)
+                                                         seeds["endpoints"], root_seed=seed, progress=on_root_rank(progress))
     phi, history, seeds["training"] = _stored_or_new_model(output_dir / "neural_ti_model.pt", record, leg, samples, n_train_steps,
-                                                           platform, progress, seeds["training"], root_seed=seed)
+                                                           platform, on_root_rank(progress), seeds["training"], root_seed=seed)
     amortized, amortized_error = amortized_delta_f(leg, samples, phi, seed=seeds["amortized"], platform=platform)
     path = exact_path_leg(leg, phi, nodes=nodes)
     if timestep is None:
