@@ -279,6 +279,17 @@ def test_the_derivative_pass_shows_a_progress_bar_over_the_checkpoints(tmp_path,
     assert capsys.readouterr().err == ""
 
 
+def test_progress_bars_are_shown_on_mpi_rank_0_only():
+    from types import SimpleNamespace
+
+    from openmm_flowplugin.freeenergy.mbar_route import on_root_rank
+
+    for progress in (True, None):
+        assert on_root_rank(progress, SimpleNamespace(rank=0)) is progress
+        assert on_root_rank(progress, SimpleNamespace(rank=3)) is False
+    assert on_root_rank(True) is True  # control: one process (no MPI, or rank 0), the caller's choice stands
+
+
 def test_a_result_without_overlap_is_refused(tmp_path):
     """Synthetic storage-free check of the refusal: states 60 kT apart share no samples (pymbar returns nan errors)."""
     from openmm_flowplugin.errors import NoOverlapError
