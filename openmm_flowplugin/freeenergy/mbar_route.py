@@ -317,21 +317,10 @@ def analyze_leg(storage, fractions=(0.2, 0.4, 0.6, 0.8, 1.0)):
     estimate is not finite, or two neighbouring states overlap less than :data:`MIN_NEIGHBOUR_OVERLAP`
     (0.03): such a result is refused, not reported.
     """
-    with quiet_banners():
-        from openmmtools.multistate import MultiStateReporter
-
     storage = Path(storage)
     if not storage.is_file():
         raise FileNotFoundError(f"{storage} not found: run the leg first.")
-    with quiet_banners():
-        reporter = MultiStateReporter(str(storage), open_mode="r")
-        try:
-            last = reporter.read_last_iteration(last_checkpoint=False)
-            energies, _, _ = reporter.read_energies()
-            states = np.asarray(reporter.read_replica_thermodynamic_states())
-        finally:
-            reporter.close()
-    energies, states = np.asarray(energies, dtype=np.float64)[1 : last + 1], states[1 : last + 1]
+    energies, states = _stored_energies(storage)
     if len(energies) < 10:
         raise InvalidInputError(f"{storage} holds {len(energies)} iterations; MBAR needs at least 10 (run the leg longer).")
     iterations, t0, g = _decorrelated_samples(energies, states)
@@ -352,6 +341,22 @@ def analyze_leg(storage, fractions=(0.2, 0.4, 0.6, 0.8, 1.0)):
                        n_iterations=int(len(energies)), n_equilibration=t0, statistical_inefficiency=g,
                        n_uncorrelated=int(len(iterations) * energies.shape[1]),
                        interval_errors=[float(d_delta_f[k, k + 1]) for k in range(len(d_delta_f) - 1)])
+
+
+def _stored_energies(storage):
+    """Reduced potentials ``[iteration, replica, state]`` and sampled states ``[iteration, replica]`` of a leg's storage,
+    without iteration 0 (the minimized start)."""
+    with quiet_banners():
+        from openmmtools.multistate import MultiStateReporter
+
+        reporter = MultiStateReporter(str(storage), open_mode="r")
+        try:
+            last = reporter.read_last_iteration(last_checkpoint=False)
+            energies, _, _ = reporter.read_energies()
+            states = np.asarray(reporter.read_replica_thermodynamic_states())
+        finally:
+            reporter.close()
+    return np.asarray(energies, dtype=np.float64)[1 : last + 1], states[1 : last + 1]
 
 
 def kT_in(temperature, target=unit.kilocalorie_per_mole):
