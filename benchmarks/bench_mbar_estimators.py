@@ -3,7 +3,8 @@
 :func:`openmm_flowplugin.freeenergy.analyze_leg` (the package's estimate, as in openmmtools' analyzer) keeps every
 g-th iteration after equilibration, g the statistical inefficiency of the replicas' summed reduced potential, and
 reports pymbar's asymptotic error of that subsample. This script sets beside it MBAR over *every* iteration after
-the same equilibration, whose standard error comes from a moving-block bootstrap over iterations (whole iterations,
+the same equilibration (or after ``--discard`` iterations: 0 for the solvation routes, which store only after their
+equilibration run), whose standard error comes from a moving-block bootstrap over iterations (whole iterations,
 so the replicas' correlations across states are kept; several block lengths, to show the error has converged in
 the block length) and from the spread of separate blocks. Use it to compare two routes' legs (for example the MBAR
 route's ``solvent.nc`` with neural TI's ``neural_ti_path.nc``) at equal iterations, ``--iterations`` truncating
@@ -36,15 +37,20 @@ def read_leg(storage):
 
 
 def mbar_delta_f(energies, states, iterations):
-    """MBAR f(last state) - f(first state), kT, over the given iterations (every replica of each)."""
+    """MBAR f(last state) - f(first state), kT, over the given iterations (every replica of each); NaN where pymbar
+    finds no consistent solution (a resample or block without overlap)."""
     from pymbar import MBAR
+    from pymbar.utils import ParameterError
 
     n_states = energies.shape[2]
     u_kn = energies[iterations].reshape(-1, n_states).T
     sampled = states[iterations].reshape(-1)
     order = np.argsort(sampled, kind="stable")
-    mbar = MBAR(u_kn[:, order], np.bincount(sampled, minlength=n_states))
-    return float(mbar.compute_free_energy_differences(compute_uncertainty=False)["Delta_f"][0, -1])
+    try:
+        mbar = MBAR(u_kn[:, order], np.bincount(sampled, minlength=n_states))
+        return float(mbar.compute_free_energy_differences(compute_uncertainty=False)["Delta_f"][0, -1])
+    except ParameterError:
+        return float("nan")
 
 
 def block_bootstrap_error(energies, states, production, block_length, n_resamples, rng):
@@ -92,6 +98,10 @@ def main():
             _, delta_f, d_delta_f = _mbar(e, s, iterations, storage)
             start = t0 if args.discard is None else args.discard
             production = np.arange(start, n)
+            if len(production) < max(max(args.block_lengths), 2 * args.blocks):
+                raise SystemExit(f"{storage}: {len(production)} iterations after {start} are too few for blocks of "
+                                 f"{max(args.block_lengths)} and {args.blocks} separate blocks (shorter --block-lengths, "
+                                 "fewer --blocks, or more --iterations).")
             rng = np.random.default_rng([args.seed, n])
             bootstrap = [block_bootstrap_error(e, s, production, length, args.resamples, rng) for length in args.block_lengths]
             values, spread_error = separate_blocks_error(e, s, production, args.blocks)
