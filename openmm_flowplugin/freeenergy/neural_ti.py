@@ -267,11 +267,12 @@ def neural_ti_free_energy(solvation_system, output_dir, n_samples=200, n_train_s
     start = time.process_time()
     record = _training_record(solvation_system)
     seeds = derived_seeds(seed)
+    shown = on_root_rank(progress)  # the bars of this function's own passes; run_leg gates its own
     reused = [what for what, name in (("endpoint samples", _SAMPLES_FILE), ("trained φ", _MODEL_FILE)) if (output_dir / name).exists()]
     samples, seeds["endpoints"] = _stored_or_new_samples(output_dir / "neural_ti_samples.npz", record, leg, n_samples, platform,
-                                                         seeds["endpoints"], root_seed=seed, progress=on_root_rank(progress))
+                                                         seeds["endpoints"], root_seed=seed, progress=shown)
     phi, history, seeds["training"] = _stored_or_new_model(output_dir / "neural_ti_model.pt", record, leg, samples, n_train_steps,
-                                                           platform, on_root_rank(progress), seeds["training"], root_seed=seed)
+                                                           platform, shown, seeds["training"], root_seed=seed)
     amortized, amortized_error = amortized_delta_f(leg, samples, phi, seed=seeds["amortized"], platform=platform)
     path = exact_path_leg(leg, phi, nodes=nodes)
     if timestep is None:
@@ -287,7 +288,7 @@ def neural_ti_free_energy(solvation_system, output_dir, n_samples=200, n_train_s
                              "solutes, fewer for molecules in water, see docs/solvation.md); delete neural_ti_path.nc (and "
                              "neural_ti_model.pt to retrain) in the output folder and run again, the endpoint samples are "
                              "reused.", weakest_pair=error.weakest_pair) from error
-    ti = path_ti(path, output_dir / "neural_ti_path.nc", estimate.n_equilibration, progress=on_root_rank(progress))
+    ti = path_ti(path, output_dir / "neural_ti_path.nc", estimate.n_equilibration, progress=shown)
     vacuum = None
     if solvation_system.vacuum is not None:
         vacuum_leg = alchemical_leg(solvation_system.vacuum, list(range(solvation_system.n_solute_atoms)), schedule=leg.schedule,
