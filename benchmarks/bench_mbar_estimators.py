@@ -86,6 +86,12 @@ def main():
                              "stored iterations follow an equilibration run, as the solvation routes' do)")
     parser.add_argument("--seed", type=int, default=2026)
     args = parser.parse_args()
+    for storage in args.storages:  # every storage checked before the first (long) row
+        checkpoint = storage.with_name(storage.stem + "_checkpoint.nc")
+        if not (storage.is_file() and checkpoint.is_file()):
+            parser.error(f"{storage} or its {checkpoint.name} not found: give a leg's storage (solvent.nc, neural_ti_path.nc, ...)")
+    if min(args.block_lengths) < 1 or args.resamples < 2 or args.blocks < 2 or min(args.iterations) < 0:
+        parser.error("--block-lengths need at least 1, --resamples and --blocks at least 2, --iterations at least 0")
     rows = []
     for storage in args.storages:
         energies, states = read_leg(storage)
