@@ -21,6 +21,9 @@ Each method gets the same number of energy/force evaluations (``--budget``):
     estimates) spends the evaluations (a) spends on production samples; unweighted frames, jackknife errors.
 MD and metadynamics: LangevinMiddle, 1 fs, friction 1/ps, on the platform measured fastest here (``PLATFORMS``).
 ``--md-budgets`` adds rows for (c), (c') and (d) alone at larger budgets, to find where they reach a given error.
+``--seeds N`` repeats every method with N seeds (``--seed``, ``--seed`` + 10, ...; one reference for all) and adds a table
+of their spread: mean ± standard deviation of each error, how many seeds reach the FES target of 2 kJ/mol, and the
+root-mean-square deviation of Delta F from the reference beside the mean error bar the runs quoted.
 
 ``--system alanine_dipeptide_implicit`` runs the same on the implicit-solvent variant (ff96 + OBC1, the WT-ASBS
 paper's system; its MD is ~15x slower on these CPUs, so a secondary run with a shorter reference).
@@ -38,7 +41,7 @@ Delta F(C7eq -> C7ax) with its error (diffusion: bootstrap over independent samp
 delete-one-block jackknife), energy evaluations, CPU seconds (``time.process_time`` for producing the samples and
 weights: MD, training, sampling; not the analysis) and the Kish ESS of the exact weights.
 
-    python benchmarks/bench_diffusion_alanine.py [--budget 100000 200000 500000] [--md-budgets 1000000 5000000] [--quick]
+    python benchmarks/bench_diffusion_alanine.py [--budget 100000 200000 500000] [--md-budgets 1000000 5000000] [--seeds 1] [--quick]
 """
 
 import argparse
@@ -71,6 +74,12 @@ DIFFUSION_HILL_HEIGHT = 0.02  # kJ/mol per chain end point
 WARM_START = dict(frames=200, interval=50)  # 10 ps of MD (1 fs) for standardization and the buffer
 TIMESTEP_FS, FRICTION = 1.0, 1.0
 JUMP_INTERVAL = 10  # MD steps per diffusion jump in (e)
+SEED_STRIDE = 10  # seeds of successive --seeds runs; one run uses seed ... seed + 5 for its methods
+FES_TARGET = 2.0  # kJ/mol, the issue's goal
+TABLE_HEADER = ("| budget | method | FES error (kJ/mol) | FES error, bins equal (kJ/mol) | ΔF(C7eq→C7ax) ± err (kJ/mol) | z vs reference | "
+                "weights' tail (C7eq / C7ax) | energy evaluations | CPU s | ESS | run |")
+SUMMARY_HEADER = (f"| budget | method | FES error (kJ/mol), mean ± sd | seeds ≤ {FES_TARGET:g} | FES error, bins equal | seeds ≤ {FES_TARGET:g} | "
+                  "ΔF(C7eq→C7ax), mean ± sd (kJ/mol) | ΔF: rms from reference / mean quoted error | CPU s, mean |")
 # The faster OpenMM platform per system, measured here on one thread (ns/day of 1 fs Langevin steps, CPU time):
 # vacuum Reference 11,000 vs CPU 1,035; OBC1 implicit Reference 91 vs CPU 456.
 PLATFORMS = {"alanine_dipeptide_vacuum": "Reference", "alanine_dipeptide_implicit": "CPU"}
@@ -205,6 +214,7 @@ def run_jumps(molecular_system, training, seed):
     proposal = DiffusionProposal(training["sampler"], seed=seed)
     integrator = FlowMCIntegrator(molecular_system.temperature, FRICTION / unit.picosecond, TIMESTEP_FS * unit.femtosecond, proposal,
                                   jump_interval=JUMP_INTERVAL, system=molecular_system.system, seed=seed + 1)
+    integrator.setRandomNumberSeed(seed + 2)  # Langevin noise and acceptance uniforms (OpenMM's default, 0, draws a fresh seed)
     platform = PLATFORMS[molecular_system.name]
     simulation = app.Simulation(molecular_system.topology, molecular_system.system, integrator, openmm.Platform.getPlatformByName(platform),
                                 {"Threads": "1"} if platform == "CPU" else {})
@@ -330,40 +340,77 @@ def main(args):
           f"kJ/mol ({fes_error(halves[0], halves[1], ref['uniform']):.2f} with bins equal); {int(np.sum(ref['f'] <= 20))} bins within "
           f"20 kJ/mol.\n", flush=True)
 
-    rows = []
-    for budget in args.budget:
-        runs = {}
-        for key, biased, seed in (("(a) diffusion + WT bias (exact weights)", True, args.seed),
-                                  ("(b) diffusion, no bias (exact weights)", False, args.seed + 1)):
-            result = run_diffusion(molecular_system, budget, args.sample_fraction, biased, seed, args.rotor_scale)
-            np.savez(Path(args.output) / f"samples_{args.system}_{budget}_{'biased' if biased else 'unbiased'}_seed{seed}_rotor{args.rotor_scale:g}.npz",
-                     s=result["s"], log_w=result["log_w"])  # for re-analysis without a rerun
-            runs[key] = estimate(result, edges, ref, temperature, kT, args.blocks, args.n_bootstrap, seed)
-            print(f"  {key}: {result['detail']}, {result['cpu']:.0f} CPU s, ESS {result['ess']:.1f}", flush=True)
-            if biased:
-                fes_err, delta_f = well_tempered(lambda s: result["bias"].value_at(s), edges, ref, kT)
-                runs["(a') diffusion's bias, -g/(g-1)V"] = dict(fes_error=fes_err[0], fes_error_uniform=fes_err[1], delta_f=delta_f,
-                                                              delta_f_error=math.nan,
-                                                              evaluations=result["evaluations"], cpu=result["cpu"],
-                                                              detail=f"{result['detail']}, final bias")
-                jumps = run_jumps(molecular_system, result["training"], seed + 3)
-                runs["(e) MD + jumps from the sampler of (a) (exact MH)"] = estimate(jumps, edges, ref, temperature, kT, args.blocks, 0, seed)
-                print(f"  (e): {jumps['detail']}, {jumps['cpu']:.0f} CPU s", flush=True)
-        runs.update(md_rows(molecular_system, budget, edges, ref, temperature, kT, args, args.seed + 2))
-        rows += [row(budget, method, r, ref_df) for method, r in runs.items()]
-    for budget in args.md_budgets:
-        rows += [row(budget, method, r, ref_df) for method, r in
-                 md_rows(molecular_system, budget, edges, ref, temperature, kT, args, args.seed + 2).items()]
-    print("| budget | method | FES error (kJ/mol) | FES error, bins equal (kJ/mol) | ΔF(C7eq→C7ax) ± err (kJ/mol) | z vs reference | weights' tail (C7eq / C7ax) | energy evaluations | CPU s | ESS | run |")
+    seeds = [args.seed + SEED_STRIDE * i for i in range(args.seeds)]
+    results = {}  # (budget, method) -> one result per seed
+    for seed in seeds:
+        runs = [(budget, diffusion_and_md_rows(molecular_system, budget, edges, ref, temperature, kT, args, seed)) for budget in args.budget]
+        runs += [(budget, md_rows(molecular_system, budget, edges, ref, temperature, kT, args, seed + 2)) for budget in args.md_budgets]
+        for budget, rows in runs:
+            for method, r in rows.items():
+                r["detail"] += f", seed {seed}"
+                results.setdefault((budget, method), []).append(r)
+    order = sorted(results, key=lambda key: key[0])  # stable: methods keep their order within a budget
+    print(TABLE_HEADER)
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    print("\n".join(rows), flush=True)
+    print("\n".join(row(budget, method, r, ref_df) for budget, method in order for r in results[budget, method]), flush=True)
+    if len(seeds) > 1:
+        print(f"\nOver seeds {', '.join(map(str, seeds))} (the reference is the same for all):\n")
+        print(SUMMARY_HEADER)
+        print("|---|---|---|---|---|---|---|---|---|")
+        print("\n".join(summary_row(budget, method, results[budget, method], ref_df) for budget, method in order), flush=True)
+
+
+def diffusion_and_md_rows(molecular_system, budget, edges, ref, temperature, kT, args, seed):
+    """(a), (a'), (e), (b), (c), (c') and (d) at one budget and seed."""
+    runs = {}
+    for key, biased, method_seed in (("(a) diffusion + WT bias (exact weights)", True, seed),
+                                     ("(b) diffusion, no bias (exact weights)", False, seed + 1)):
+        result = run_diffusion(molecular_system, budget, args.sample_fraction, biased, method_seed, args.rotor_scale)
+        np.savez(Path(args.output) / f"samples_{args.system}_{budget}_{'biased' if biased else 'unbiased'}_seed{method_seed}_rotor{args.rotor_scale:g}.npz",
+                 s=result["s"], log_w=result["log_w"])  # for re-analysis without a rerun
+        runs[key] = estimate(result, edges, ref, temperature, kT, args.blocks, args.n_bootstrap, method_seed)
+        print(f"  seed {seed}, budget {budget}, {key}: {result['detail']}, {result['cpu']:.0f} CPU s, ESS {result['ess']:.1f}", flush=True)
+        if biased:
+            fes_err, delta_f = well_tempered(lambda s: result["bias"].value_at(s), edges, ref, kT)
+            runs["(a') diffusion's bias, -g/(g-1)V"] = dict(fes_error=fes_err[0], fes_error_uniform=fes_err[1], delta_f=delta_f,
+                                                          delta_f_error=math.nan,
+                                                          evaluations=result["evaluations"], cpu=result["cpu"],
+                                                          detail=f"{result['detail']}, final bias")
+            jumps = run_jumps(molecular_system, result["training"], method_seed + 3)
+            runs["(e) MD + jumps from the sampler of (a) (exact MH)"] = estimate(jumps, edges, ref, temperature, kT, args.blocks, 0, method_seed)
+            print(f"  seed {seed}, budget {budget}, (e): {jumps['detail']}, {jumps['cpu']:.0f} CPU s", flush=True)
+    runs.update(md_rows(molecular_system, budget, edges, ref, temperature, kT, args, seed + 2))
+    return runs
+
+
+def summary_row(budget, method, results, ref_df, target=FES_TARGET):
+    """One budget and method over seeds: mean ± standard deviation, and how many seeds reach the FES target."""
+    def spread(key):
+        values = np.array([r[key] for r in results], dtype=float)
+        finite = values[np.isfinite(values)]
+        if len(finite) == 0:
+            return "–"
+        text = f"{finite.mean():.2f} ± {finite.std(ddof=1):.2f}" if len(finite) > 1 else f"{finite[0]:.2f}"
+        return text + (f" ({len(values) - len(finite)} of {len(values)} without a value)" if len(finite) < len(values) else "")
+
+    def reached(key):
+        return f"{sum(r[key] <= target for r in results)} of {len(results)}"
+
+    delta = np.array([r["delta_f"] for r in results], dtype=float)
+    rms = math.sqrt(np.mean((delta[np.isfinite(delta)] - ref_df) ** 2)) if np.isfinite(delta).any() else math.nan
+    errors = np.array([r["delta_f_error"] for r in results], dtype=float)
+    errors = errors[~np.isnan(errors)]  # an infinite jackknife error (a basin missing from a block) stays
+    quoted = "–" if len(errors) == 0 else "∞" if np.isinf(errors).any() else fmt(errors.mean())
+    return (f"| {budget} | {method} | {spread('fes_error')} | {reached('fes_error')} | {spread('fes_error_uniform')} | "
+            f"{reached('fes_error_uniform')} | {spread('delta_f')} | {fmt(rms)} / {quoted} | {np.mean([r['cpu'] for r in results]):.1f} |")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--system", default="alanine_dipeptide_vacuum", choices=["alanine_dipeptide_vacuum", "alanine_dipeptide_implicit"],
                         help="vacuum (main run) or OBC1 implicit solvent (WT-ASBS's system; ~15x slower MD here: the CUDA case)")
-    parser.add_argument("--budget", type=int, nargs="+", default=[100000, 200000, 500000], help="energy evaluations per method, all four methods")
+    parser.add_argument("--budget", type=int, nargs="*", default=[100000, 200000, 500000],
+                        help="energy evaluations per method, every method (none: only the --md-budgets rows)")
     parser.add_argument("--md-budgets", type=int, nargs="*", default=[1000000, 5000000], help="extra budgets for metadynamics and MD only")
     parser.add_argument("--sample-fraction", type=float, default=0.25, help="share of the diffusion budget (after warm start) for samples")
     parser.add_argument("--rotor-scale", type=float, default=1.0,
@@ -378,8 +425,12 @@ if __name__ == "__main__":
     parser.add_argument("--n-bootstrap", type=int, default=200)
     parser.add_argument("--output", default="benchmarks/results/diffusion_alanine", help="folder of the cached reference")
     parser.add_argument("--seed", type=int, default=2025)
+    parser.add_argument("--seeds", type=int, default=1,
+                        help=f"independent runs of every method (seeds --seed, --seed + {SEED_STRIDE}, ...) and a table of their spread")
     parser.add_argument("--quick", action="store_true", help="smoke run: budget 20000, no extra MD budgets, a 0.2 + 0.5 ns reference")
     arguments = parser.parse_args()
+    if not 1 <= arguments.seeds <= 100 // SEED_STRIDE - 1:  # the reference runs with seed + 100
+        parser.error(f"--seeds {arguments.seeds}: give 1 to {100 // SEED_STRIDE - 1} runs")
     if arguments.quick:
         arguments.budget, arguments.md_budgets, arguments.n_bootstrap = [20000], [], 20
         arguments.reference_metad_ns, arguments.reference_ns = 0.2, 0.5
