@@ -71,7 +71,7 @@ BIAS_FACTOR, HILL_WIDTH = 8.0, 0.2  # rad, as in the WT-ASBS alanine configurati
 DIFFUSION = dict(hidden=128, n_layers=3, batch_size=128, n_adjoint_steps=50, n_corrector_steps=50, training_batch_size=256)
 SCHEDULE = (*DEFAULT_SCHEDULES["internal"], 50)  # sigma_max, sigma_min in standardized units, Euler-Maruyama steps
 DIFFUSION_HILL_HEIGHT = 0.02  # kJ/mol per chain end point
-WARM_START = dict(frames=200, interval=50)  # 10 ps of MD (1 fs) for standardization and the buffer
+WARM_START_FRAMES = 200  # MD frames for standardization and the buffer (--warm-start-steps of MD, 10 ps by default)
 TIMESTEP_FS, FRICTION = 1.0, 1.0
 JUMP_INTERVAL = 10  # MD steps per diffusion jump in (e)
 SEED_STRIDE = 10  # seeds of successive --seeds runs; one run uses seed ... seed + 5 for its methods
@@ -169,14 +169,17 @@ def reference(molecular_system, output, metad_ns, static_ns, seed):
 
 
 # ---------------------------------------------------------------------------------------------- diffusion
-def train_sampler(molecular_system, budget, sample_fraction, biased, seed, rotor_scale=1.0, checkpoint=None):
+def train_sampler(molecular_system, budget, sample_fraction, biased, seed, rotor_scale=1.0, checkpoint=None, warm_start_steps=10000):
     """The diffusion sampler of (a) (``biased``) or (b), trained on ``1 - sample_fraction`` of the budget after the warm start.
+
+    The warm start is ``warm_start_steps`` of MD, of which every ``warm_start_steps // WARM_START_FRAMES``-th frame is kept.
 
     ``checkpoint``: where training is saved and resumed (default: a temporary folder, a fresh run each time).
     """
     start = time.process_time()
-    frames = _md_frames(molecular_system, WARM_START["frames"], WARM_START["interval"], seed, PLATFORMS[molecular_system.name])
-    md_evaluations = WARM_START["frames"] * WARM_START["interval"]
+    interval = warm_start_steps // WARM_START_FRAMES
+    frames = _md_frames(molecular_system, WARM_START_FRAMES, interval, seed, PLATFORMS[molecular_system.name])
+    md_evaluations = WARM_START_FRAMES * interval
     rotors = [PHI, PSI] if rotor_scale else []  # the torsions that turn phi and psi: spread >= rotor_scale rad
     space = InternalCoordinateSpace.from_positions(molecular_system.topology, frames, rotors=rotors, rotor_scale=rotor_scale or 1.0)
     bias = None
@@ -189,7 +192,7 @@ def train_sampler(molecular_system, budget, sample_fraction, biased, seed, rotor
                                platform=PLATFORMS[molecular_system.name], **DIFFUSION)
     if checkpoint is None or not Path(checkpoint).exists():
         sampler.warm_start(frames)
-    training = budget - md_evaluations - WARM_START["frames"]  # the warm start evaluates each frame once (also when resumed)
+    training = budget - md_evaluations - WARM_START_FRAMES  # the warm start evaluates each frame once (also when resumed)
     n_iterations = max(1, int(training * (1.0 - sample_fraction)) // DIFFUSION["batch_size"])
     with tempfile.TemporaryDirectory() as folder:  # checkpoints as a user's run writes them
         sampler.train(n_iterations, checkpoint=checkpoint or Path(folder) / "checkpoint.pt", checkpoint_interval=100)
@@ -198,9 +201,9 @@ def train_sampler(molecular_system, budget, sample_fraction, biased, seed, rotor
                 detail=f"{md_evaluations} MD + {n_iterations} it. x {DIFFUSION['batch_size']}")
 
 
-def run_diffusion(molecular_system, budget, sample_fraction, biased, seed, rotor_scale=1.0):
+def run_diffusion(molecular_system, budget, sample_fraction, biased, seed, rotor_scale=1.0, warm_start_steps=10000):
     start = time.process_time()
-    training = train_sampler(molecular_system, budget, sample_fraction, biased, seed, rotor_scale)
+    training = train_sampler(molecular_system, budget, sample_fraction, biased, seed, rotor_scale, warm_start_steps=warm_start_steps)
     sampler, n_samples = training["sampler"], training["production_evaluations"]
     samples = sampler.sample(n_samples)
     return dict(s=torsions(samples.positions), log_w=samples.log_weights, evaluations=training["evaluations"] + n_samples,
@@ -319,7 +322,7 @@ def main(args):
     kT = (temperature * unit.MOLAR_GAS_CONSTANT_R).value_in_unit(unit.kilojoule_per_mole)
     edges = [np.linspace(-PI, PI, args.bins + 1)] * 2
     print(f"Settings: seed {args.seed}; CVs phi {PHI}, psi {PSI}; {args.bins}x{args.bins} bins; basins {BASINS}; diffusion: "
-          f"NoiseSchedule{SCHEDULE} (standardized internal coordinates, rotor scale {args.rotor_scale} rad), {DIFFUSION}, warm start {WARM_START}, "
+          f"NoiseSchedule{SCHEDULE} (standardized internal coordinates, rotor scale {args.rotor_scale} rad), {DIFFUSION}, warm start {args.warm_start_steps} MD steps ({WARM_START_FRAMES} frames), "
           f"{args.sample_fraction:.0%} of the training budget as production samples, bias gamma {BIAS_FACTOR}, width {HILL_WIDTH} rad, "
           f"{DIFFUSION_HILL_HEIGHT} kJ/mol per end point; metadynamics: gamma {BIAS_FACTOR}, width {HILL_WIDTH} rad, "
           f"{args.metad_height} kJ/mol every {args.metad_frequency} steps, first {args.metad_discard:.0%} not reweighted; "
@@ -365,7 +368,7 @@ def diffusion_and_md_rows(molecular_system, budget, edges, ref, temperature, kT,
     runs = {}
     for key, biased, method_seed in (("(a) diffusion + WT bias (exact weights)", True, seed),
                                      ("(b) diffusion, no bias (exact weights)", False, seed + 1)):
-        result = run_diffusion(molecular_system, budget, args.sample_fraction, biased, method_seed, args.rotor_scale)
+        result = run_diffusion(molecular_system, budget, args.sample_fraction, biased, method_seed, args.rotor_scale, args.warm_start_steps)
         np.savez(Path(args.output) / f"samples_{args.system}_{budget}_{'biased' if biased else 'unbiased'}_seed{method_seed}_rotor{args.rotor_scale:g}.npz",
                  s=result["s"], log_w=result["log_w"])  # for re-analysis without a rerun
         runs[key] = estimate(result, edges, ref, temperature, kT, args.blocks, args.n_bootstrap, method_seed)
@@ -413,6 +416,9 @@ if __name__ == "__main__":
                         help="energy evaluations per method, every method (none: only the --md-budgets rows)")
     parser.add_argument("--md-budgets", type=int, nargs="*", default=[1000000, 5000000], help="extra budgets for metadynamics and MD only")
     parser.add_argument("--sample-fraction", type=float, default=0.25, help="share of the diffusion budget (after warm start) for samples")
+    parser.add_argument("--warm-start-steps", type=int, default=10000,
+                        help=f"MD steps (1 fs) that standardize the sampler's coordinates and fill its buffer, counted in its budget; "
+                             f"a multiple of {WARM_START_FRAMES}")
     parser.add_argument("--rotor-scale", type=float, default=1.0,
                         help="least standardization spread (rad) of the Z-matrix torsions that turn phi and psi; 0: the MD run's spread")
     parser.add_argument("--bins", type=int, default=24, help="bins per torsion for the FES")
@@ -431,8 +437,17 @@ if __name__ == "__main__":
     arguments = parser.parse_args()
     if not 1 <= arguments.seeds <= 100 // SEED_STRIDE - 1:  # the reference runs with seed + 100
         parser.error(f"--seeds {arguments.seeds}: give 1 to {100 // SEED_STRIDE - 1} runs")
+    if arguments.warm_start_steps < WARM_START_FRAMES or arguments.warm_start_steps % WARM_START_FRAMES:
+        parser.error(f"--warm-start-steps {arguments.warm_start_steps}: give a positive multiple of {WARM_START_FRAMES} (one MD frame kept per "
+                     f"{WARM_START_FRAMES}th of the run)")
     if arguments.quick:
         arguments.budget, arguments.md_budgets, arguments.n_bootstrap = [20000], [], 20
         arguments.reference_metad_ns, arguments.reference_ns = 0.2, 0.5
         arguments.output = str(Path(arguments.output) / "quick")
+    least_budget = arguments.warm_start_steps + WARM_START_FRAMES + 2 * DIFFUSION["batch_size"]  # warm start, one iteration, samples
+    if any(budget < least_budget for budget in arguments.budget):
+        parser.error(f"--budget {min(arguments.budget)}: the diffusion rows need at least {least_budget} evaluations with "
+                     f"--warm-start-steps {arguments.warm_start_steps}")
+    if not arguments.budget and not arguments.md_budgets:
+        parser.error("--budget and --md-budgets are both empty: give at least one budget")
     main(arguments)

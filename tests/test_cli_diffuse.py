@@ -60,6 +60,8 @@ def test_a_small_run_writes_results_and_resumes(tmp_path):
     (["--system", "mueller_brown", "--cv", "x:x@0", "--cv", "y:y@3", "--grid", "x:-2,1.5", "--grid", "y:-1,2.5", "--hill-width", "0.25"],
      "reads atom 3"),
     (["--system", "alanine_dipeptide_vacuum", "--cv", "phi:4,6,8,14", "--cv", "psi:6,8,14,99"], "reads atom 99"),  # before any MD
+    ([*MB, "--md-interval", "10"], "standardize internal coordinates, and this run is in cartesian coordinates"),
+    (["--system", "alanine_dipeptide_vacuum", "--cv", "phi:4,6,8,14", "--cv", "psi:6,8,14,16", "--md-frames", "1"], "--md-frames"),
 ])
 def test_bad_input_is_one_line(tmp_path, args, message):
     result = run(*args, *SMALL, "--iterations", "1", "-o", str(tmp_path / "out"))
@@ -85,6 +87,20 @@ def test_internal_coordinates_on_a_molecule(tmp_path):
     assert results["energy_evaluations"] == 10_000 + 200 + 2 * 16 + 64
     energies = np.load(out / "samples.npz")["reduced_energies"]
     assert np.isfinite(energies).any() and np.nanmedian(energies[np.isfinite(energies)]) < 1e4  # molecules, not noise
+
+
+def test_a_shorter_standardization_run_counts_its_steps_and_a_resume_with_another_is_refused(tmp_path):
+    out, cvs = tmp_path / "ala", ["--system", "alanine_dipeptide_vacuum", "--cv", "phi:4,6,8,14", "--cv", "psi:6,8,14,16"]
+    short = ["--md-frames", "20", "--md-interval", "10"]
+    result = run(*cvs, *SMALL, *short, "--iterations", "1", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["md_steps_for_standardization"] == 200  # 20 frames x 10 steps
+    assert results["energy_evaluations"] == 200 + 20 + 16 + 64  # MD, the warm start's energies, one iteration, the samples
+    resumed = run(*cvs, *SMALL, *short, "--iterations", "2", "-o", str(out))  # the same run resumes
+    assert resumed.exit_code == 0 and json.loads((out / "results.json").read_text())["iterations"] == 2, resumed.output
+    other = run(*cvs, *SMALL, "--md-frames", "20", "--md-interval", "20", "--iterations", "3", "-o", str(out))  # another standardization
+    assert other.exit_code == 2 and "standardized on another MD run" in other.output and "--md-interval" in other.output, other.output
 
 
 def test_constrained_systems_are_refused():

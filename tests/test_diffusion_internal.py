@@ -222,3 +222,24 @@ def test_a_bad_rotor_scale_is_refused_before_the_md_run(tmp_path, monkeypatch):
     cvs = {"phi": Torsion(4, 6, 8, 14), "psi": Torsion(6, 8, 14, 16)}
     with pytest.raises(InvalidInputError, match="rotor_scale must be in"):
         workflow.diffusion_free_energy_surface(systems.get("alanine_dipeptide_vacuum"), cvs, tmp_path, coordinates="internal", rotor_scale=4.0)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(md_frames=1), "at least 2"),
+    (dict(md_frames=20.5), "integer number of MD frames"),
+    (dict(md_interval=0), "positive integer number of MD steps"),
+    (dict(md_interval=True), "positive integer number of MD steps"),
+    (dict(coordinates="cartesian", md_frames=20), "--coordinates internal"),
+])
+def test_a_bad_standardization_run_is_refused_before_the_md_run(tmp_path, monkeypatch, options, message):
+    from openmm_flowplugin import systems
+    from openmm_flowplugin.diffusion import workflow
+
+    def no_md(*args, **kwargs):
+        raise AssertionError("the MD run started before its frames and interval were checked")
+
+    monkeypatch.setattr(workflow, "_md_frames", no_md)
+    cvs = {"phi": Torsion(4, 6, 8, 14), "psi": Torsion(6, 8, 14, 16)}
+    with pytest.raises(InvalidInputError, match=message):
+        workflow.diffusion_free_energy_surface(systems.get("alanine_dipeptide_vacuum"), cvs, tmp_path,
+                                               **{"coordinates": "internal", **options})

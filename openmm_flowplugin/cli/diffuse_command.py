@@ -49,6 +49,10 @@ own. The weights are exact either way (see docs/diffusion.md for alanine dipepti
 @click.option("--rotor-scale", default=1.0, show_default=True, type=click.FloatRange(0.0, 3.14159),
               help="With internal coordinates (--coordinates internal, or auto on a molecule): least standardization spread (rad) of the torsions about the bonds of torsion CVs, "
                    "so the noise reaches their other basins; 0 keeps the MD run's spread.")
+@click.option("--md-frames", default=None, type=click.IntRange(min=2),
+              help="With internal coordinates: MD frames that standardize them and warm-start the buffer [default: 200].")
+@click.option("--md-interval", default=None, type=POSITIVE_INT,
+              help="With internal coordinates: MD steps (1 fs) between those frames [default: 50]; the steps count as energy evaluations.")
 @click.option("--max-gradient-norm", default=20.0, show_default=True, type=FINITE_POSITIVE,
               help="Clip of each |grad u| (1/nm, u = U/kT) in the training target; the weights stay exact.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Root seed of every random stream.")
@@ -56,7 +60,8 @@ own. The weights are exact either way (see docs/diffusion.md for alanine dipepti
 @click.option("--progress/--no-progress", default=None, help="Progress bar (loss, buffer ESS, bias height) [default: on a terminal].")
 @_user_errors
 def diffuse(molecular_system_options, cv_specs, grid_specs, basin_specs, output, iterations, samples, batch_size, steps, sigma_max,
-            sigma_min, gamma, hill_height, hill_width, coordinates, rotor_scale, max_gradient_norm, seed, platform, progress):
+            sigma_min, gamma, hill_height, hill_width, coordinates, rotor_scale, md_frames, md_interval, max_gradient_norm, seed, platform,
+            progress):
     import sys
 
     from ..diffusion.workflow import diffusion_free_energy_surface, parse_basin, parse_cv
@@ -86,7 +91,8 @@ def diffuse(molecular_system_options, cv_specs, grid_specs, basin_specs, output,
                                             n_samples=samples, bias_factor=gamma, hill_height=hill_height, hill_width=hill_width,
                                             sigma_max=sigma_max, sigma_min=sigma_min, n_steps=steps, batch_size=batch_size, seed=seed,
                                             platform=platform, progress=progress, max_gradient_norm=max_gradient_norm,
-                                            coordinates=coordinates, rotor_scale=rotor_scale or None)
+                                            coordinates=coordinates, rotor_scale=rotor_scale or None,
+                                            md_frames=md_frames, md_interval=md_interval)
     from pathlib import Path
 
     click.echo((Path(output) / "results.md").read_text())

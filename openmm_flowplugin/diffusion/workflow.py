@@ -20,6 +20,7 @@ __all__ = ["parse_cv", "parse_basin", "diffusion_free_energy_surface"]
 
 import json
 import math
+import numbers
 import time
 from pathlib import Path
 
@@ -130,7 +131,7 @@ def _grid(cvs, grid_ranges, hill_width):
 def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges=None, basins=None, n_iterations=200,
                                   n_samples=8000, bias_factor=8.0, hill_height=0.02, hill_width=0.2, sigma_max=None,
                                   sigma_min=None, n_steps=50, batch_size=128, seed=0, platform=None, progress=None,
-                                  coordinates="auto", md_frames=200, md_interval=50, rotor_scale=1.0, **sampler_options):
+                                  coordinates="auto", md_frames=None, md_interval=None, rotor_scale=1.0, **sampler_options):
     """Train (or resume) a CV-biased diffusion sampler, draw weighted samples, write the FES and basin ΔF.
 
     Parameters
@@ -159,7 +160,10 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
         ``md_frames`` frames of a Langevin run (1 fs steps, ``md_interval`` steps apart, from the
         system's positions), which also warm-start the replay buffer; its steps count as energy
         evaluations. ``sigma_max``/``sigma_min`` are then in standardized units.
-    md_frames, md_interval : int
+    md_frames, md_interval : int, optional
+        With ``"internal"`` only (given with Cartesian coordinates: an error). Default 200 frames, 50 steps
+        apart (10 ps); ``md_frames * md_interval`` MD steps count in the run's energy evaluations, so a small
+        budget may prefer a shorter run (``benchmarks/bench_diffusion_alanine.py --warm-start-steps``).
     rotor_scale : float or None
         With ``"internal"``: the proper torsions about the bonds of torsion CVs get a standardization
         spread of at least this (rad), so the noise reaches the CVs' other basins (see
@@ -191,6 +195,7 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
     if coordinates == "auto":  # a stored run keeps the space it was trained in (runs made before "auto" were Cartesian)
         coordinates = _stored_coordinates(output_dir / "checkpoint.pt") or coordinates
     coordinates = resolved_coordinates(molecular_system, coordinates, cvs.values())
+    md_frames, md_interval = _checked_md_run(coordinates, md_frames, md_interval)
     sigma_max = DEFAULT_SCHEDULES[coordinates][0] if sigma_max is None else sigma_max
     sigma_min = DEFAULT_SCHEDULES[coordinates][1] if sigma_min is None else sigma_min
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -260,6 +265,22 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
          (f"well-tempered −γ/(γ−1)V, γ = {bias_factor:g} (approximate)", nodes, bias.free_energy_estimate())],
         names, units, output_dir / "fes.png", overwrite=True)
     return results
+
+
+def _checked_md_run(coordinates, md_frames, md_interval):
+    """The standardization MD run's (frames, interval): defaults 200 and 50; given with Cartesian coordinates, refused."""
+    if coordinates != "internal":
+        if md_frames is not None or md_interval is not None:
+            raise InvalidInputError("the MD frames and interval (--md-frames, --md-interval) standardize internal coordinates, "
+                                    f"and this run is in {coordinates} coordinates: drop them, or use --coordinates internal.")
+        return None, None
+    md_frames = 200 if md_frames is None else md_frames
+    md_interval = 50 if md_interval is None else md_interval
+    if isinstance(md_frames, bool) or not isinstance(md_frames, numbers.Integral) or md_frames < 2:
+        raise InvalidInputError(f"md_frames = {md_frames!r}: the standardization needs an integer number of MD frames, at least 2.")
+    if isinstance(md_interval, bool) or not isinstance(md_interval, numbers.Integral) or md_interval < 1:
+        raise InvalidInputError(f"md_interval = {md_interval!r}: give a positive integer number of MD steps between frames.")
+    return int(md_frames), int(md_interval)
 
 
 def _cv_rotors(molecular_system, cvs):
