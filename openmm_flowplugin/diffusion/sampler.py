@@ -506,8 +506,8 @@ class DiffusionSampler:
             hint = ""
             stored_space, space = stored.get("coordinates", {}), self.settings["coordinates"]
             if "coordinates" in differs and stored_space.get("kind") == space["kind"] == "internal" and stored_space.get("mean") != space["mean"]:
-                hint = (" (its internal coordinates were standardized on another MD run: resume with the same md_frames, md_interval "
-                        "and seed, on the command line --md-frames, --md-interval and --seed)")
+                hint = (" (its internal coordinates were standardized on another MD run: resume with the same md_frames, md_interval, "
+                        "seed and platform, on the command line --md-frames, --md-interval, --seed and --platform)")
             elif "coordinates" in differs and stored_space.get("kind") == "internal" and getattr(self.coordinates, "rotors", None):
                 hint = (" (this run widens rotor torsions; a run standardized without that resumes with rotor_scale=None, "
                         "on the command line --rotor-scale 0)")
