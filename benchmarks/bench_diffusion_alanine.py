@@ -8,6 +8,8 @@ Each method gets the same number of energy/force evaluations (``--budget``):
     spread of at least ``--rotor-scale`` rad), ``WellTemperedBias`` on phi/psi
     (periodic grid, gamma 8, hill width 0.2 rad), frozen for production; production samples take
     ``--sample-fraction`` of the budget; exact discrete-chain importance weights;
+(a'') the same run's samples pooled with the end points of the second half of its training chains (each with the
+    exact weight of the controller that drew it: ``DiffusionSampler.training_samples``), at no extra evaluation;
 (a') the same run's final bias read as F = -gamma/(gamma-1) V (approximate);
 (b) the same sampler without a bias, exact weights;
 (c) OpenMM ``app.Metadynamics`` on the same CVs (``CustomTorsionForce`` as periodic ``BiasVariable``), gamma 8,
@@ -71,6 +73,7 @@ BIAS_FACTOR, HILL_WIDTH = 8.0, 0.2  # rad, as in the WT-ASBS alanine configurati
 DIFFUSION = dict(hidden=128, n_layers=3, batch_size=128, n_adjoint_steps=50, n_corrector_steps=50, training_batch_size=256)
 SCHEDULE = (*DEFAULT_SCHEDULES["internal"], 50)  # sigma_max, sigma_min in standardized units, Euler-Maruyama steps
 DIFFUSION_HILL_HEIGHT = 0.02  # kJ/mol per chain end point
+POOL_DISCARD = 0.5  # (a''): training iterations whose end points are left out, from the start
 WARM_START_FRAMES = 200  # MD frames for standardization and the buffer (--warm-start-steps of MD, 10 ps by default)
 TIMESTEP_FS, FRICTION = 1.0, 1.0
 JUMP_INTERVAL = 10  # MD steps per diffusion jump in (e)
@@ -169,14 +172,17 @@ def reference(molecular_system, output, metad_ns, static_ns, seed):
 
 
 # ---------------------------------------------------------------------------------------------- diffusion
-def train_sampler(molecular_system, budget, sample_fraction, biased, seed, rotor_scale=1.0, checkpoint=None, warm_start_steps=10000):
+def train_sampler(molecular_system, budget, sample_fraction, biased, seed, rotor_scale=1.0, checkpoint=None, warm_start_steps=10000,
+                  settings=None):
     """The diffusion sampler of (a) (``biased``) or (b), trained on ``1 - sample_fraction`` of the budget after the warm start.
 
     The warm start is ``warm_start_steps`` of MD, of which every ``warm_start_steps // WARM_START_FRAMES``-th frame is kept.
+    ``settings``: the sampler's network and training settings (default ``DIFFUSION``).
 
     ``checkpoint``: where training is saved and resumed (default: a temporary folder, a fresh run each time).
     """
     start = time.process_time()
+    settings = DIFFUSION if settings is None else settings
     interval = warm_start_steps // WARM_START_FRAMES
     frames = _md_frames(molecular_system, WARM_START_FRAMES, interval, seed, PLATFORMS[molecular_system.name])
     md_evaluations = WARM_START_FRAMES * interval
@@ -189,26 +195,33 @@ def train_sampler(molecular_system, budget, sample_fraction, biased, seed, rotor
                                 hill_width=HILL_WIDTH, hill_height=DIFFUSION_HILL_HEIGHT, bias_factor=BIAS_FACTOR,
                                 temperature=molecular_system.temperature)
     sampler = DiffusionSampler(molecular_system, bias=bias, schedule=NoiseSchedule(*SCHEDULE), coordinates=space, seed=seed,
-                               platform=PLATFORMS[molecular_system.name], **DIFFUSION)
+                               platform=PLATFORMS[molecular_system.name], **settings)
     if checkpoint is None or not Path(checkpoint).exists():
         sampler.warm_start(frames)
     training = budget - md_evaluations - WARM_START_FRAMES  # the warm start evaluates each frame once (also when resumed)
-    n_iterations = max(1, int(training * (1.0 - sample_fraction)) // DIFFUSION["batch_size"])
+    n_iterations = max(1, int(training * (1.0 - sample_fraction)) // settings["batch_size"])
     with tempfile.TemporaryDirectory() as folder:  # checkpoints as a user's run writes them
         sampler.train(n_iterations, checkpoint=checkpoint or Path(folder) / "checkpoint.pt", checkpoint_interval=100)
     return dict(sampler=sampler, start=frames[-1], cpu=time.process_time() - start, evaluations=sampler.n_energy_evaluations + md_evaluations,
                 production_evaluations=budget - md_evaluations - sampler.n_energy_evaluations,
-                detail=f"{md_evaluations} MD + {n_iterations} it. x {DIFFUSION['batch_size']}")
+                detail=f"{md_evaluations} MD + {n_iterations} it. x {settings['batch_size']}")
 
 
-def run_diffusion(molecular_system, budget, sample_fraction, biased, seed, rotor_scale=1.0, warm_start_steps=10000):
+def run_diffusion(molecular_system, budget, sample_fraction, biased, seed, rotor_scale=1.0, warm_start_steps=10000, settings=None):
     start = time.process_time()
-    training = train_sampler(molecular_system, budget, sample_fraction, biased, seed, rotor_scale, warm_start_steps=warm_start_steps)
+    training = train_sampler(molecular_system, budget, sample_fraction, biased, seed, rotor_scale, warm_start_steps=warm_start_steps,
+                             settings=settings)
     sampler, n_samples = training["sampler"], training["production_evaluations"]
     samples = sampler.sample(n_samples)
-    return dict(s=torsions(samples.positions), log_w=samples.log_weights, evaluations=training["evaluations"] + n_samples,
-                cpu=time.process_time() - start, ess=samples.n_effective, invalid=sampler.n_invalid, bias=sampler.bias, training=training,
-                detail=f"{training['detail']} + {n_samples} samples")
+    result = dict(s=torsions(samples.positions), log_w=samples.log_weights, evaluations=training["evaluations"] + n_samples,
+                  cpu=time.process_time() - start, ess=samples.n_effective, invalid=sampler.n_invalid, bias=sampler.bias, training=training,
+                  detail=f"{training['detail']} + {n_samples} samples")
+    if biased:  # the same evaluations, every end point of the second half of training pooled with the samples
+        pooled = samples.pooled(sampler.training_samples(discard=POOL_DISCARD))
+        result["pooled"] = dict(s=pooled.cv_values, log_w=pooled.log_weights, evaluations=result["evaluations"], cpu=result["cpu"],
+                                ess=pooled.n_effective,
+                                detail=f"{result['detail']} + {len(pooled.log_weights) - n_samples} training end points")
+    return result
 
 
 def run_jumps(molecular_system, training, seed):
@@ -322,7 +335,7 @@ def main(args):
     kT = (temperature * unit.MOLAR_GAS_CONSTANT_R).value_in_unit(unit.kilojoule_per_mole)
     edges = [np.linspace(-PI, PI, args.bins + 1)] * 2
     print(f"Settings: seed {args.seed}; CVs phi {PHI}, psi {PSI}; {args.bins}x{args.bins} bins; basins {BASINS}; diffusion: "
-          f"NoiseSchedule{SCHEDULE} (standardized internal coordinates, rotor scale {args.rotor_scale} rad), {DIFFUSION}, warm start {args.warm_start_steps} MD steps ({WARM_START_FRAMES} frames), "
+          f"NoiseSchedule{SCHEDULE} (standardized internal coordinates, rotor scale {args.rotor_scale} rad), {diffusion_settings(args)}, warm start {args.warm_start_steps} MD steps ({WARM_START_FRAMES} frames), "
           f"{args.sample_fraction:.0%} of the training budget as production samples, bias gamma {BIAS_FACTOR}, width {HILL_WIDTH} rad, "
           f"{DIFFUSION_HILL_HEIGHT} kJ/mol per end point; metadynamics: gamma {BIAS_FACTOR}, width {HILL_WIDTH} rad, "
           f"{args.metad_height} kJ/mol every {args.metad_frequency} steps, first {args.metad_discard:.0%} not reweighted; "
@@ -368,13 +381,16 @@ def diffusion_and_md_rows(molecular_system, budget, edges, ref, temperature, kT,
     runs = {}
     for key, biased, method_seed in (("(a) diffusion + WT bias (exact weights)", True, seed),
                                      ("(b) diffusion, no bias (exact weights)", False, seed + 1)):
-        result = run_diffusion(molecular_system, budget, args.sample_fraction, biased, method_seed, args.rotor_scale, args.warm_start_steps)
+        result = run_diffusion(molecular_system, budget, args.sample_fraction, biased, method_seed, args.rotor_scale, args.warm_start_steps,
+                               diffusion_settings(args))
         np.savez(Path(args.output) / f"samples_{args.system}_{budget}_{'biased' if biased else 'unbiased'}_seed{method_seed}_rotor{args.rotor_scale:g}.npz",
                  s=result["s"], log_w=result["log_w"])  # for re-analysis without a rerun
         runs[key] = estimate(result, edges, ref, temperature, kT, args.blocks, args.n_bootstrap, method_seed)
         print(f"  seed {seed}, budget {budget}, {key}: {result['detail']}, {result['cpu']:.0f} CPU s, ESS {result['ess']:.1f}", flush=True)
         if biased:
             fes_err, delta_f = well_tempered(lambda s: result["bias"].value_at(s), edges, ref, kT)
+            runs["(a'') the same, with training end points (exact weights)"] = estimate(result["pooled"], edges, ref, temperature, kT,
+                                                                                       args.blocks, args.n_bootstrap, method_seed)
             runs["(a') diffusion's bias, -g/(g-1)V"] = dict(fes_error=fes_err[0], fes_error_uniform=fes_err[1], delta_f=delta_f,
                                                           delta_f_error=math.nan,
                                                           evaluations=result["evaluations"], cpu=result["cpu"],
@@ -384,6 +400,11 @@ def diffusion_and_md_rows(molecular_system, budget, edges, ref, temperature, kT,
             print(f"  seed {seed}, budget {budget}, (e): {jumps['detail']}, {jumps['cpu']:.0f} CPU s", flush=True)
     runs.update(md_rows(molecular_system, budget, edges, ref, temperature, kT, args, seed + 2))
     return runs
+
+
+def diffusion_settings(args):
+    """``DIFFUSION`` with the chains per iteration and gradient steps per refill given on the command line."""
+    return dict(DIFFUSION, batch_size=args.chains, n_adjoint_steps=args.gradient_steps, n_corrector_steps=args.gradient_steps)
 
 
 def summary_row(budget, method, results, ref_df, target=FES_TARGET):
@@ -419,6 +440,10 @@ if __name__ == "__main__":
     parser.add_argument("--warm-start-steps", type=int, default=10000,
                         help=f"MD steps (1 fs) that standardize the sampler's coordinates and fill its buffer, counted in its budget; "
                              f"a multiple of {WARM_START_FRAMES}")
+    parser.add_argument("--chains", type=int, default=DIFFUSION["batch_size"],
+                        help="chains (energy evaluations) per training iteration: fewer means more iterations for the same budget")
+    parser.add_argument("--gradient-steps", type=int, default=DIFFUSION["n_adjoint_steps"],
+                        help="adjoint-matching and corrector-matching steps per iteration (each): more training per evaluation, more CPU")
     parser.add_argument("--rotor-scale", type=float, default=1.0,
                         help="least standardization spread (rad) of the Z-matrix torsions that turn phi and psi; 0: the MD run's spread")
     parser.add_argument("--bins", type=int, default=24, help="bins per torsion for the FES")
@@ -444,7 +469,10 @@ if __name__ == "__main__":
         arguments.budget, arguments.md_budgets, arguments.n_bootstrap = [20000], [], 20
         arguments.reference_metad_ns, arguments.reference_ns = 0.2, 0.5
         arguments.output = str(Path(arguments.output) / "quick")
-    least_budget = arguments.warm_start_steps + WARM_START_FRAMES + 2 * DIFFUSION["batch_size"]  # warm start, one iteration, samples
+    if arguments.chains < 1 or arguments.gradient_steps < 0:
+        parser.error(f"--chains {arguments.chains} --gradient-steps {arguments.gradient_steps}: give at least one chain and no "
+                     "negative steps")
+    least_budget = arguments.warm_start_steps + WARM_START_FRAMES + 2 * arguments.chains  # warm start, one iteration, samples
     if any(budget < least_budget for budget in arguments.budget):
         parser.error(f"--budget {min(arguments.budget)}: the diffusion rows need at least {least_budget} evaluations with "
                      f"--warm-start-steps {arguments.warm_start_steps}")

@@ -47,6 +47,21 @@ def test_a_small_run_writes_results_and_resumes(tmp_path):
     assert other.exit_code == 2 and "another system" in other.output
 
 
+def test_pool_training_adds_the_second_half_of_training_end_points_to_the_estimate(tmp_path):
+    plain, pooled = tmp_path / "plain", tmp_path / "pooled"
+    assert run(*MB, *SMALL, "--iterations", "4", "-o", str(plain)).exit_code == 0
+    result = run(*MB, *SMALL, "--iterations", "4", "--pool-training", "-o", str(pooled))
+    assert result.exit_code == 0, result.output
+    without, with_ = (json.loads((folder / "results.json").read_text()) for folder in (plain, pooled))
+    assert without["training_end_points_pooled"] == 0 and not (plain / "training_end_points.npz").exists()
+    assert with_["training_end_points_pooled"] == 2 * 16 and "pooled" in with_["estimator"]  # iterations 2 and 3 of 0-3
+    assert with_["energy_evaluations"] == without["energy_evaluations"] == 4 * 16 + 64  # no extra evaluation
+    stored = np.load(pooled / "training_end_points.npz")
+    assert stored["log_weights"].shape == (32,) and stored["cv_values"].shape == (32, 2)
+    assert np.array_equal(np.load(pooled / "samples.npz")["log_weights"], np.load(plain / "samples.npz")["log_weights"])
+    assert "+ 32 training end points" in (pooled / "results.md").read_text()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--system", "mueller_brown", "--cv", "x:x@0"], "exactly two CVs"),
     (["--system", "mueller_brown", "--cv", "x:x@0", "--cv", "x:y@0"], "exactly two CVs"),

@@ -1,5 +1,6 @@
 """The CV-biased diffusion sampler on 2D systems with exact free energies (quadrature), resume and bad input."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -11,7 +12,10 @@ from openmm import app, unit
 from openmm_flowplugin import systems
 from openmm_flowplugin.analysis import basin_free_energy_difference, free_energy_surface
 from openmm_flowplugin.diffusion import DiffusionSampler, NoiseSchedule, WellTemperedBias
+from openmm_flowplugin.diffusion import sampler as sampler_module
+from openmm_flowplugin.diffusion.chain import run_chains
 from openmm_flowplugin.errors import InvalidInputError
+from openmm_flowplugin.proposals.streams import torch_generator
 from openmm_flowplugin.geometry import CartesianComponent
 from openmm_flowplugin.systems import MolecularSystem
 
@@ -94,6 +98,59 @@ def test_reweighted_fes_agrees_with_quadrature_within_its_errors(trained):
     assert mean_squared_z(biased.free_energy, biased.error)[0] > 4.0
 
 
+def test_training_end_points_pooled_with_samples_reweight_to_quadrature(trained):
+    name, molecular_system, sampler, samples = trained
+    _, _, box_a, box_b = CASES[name]
+    basins = {"A": box_a, "B": box_b}
+    exact = _exact_basin_delta_f(molecular_system.reference, box_a, box_b)
+    training = sampler.training_samples(discard=0.5)
+    assert len(training.log_weights) == 75 * 128 and training.positions is None
+    assert training.n_effective > 5
+    pooled = samples.pooled(training)
+    assert len(pooled.log_weights) == 8000 + 75 * 128
+    for estimate_of in (training, pooled):
+        estimate = basin_free_energy_difference(estimate_of.cv_values, estimate_of.log_weights, basins, "A", "B",
+                                                molecular_system.temperature)
+        assert abs(estimate.value - exact) < 4 * estimate.error, (estimate, exact)
+    # control: the end points as the biased training drew them, unweighted, are far off
+    unweighted = basin_free_energy_difference(training.cv_values, np.zeros(len(training.log_weights)), basins, "A", "B",
+                                              molecular_system.temperature)
+    assert abs(unweighted.value - exact) > 4 * unweighted.error
+
+
+def test_training_end_points_carry_the_exact_weight_of_their_chain():
+    molecular_system = systems.get("mueller_brown")
+    lower, upper, _, _ = CASES["mueller_brown"]
+    sampler = _sampler(molecular_system, _xy_bias(molecular_system, lower, upper), seed=3, batch_size=32, n_adjoint_steps=3,
+                       training_batch_size=32)
+    sampler.train(2)
+    # the next refill's chains, drawn again from its own random stream: the weight is log ∏B − log p₀ − log ∏F − u, as in sample()
+    chains = run_chains(sampler.controller, sampler.schedule, 32, torch_generator(3, sampler_module._REFILL, sampler.iteration))
+    u, _ = sampler._energies(chains.x_final)
+    sampler.refill(deposit=False)
+    recorded = sampler.training_samples(discard=0.0)
+    assert len(recorded.log_weights) == 3 * 32
+    assert np.array_equal(recorded.log_weights[-32:], (chains.log_path_ratio - u).numpy())
+    assert np.allclose(recorded.cv_values[-32:], chains.x_final.reshape(32, -1)[:, :2].numpy(), atol=1e-12)
+    assert len(sampler.training_samples(discard=0.5).log_weights) == 2 * 32  # iterations 1 and 2 (the refill above is 2)
+
+
+def test_training_samples_bad_input_is_refused():
+    molecular_system = systems.get("mueller_brown")
+    lower, upper, _, _ = CASES["mueller_brown"]
+    unbiased = _sampler(molecular_system, None, batch_size=8, n_adjoint_steps=1, training_batch_size=8)
+    with pytest.raises(InvalidInputError, match="no bias"):
+        unbiased.training_samples()
+    biased = _sampler(molecular_system, _xy_bias(molecular_system, lower, upper), batch_size=8, n_adjoint_steps=1, training_batch_size=8)
+    biased.train(1)
+    for discard in (1.0, -0.1, True, "half"):
+        with pytest.raises(InvalidInputError, match="discard must be a fraction"):
+            biased.training_samples(discard=discard)
+    colder = dataclasses.replace(biased.training_samples(), kT=1.0)
+    with pytest.raises(InvalidInputError, match="one temperature"):
+        biased.training_samples().pooled(colder)
+
+
 def test_a_uniform_bias_changes_no_reweighted_average(trained):
     _, molecular_system, sampler, samples = trained
     approximate = samples.approximate_log_weights
@@ -153,6 +210,8 @@ def test_training_interrupted_mid_iteration_resumes_from_its_last_checkpoint(tmp
     assert np.array_equal(straight.bias.values, resumed.bias.values)
     # the interrupted run had deposited iteration 4's hills past its checkpoint (at 3): the resumed one must not keep them
     assert interrupted.bias.n_hills == 5 * 32 and resumed.bias.n_hills == straight.bias.n_hills == 6 * 32
+    for field in ("log_weights", "cv_values"):  # nor its end points
+        assert np.array_equal(getattr(resumed.training_samples(0.0), field), getattr(straight.training_samples(0.0), field))
 
 
 def test_training_resumes_from_a_checkpoint_exactly(tmp_path):
@@ -171,7 +230,15 @@ def test_training_resumes_from_a_checkpoint_exactly(tmp_path):
     assert np.array_equal(straight.bias.values, resumed.bias.values)
     assert resumed.iteration == 4 and len(resumed.snapshots) == 2
     assert resumed.n_energy_evaluations == straight.n_energy_evaluations
+    assert np.array_equal(straight.training_samples(0.0).log_weights, resumed.training_samples(0.0).log_weights)
     assert np.array_equal(straight.sample(16).log_weights, resumed.sample(16).log_weights)
+    # a checkpoint written before the end points were kept resumes with none (from its iteration on)
+    state = torch.load(checkpoint, weights_only=True)
+    del state["training_end_points"]
+    torch.save(state, tmp_path / "old.pt")
+    old = _sampler(molecular_system, _xy_bias(molecular_system, lower, upper), seed=5, **small)
+    old.train(5, checkpoint=tmp_path / "old.pt")
+    assert len(old.training_samples(0.0).log_weights) == 32
     # another system, or other settings, are refused
     other = systems.get("double_well_2d")
     with pytest.raises(InvalidInputError, match="another system"):
@@ -261,6 +328,9 @@ def test_warm_start_fills_the_buffer_with_md_configurations_and_counts_their_ene
     (dict(max_gradient_norm=-1.0), "max_gradient_norm must be a finite number > 0"),
     (dict(learning_rate=float("nan")), "learning_rate must be a finite number > 0"),
     (dict(n_adjoint_steps=-1), "n_adjoint_steps must be an integer >= 0"),
+    (dict(hidden=2.5), "hidden must be a positive integer"),  # not rounded to 2
+    (dict(n_layers=True), "n_layers must be a positive integer"),
+    (dict(batch_size=np.int64(0)), "batch_size must be a positive integer"),
 ])
 def test_bad_sampler_settings_are_refused(overrides, message):
     with pytest.raises(InvalidInputError, match=message):

@@ -55,13 +55,15 @@ own. The weights are exact either way (see docs/diffusion.md for alanine dipepti
               help="With internal coordinates: MD steps (1 fs) between those frames [default: 50]; the steps count as energy evaluations.")
 @click.option("--max-gradient-norm", default=20.0, show_default=True, type=FINITE_POSITIVE,
               help="Clip of each |grad u| (1/nm, u = U/kT) in the training target; the weights stay exact.")
+@click.option("--pool-training/--no-pool-training", default=False, show_default=True,
+              help="Pool the second half of training's chain end points (exact weights) with the samples for the FES and ΔF.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Root seed of every random stream.")
 @click.option("--platform", default=None, help="OpenMM platform of the energy evaluations.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (loss, buffer ESS, bias height) [default: on a terminal].")
 @_user_errors
 def diffuse(molecular_system_options, cv_specs, grid_specs, basin_specs, output, iterations, samples, batch_size, steps, sigma_max,
-            sigma_min, gamma, hill_height, hill_width, coordinates, rotor_scale, md_frames, md_interval, max_gradient_norm, seed, platform,
-            progress):
+            sigma_min, gamma, hill_height, hill_width, coordinates, rotor_scale, md_frames, md_interval, max_gradient_norm, pool_training,
+            seed, platform, progress):
     import sys
 
     from ..diffusion.workflow import diffusion_free_energy_surface, parse_basin, parse_cv
@@ -92,7 +94,7 @@ def diffuse(molecular_system_options, cv_specs, grid_specs, basin_specs, output,
                                             sigma_max=sigma_max, sigma_min=sigma_min, n_steps=steps, batch_size=batch_size, seed=seed,
                                             platform=platform, progress=progress, max_gradient_norm=max_gradient_norm,
                                             coordinates=coordinates, rotor_scale=rotor_scale or None,
-                                            md_frames=md_frames, md_interval=md_interval)
+                                            md_frames=md_frames, md_interval=md_interval, pool_training=pool_training)
     from pathlib import Path
 
     click.echo((Path(output) / "results.md").read_text())

@@ -15,6 +15,7 @@ __all__ = ["ReplayBuffer", "ROW_FIELDS"]
 import torch
 
 from ..errors import InvalidInputError
+from ._checks import integer_at_least
 
 #: The fields every row has; a sampler with a bias adds its CV values and their Jacobians.
 ROW_FIELDS = ("x_initial", "x_final", "energy_gradient")
@@ -31,9 +32,7 @@ class ReplayBuffer:
     """
 
     def __init__(self, capacity, fields=ROW_FIELDS):
-        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
-            raise InvalidInputError(f"buffer capacity must be a positive integer, got {capacity!r}.")
-        self.capacity = capacity
+        self.capacity = integer_at_least(capacity, 1, "buffer capacity")
         self.fields = tuple(fields)
         self.data = None
 

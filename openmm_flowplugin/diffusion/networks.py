@@ -19,14 +19,11 @@ import math
 import torch
 from torch import nn
 
-from ..errors import InvalidInputError
+from ._checks import integer_at_least
 
 
 def _mlp(n_in, n_out, hidden, n_layers):
-    if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
-        raise InvalidInputError(f"hidden must be a positive integer, got {hidden!r}.")
-    if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1:
-        raise InvalidInputError(f"n_layers must be a positive integer, got {n_layers!r}.")
+    hidden, n_layers = integer_at_least(hidden, 1, "hidden"), integer_at_least(n_layers, 1, "n_layers")
     layers, width = [], n_in
     for _ in range(n_layers):
         layers += [nn.Linear(width, hidden), nn.SiLU()]

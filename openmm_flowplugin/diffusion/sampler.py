@@ -34,6 +34,7 @@ from ..bridge import OpenMMEnergy
 from ..errors import InvalidInputError
 from ..geometry.collective_variables import CartesianComponent
 from ..proposals.streams import checked_root_seed, torch_generator
+from ._checks import finite_positive, integer_at_least
 from .buffer import ROW_FIELDS, ReplayBuffer
 from .chain import DivergedTrainingError, run_chains
 from .coordinates import CartesianSpace, InternalCoordinateSpace
@@ -100,6 +101,30 @@ class DiffusionSamples:
     def n_effective(self):
         """Kish effective number of samples of the exact weights."""
         return self.ess_fraction * len(self.log_weights)
+
+    def pooled(self, other):
+        """These samples and ``other``'s (e.g. :meth:`DiffusionSampler.training_samples`) as one weighted set.
+
+        Each set's log weights are exact for the same unnormalised density exp(−u), so the union is
+        too; only ``cv_values`` and ``log_weights`` are pooled (the other fields are ``None`` unless
+        both sets have them).
+
+        Examples
+        --------
+        >>> a = DiffusionSamples(None, None, np.zeros(2), np.zeros((2, 2)), None, kT=2.5)
+        >>> a.pooled(a).log_weights.shape
+        (4,)
+        """
+        def both(name):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            return None if mine is None or theirs is None else np.concatenate([mine, theirs])
+
+        if self.kT != other.kT:
+            raise InvalidInputError(f"these samples are at kT = {self.kT} kJ/mol and the others at {other.kT}: "
+                                    "pool samples of one temperature.")
+        return DiffusionSamples(positions=both("positions"), reduced_energies=both("reduced_energies"),
+                                log_weights=np.concatenate([self.log_weights, other.log_weights]), cv_values=both("cv_values"),
+                                bias=both("bias"), kT=self.kT, n_invalid=self.n_invalid + other.n_invalid)
 
     @property
     def approximate_log_weights(self):
@@ -187,13 +212,17 @@ class DiffusionSampler:
             raise InvalidInputError(f"the bias was built for kT = {bias.kT:.4f} kJ/mol but the system's is {self.kT:.4f} kJ/mol.")
         self._seed_given = seed is not None
         self.settings = dict(
-            schedule=self.schedule.as_dict(), hidden=int(hidden), n_layers=int(n_layers), batch_size=_positive(batch_size, "batch_size"),
-            buffer_size=_positive(buffer_size if buffer_size is not None else 50 * batch_size, "buffer_size"),
-            n_adjoint_steps=_count(n_adjoint_steps, "n_adjoint_steps"), n_corrector_steps=_count(n_corrector_steps, "n_corrector_steps"),
-            training_batch_size=_positive(training_batch_size, "training_batch_size"), learning_rate=_finite_positive(learning_rate, "learning_rate"),
-            max_gradient_norm=None if max_gradient_norm is None else _finite_positive(max_gradient_norm, "max_gradient_norm"),
+            schedule=self.schedule.as_dict(), hidden=integer_at_least(hidden, 1, "hidden"), n_layers=integer_at_least(n_layers, 1, "n_layers"),
+            batch_size=integer_at_least(batch_size, 1, "batch_size"),
+            buffer_size=integer_at_least(buffer_size if buffer_size is not None else 50 * batch_size, 1, "buffer_size"),
+            n_adjoint_steps=integer_at_least(n_adjoint_steps, 0, "n_adjoint_steps"),
+            n_corrector_steps=integer_at_least(n_corrector_steps, 0, "n_corrector_steps"),
+            training_batch_size=integer_at_least(training_batch_size, 1, "training_batch_size"),
+            learning_rate=finite_positive(learning_rate, "learning_rate"),
+            max_gradient_norm=None if max_gradient_norm is None else finite_positive(max_gradient_norm, "max_gradient_norm"),
             seed=checked_root_seed(seed),
-            n_snapshots=_positive(n_snapshots, "n_snapshots"), snapshot_interval=_positive(snapshot_interval, "snapshot_interval"),
+            n_snapshots=integer_at_least(n_snapshots, 1, "n_snapshots"),
+            snapshot_interval=integer_at_least(snapshot_interval, 1, "snapshot_interval"),
             kT=self.kT, hamiltonian=hamiltonian_digest(molecular_system.system), has_bias=bias is not None,
             coordinates=self.coordinates.describe(),
         )
@@ -215,6 +244,7 @@ class DiffusionSampler:
         self.history = []
         self.snapshots = []
         self.snapshot_stride = self.settings["snapshot_interval"]
+        self._training_end_points = _empty_end_points(len(bias.cvs) if bias is not None else 0)
 
     # ------------------------------------------------------------------ energies
     @property
@@ -315,9 +345,63 @@ class DiffusionSampler:
             bias_reduced = self.bias.of_cvs(cvs).detach() / self.kT
         log_weights = torch.where(valid, -(u + bias_reduced) + chains.log_path_ratio, torch.full_like(u, -math.inf))
         self._add_to_buffer(chains.x_initial[valid], chains.x_final[valid], gradient[valid], cv_rows)
+        if cvs is not None:  # exact weights for exp(-u) of every end point, kept for training_samples()
+            self._record_end_points(cvs, torch.where(valid, chains.log_path_ratio - u, torch.full_like(u, -math.inf)))
         if cvs is not None and deposit:
             self.bias.deposit(cvs[valid].numpy())
         return dict(buffer_ess=effective_sample_size(log_weights.numpy()), n_invalid=n_invalid)
+
+    def _record_end_points(self, cvs, log_weights):
+        recorded = self._training_end_points
+        recorded["cv_values"] = torch.cat([recorded["cv_values"], cvs.detach().to(torch.float64)])
+        recorded["log_weights"] = torch.cat([recorded["log_weights"], log_weights.detach().to(torch.float64)])
+        recorded["iterations"] = torch.cat([recorded["iterations"], torch.full((len(cvs),), self.iteration, dtype=torch.int64)])
+
+    def training_samples(self, discard=0.5):
+        """The training chains' end points with exact Boltzmann importance weights (needs a bias: its CVs).
+
+        Every refill draws ``batch_size`` chains from the controller of that iteration and evaluates
+        their energies; the weight of each end point, computed as in :meth:`sample` for the controller
+        that drew it, is exact for exp(−u) whatever the controller was. Pooled with :meth:`sample`'s
+        (:meth:`DiffusionSamples.pooled`), the estimate uses every evaluation the training spent.
+        The controllers depend on earlier chains, so the pooled weights are those of adaptive
+        importance sampling: consistent, and the bootstrap treats them as independent.
+
+        Parameters
+        ----------
+        discard : float
+            Fraction of the iterations run so far whose end points are left out (from the start of
+            training: the untrained controller's chains carry almost no weight but add variance).
+
+        Returns
+        -------
+        DiffusionSamples
+            ``cv_values`` and ``log_weights`` only (``positions`` and ``reduced_energies`` are ``None``:
+            only what the FES needs is kept, 2 CVs and a weight per chain).
+
+        Examples
+        --------
+        >>> from openmm_flowplugin import systems
+        >>> from openmm_flowplugin.diffusion import WellTemperedBias
+        >>> from openmm_flowplugin.geometry import CartesianComponent
+        >>> well = systems.get("double_well_2d")
+        >>> bias = WellTemperedBias([CartesianComponent(0, "x"), CartesianComponent(0, "y")], lower=(-2.5, -2.5), upper=(2.5, 2.5),
+        ...                         n_nodes=(26, 26), hill_width=0.5, hill_height=0.5, bias_factor=5.0, temperature=well.temperature)
+        >>> sampler = DiffusionSampler(well, bias=bias, hidden=16, n_layers=1, batch_size=8, n_adjoint_steps=1, n_corrector_steps=1, seed=1)
+        >>> sampler.train(4)
+        >>> sampler.training_samples(discard=0.5).log_weights.shape
+        (16,)
+        """
+        if self.bias is None:
+            raise InvalidInputError("training_samples() keeps the bias's CVs of each end point, and this sampler has no bias: "
+                                    "use sample() alone.")
+        if isinstance(discard, bool) or not isinstance(discard, (int, float)) or not 0.0 <= discard < 1.0:
+            raise InvalidInputError(f"discard must be a fraction in [0, 1), got {discard!r}.")
+        recorded = self._training_end_points
+        keep = (recorded["iterations"] >= int(discard * self.iteration)).numpy()
+        return DiffusionSamples(positions=None, reduced_energies=None, log_weights=recorded["log_weights"].numpy()[keep],
+                                cv_values=recorded["cv_values"].numpy()[keep], bias=None, kT=self.kT,
+                                n_invalid=int(np.sum(~np.isfinite(recorded["log_weights"].numpy()[keep]))))
 
     def _adjoint_loss(self, generator):
         batch = self.buffer.sample(self.settings["training_batch_size"], generator)
@@ -438,11 +522,11 @@ class DiffusionSampler:
         -------
         DiffusionSamples
         """
-        batch_size = self.settings["batch_size"] if batch_size is None else _positive(batch_size, "batch_size")
+        batch_size = self.settings["batch_size"] if batch_size is None else integer_at_least(batch_size, 1, "batch_size")
         parts = []
         controllers = self.production_controllers()
         with package_threads():
-            for start in range(0, _positive(n_samples, "n_samples"), batch_size):
+            for start in range(0, integer_at_least(n_samples, 1, "n_samples"), batch_size):
                 generator = torch_generator(self.settings["seed"], _SAMPLE, self.n_sample_batches)
                 chains = run_chains(controllers, self.schedule, min(batch_size, n_samples - start), generator)
                 self.n_sample_batches += 1
@@ -471,6 +555,7 @@ class DiffusionSampler:
             corrector_optimizer=None if self.corrector is None else self.corrector_optimizer.state_dict(),
             buffer=self.buffer.state_dict(), bias=None if self.bias is None else self.bias.state_dict(),
             history=[dict(h) for h in self.history], snapshots=list(self.snapshots), snapshot_stride=self.snapshot_stride,
+            training_end_points=dict(self._training_end_points),
         )
 
     def save_checkpoint(self, path):
@@ -511,7 +596,7 @@ class DiffusionSampler:
             elif "coordinates" in differs and stored_space.get("kind") == "internal" and getattr(self.coordinates, "rotors", None):
                 hint = (" (this run widens rotor torsions; a run standardized without that resumes with rotor_scale=None, "
                         "on the command line --rotor-scale 0)")
-            elif "coordinates" in differs and stored.get("coordinates", {}).get("kind") == "cartesian":
+            elif "coordinates" in differs and stored_space.get("kind") == "cartesian":
                 hint = (" (it ran on Cartesian coordinates, the command's default before 'auto': resume it with coordinates='cartesian', "
                         "on the command line --coordinates cartesian)")
             raise InvalidInputError(f"{path} was trained with other settings ({', '.join(differs)}){hint}; use the same ones to resume, "
@@ -534,26 +619,15 @@ class DiffusionSampler:
         self.history = list(state["history"])
         self.snapshots = list(state["snapshots"])
         self.snapshot_stride = int(state["snapshot_stride"])
+        # a checkpoint of before 2026-12-01 kept no end points: training_samples() starts at the resumed iteration
+        self._training_end_points = dict(state.get("training_end_points") or _empty_end_points(len(self.bias.cvs) if self.bias else 0))
+
+
+def _empty_end_points(n_cvs):
+    return dict(cv_values=torch.zeros(0, n_cvs, dtype=torch.float64), log_weights=torch.zeros(0, dtype=torch.float64),
+                iterations=torch.zeros(0, dtype=torch.int64))
 
 
 def hamiltonian_digest(system):
     """sha256 of the serialized System (every force and parameter): a checkpoint's system identity."""
     return hashlib.sha256(openmm.XmlSerializer.serialize(system).encode()).hexdigest()
-
-
-def _count(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise InvalidInputError(f"{name} must be an integer >= 0, got {value!r}.")
-    return int(value)
-
-
-def _finite_positive(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not (math.isfinite(value) and value > 0):
-        raise InvalidInputError(f"{name} must be a finite number > 0, got {value!r}.")
-    return float(value)
-
-
-def _positive(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InvalidInputError(f"{name} must be a positive integer, got {value!r}.")
-    return int(value)

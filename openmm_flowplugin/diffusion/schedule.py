@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInputError
+from ._checks import integer_at_least
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -65,9 +66,7 @@ class NoiseSchedule:
             raise InvalidInputError(f"need finite sigma_max > sigma_min > 0, got sigma_max={self.sigma_max}, sigma_min={self.sigma_min}.")
         if not (math.isfinite(self.source_scale) and self.source_scale >= 0.0):
             raise InvalidInputError(f"source_scale must be >= 0 nm, got {self.source_scale}.")
-        if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < 2:
-            raise InvalidInputError(f"n_steps must be an integer >= 2, got {n_steps!r}.")
-        self.n_steps = int(n_steps)
+        self.n_steps = integer_at_least(n_steps, 2, "n_steps")
         self.times = np.linspace(0.0, 1.0, self.n_steps + 1)
         dt = 1.0 / self.n_steps
         ratio = self.sigma_max / self.sigma_min

@@ -20,7 +20,6 @@ __all__ = ["parse_cv", "parse_basin", "diffusion_free_energy_surface"]
 
 import json
 import math
-import numbers
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import openmm
 
 from ..errors import InvalidInputError
 from ..geometry import Angle, CartesianComponent, Distance, Torsion
+from ._checks import is_integer
 
 _UNITS = {Torsion: "rad", Angle: "rad", Distance: "nm", CartesianComponent: "nm"}
 # (sigma_max, sigma_min) per coordinate space. Standardized internal coordinates: the target is close to
@@ -131,7 +131,8 @@ def _grid(cvs, grid_ranges, hill_width):
 def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges=None, basins=None, n_iterations=200,
                                   n_samples=8000, bias_factor=8.0, hill_height=0.02, hill_width=0.2, sigma_max=None,
                                   sigma_min=None, n_steps=50, batch_size=128, seed=0, platform=None, progress=None,
-                                  coordinates="auto", md_frames=None, md_interval=None, rotor_scale=1.0, **sampler_options):
+                                  coordinates="auto", md_frames=None, md_interval=None, rotor_scale=1.0, pool_training=False,
+                                  **sampler_options):
     """Train (or resume) a CV-biased diffusion sampler, draw weighted samples, write the FES and basin ΔF.
 
     Parameters
@@ -170,6 +171,12 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
         :meth:`~openmm_flowplugin.diffusion.InternalCoordinateSpace.from_positions`); ``None`` or 0: the
         MD run's spread (as runs made before this option; resume those with it). Torsion CVs about a ring
         bond, or about atoms that are not bonded, are skipped with a warning.
+    pool_training : bool
+        Estimate the FES and ΔF from the production samples pooled with the end points of the second half
+        of the training chains (:meth:`~openmm_flowplugin.diffusion.DiffusionSampler.training_samples`),
+        each with the exact weight of the controller that drew it: more of the run's energy evaluations
+        count, at no extra cost. Off by default: adaptive importance sampling, consistent, with a bootstrap
+        that treats the end points as independent.
     platform : str, optional
     progress : bool, optional
     **sampler_options
@@ -223,13 +230,14 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
     names = list(cvs)
     units = [_UNITS.get(type(cv), "") for cv in cvs.values()]
     edges = [np.linspace(lo, hi, 51) for lo, hi in zip(grid["lower"], grid["upper"])]
-    fes = free_energy_surface(samples.cv_values, samples.log_weights, edges, molecular_system.temperature, seed=seed)
+    estimated = samples.pooled(sampler.training_samples()) if pool_training else samples
+    fes = free_energy_surface(estimated.cv_values, estimated.log_weights, edges, molecular_system.temperature, seed=seed)
     basin_results = {}
     if basins:
         first, *others = list(basins)
         for other in others:
             try:
-                delta = basin_free_energy_difference(samples.cv_values, samples.log_weights, basins, first, other,
+                delta = basin_free_energy_difference(estimated.cv_values, estimated.log_weights, basins, first, other,
                                                      molecular_system.temperature, seed=seed)
             except InvalidInputError as error:  # e.g. an empty basin: say so in the results, keep the rest of the run
                 basin_results[f"{first} -> {other}"] = dict(not_estimated=str(error))
@@ -240,12 +248,14 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
                                                         effective_samples=delta.effective_samples, pareto_k=delta.pareto_k)
     results = dict(
         system=molecular_system.name, cvs={name: repr(cv) for name, cv in cvs.items()}, cv_units=dict(zip(names, units)),
-        iterations=sampler.iteration, samples=int(n_samples), ess_fraction=samples.ess_fraction, n_effective=samples.n_effective,
+        iterations=sampler.iteration, samples=int(n_samples), training_end_points_pooled=len(estimated.log_weights) - int(n_samples),
+        ess_fraction=estimated.ess_fraction, n_effective=estimated.n_effective,
         energy_evaluations=sampler.n_energy_evaluations + md_evaluations, md_steps_for_standardization=md_evaluations,
         coordinates=coordinates, rotors=[list(r) for r in getattr(space, 'rotors', [])], invalid_energies=sampler.n_invalid,
         invalid_sample_energies=samples.n_invalid,
         cpu_seconds_this_process=time.process_time() - start, bias_max_kJ_per_mol=bias.max_value, n_hills=bias.n_hills,
-        basins=basin_results, estimator="exact importance weights on the discretized chain (main result)",
+        basins=basin_results, estimator="exact importance weights on the discretized chain (main result)"
+        + (", production samples pooled with the second half of training's end points" if pool_training else ""),
         well_tempered_estimate="F = -gamma/(gamma-1) V: approximate (exact only at convergence), in fes.png and fes.npz",
         fes="fes.npz: the reweighted F per bin (edges_0, edges_1) with its bootstrap standard error, kJ/mol",
         settings={key: value for key, value in sampler.settings.items() if key != "hamiltonian"},
@@ -254,6 +264,9 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
     (output_dir / "results.md").write_text(_markdown(results))
     np.savez(output_dir / "samples.npz", cv_values=samples.cv_values, log_weights=samples.log_weights, bias_kJ_per_mol=samples.bias,
              reduced_energies=samples.reduced_energies)
+    if pool_training:
+        training = sampler.training_samples()
+        np.savez(output_dir / "training_end_points.npz", cv_values=training.cv_values, log_weights=training.log_weights)
     (output_dir / "bias.xml").write_text(openmm.XmlSerializer.serialize(bias.to_openmm_force()))
     nodes = [np.linspace(lo, hi, n) for lo, hi, n in zip(grid["lower"], grid["upper"], grid["n_nodes"])]
     np.savez(output_dir / "fes.npz", cv_names=np.array(names), cv_units=np.array(units), edges_0=fes.edges[0], edges_1=fes.edges[1],
@@ -276,9 +289,9 @@ def _checked_md_run(coordinates, md_frames, md_interval):
         return None, None
     md_frames = 200 if md_frames is None else md_frames
     md_interval = 50 if md_interval is None else md_interval
-    if isinstance(md_frames, bool) or not isinstance(md_frames, numbers.Integral) or md_frames < 2:
+    if not is_integer(md_frames) or md_frames < 2:
         raise InvalidInputError(f"md_frames = {md_frames!r}: the standardization needs an integer number of MD frames, at least 2.")
-    if isinstance(md_interval, bool) or not isinstance(md_interval, numbers.Integral) or md_interval < 1:
+    if not is_integer(md_interval) or md_interval < 1:
         raise InvalidInputError(f"md_interval = {md_interval!r}: give a positive integer number of MD steps between frames.")
     return int(md_frames), int(md_interval)
 
@@ -304,7 +317,9 @@ def _cv_rotors(molecular_system, cvs):
 
 def _markdown(results):
     lines = [f"# Diffusion sampler: {results['system']}", "",
-             f"- iterations {results['iterations']}, samples {results['samples']}, ESS {results['ess_fraction']:.4f} "
+             f"- iterations {results['iterations']}, samples {results['samples']}"
+             + (f" + {results['training_end_points_pooled']} training end points" if results.get("training_end_points_pooled") else "")
+             + f", ESS {results['ess_fraction']:.4f} "
              f"({results['n_effective']:.0f} effective samples)",
              f"- energy evaluations {results['energy_evaluations']:,} (non-finite, weight 0: {results['invalid_energies']} in training, "
              f"{results['invalid_sample_energies']} of the samples); "
