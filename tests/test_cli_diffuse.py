@@ -5,6 +5,7 @@ import json
 import numpy as np
 import openmm
 import pytest
+import torch
 from click.testing import CliRunner
 
 from openmm_flowplugin.cli import main
@@ -60,6 +61,15 @@ def test_pool_training_adds_the_second_half_of_training_end_points_to_the_estima
     assert stored["log_weights"].shape == (32,) and stored["cv_values"].shape == (32, 2)
     assert np.array_equal(np.load(pooled / "samples.npz")["log_weights"], np.load(plain / "samples.npz")["log_weights"])
     assert "+ 32 training end points" in (pooled / "results.md").read_text()
+    # a run whose checkpoint kept no end points (written before they were kept) says so and uses the samples alone
+    state = torch.load(pooled / "checkpoint.pt", weights_only=True)
+    del state["training_end_points"]
+    torch.save(state, pooled / "checkpoint.pt")
+    with pytest.warns(UserWarning, match="keeps no training end points"):
+        again = run(*MB, *SMALL, "--iterations", "4", "--pool-training", "-o", str(pooled))
+    assert again.exit_code == 0, again.output
+    results = json.loads((pooled / "results.json").read_text())
+    assert results["training_end_points_pooled"] == 0 and "pooled" not in results["estimator"]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -133,6 +133,9 @@ def test_training_end_points_carry_the_exact_weight_of_their_chain():
     assert np.array_equal(recorded.log_weights[-32:], (chains.log_path_ratio - u).numpy())
     assert np.allclose(recorded.cv_values[-32:], chains.x_final.reshape(32, -1)[:, :2].numpy(), atol=1e-12)
     assert len(sampler.training_samples(discard=0.5).log_weights) == 2 * 32  # iterations 1 and 2 (the refill above is 2)
+    sampler.refill(deposit=False)  # repeated at the same iteration (a retry): replaced, not recorded twice
+    again = sampler.training_samples(discard=np.float32(0.0))
+    assert np.array_equal(again.log_weights, recorded.log_weights) and np.array_equal(again.cv_values, recorded.cv_values)
 
 
 def test_training_samples_bad_input_is_refused():
@@ -149,6 +152,8 @@ def test_training_samples_bad_input_is_refused():
     colder = dataclasses.replace(biased.training_samples(), kT=1.0)
     with pytest.raises(InvalidInputError, match="one temperature"):
         biased.training_samples().pooled(colder)
+    with pytest.raises(InvalidInputError, match="same CVs"):
+        biased.training_samples().pooled(dataclasses.replace(biased.training_samples(), cv_values=None))
 
 
 def test_a_uniform_bias_changes_no_reweighted_average(trained):

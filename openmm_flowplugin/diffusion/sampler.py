@@ -21,6 +21,7 @@ __all__ = ["DiffusionSampler", "DiffusionSamples"]
 import dataclasses
 import hashlib
 import math
+import numbers
 import os
 from pathlib import Path
 
@@ -122,6 +123,9 @@ class DiffusionSamples:
         if self.kT != other.kT:
             raise InvalidInputError(f"these samples are at kT = {self.kT} kJ/mol and the others at {other.kT}: "
                                     "pool samples of one temperature.")
+        if self.cv_values is None or other.cv_values is None or self.cv_values.shape[1:] != other.cv_values.shape[1:]:
+            raise InvalidInputError("pool samples with the same CVs: one set has no CV values (a sampler without a bias) "
+                                    "or other CVs.")
         return DiffusionSamples(positions=both("positions"), reduced_energies=both("reduced_energies"),
                                 log_weights=np.concatenate([self.log_weights, other.log_weights]), cv_values=both("cv_values"),
                                 bias=both("bias"), kT=self.kT, n_invalid=self.n_invalid + other.n_invalid)
@@ -353,9 +357,11 @@ class DiffusionSampler:
 
     def _record_end_points(self, cvs, log_weights):
         recorded = self._training_end_points
-        recorded["cv_values"] = torch.cat([recorded["cv_values"], cvs.detach().to(torch.float64)])
-        recorded["log_weights"] = torch.cat([recorded["log_weights"], log_weights.detach().to(torch.float64)])
-        recorded["iterations"] = torch.cat([recorded["iterations"], torch.full((len(cvs),), self.iteration, dtype=torch.int64)])
+        # a refill repeated at the same iteration (a retry in this process) draws the same stream: replace, never duplicate
+        earlier = recorded["iterations"] != self.iteration
+        recorded["cv_values"] = torch.cat([recorded["cv_values"][earlier], cvs.detach().to(torch.float64)])
+        recorded["log_weights"] = torch.cat([recorded["log_weights"][earlier], log_weights.detach().to(torch.float64)])
+        recorded["iterations"] = torch.cat([recorded["iterations"][earlier], torch.full((len(cvs),), self.iteration, dtype=torch.int64)])
 
     def training_samples(self, discard=0.5):
         """The training chains' end points with exact Boltzmann importance weights (needs a bias: its CVs).
@@ -395,7 +401,7 @@ class DiffusionSampler:
         if self.bias is None:
             raise InvalidInputError("training_samples() keeps the bias's CVs of each end point, and this sampler has no bias: "
                                     "use sample() alone.")
-        if isinstance(discard, bool) or not isinstance(discard, (int, float)) or not 0.0 <= discard < 1.0:
+        if isinstance(discard, bool) or not isinstance(discard, numbers.Real) or not 0.0 <= discard < 1.0:
             raise InvalidInputError(f"discard must be a fraction in [0, 1), got {discard!r}.")
         recorded = self._training_end_points
         keep = (recorded["iterations"] >= int(discard * self.iteration)).numpy()

@@ -231,6 +231,12 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
     units = [_UNITS.get(type(cv), "") for cv in cvs.values()]
     edges = [np.linspace(lo, hi, 51) for lo, hi in zip(grid["lower"], grid["upper"])]
     estimated = samples.pooled(sampler.training_samples()) if pool_training else samples
+    n_pooled = len(estimated.log_weights) - int(n_samples)
+    if pool_training and n_pooled == 0:
+        import warnings
+
+        warnings.warn(f"{output_dir / 'checkpoint.pt'} keeps no training end points (written before 2026-12-01, or trained no "
+                      "further since): the estimate uses the production samples alone.", stacklevel=2)
     fes = free_energy_surface(estimated.cv_values, estimated.log_weights, edges, molecular_system.temperature, seed=seed)
     basin_results = {}
     if basins:
@@ -248,14 +254,14 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
                                                         effective_samples=delta.effective_samples, pareto_k=delta.pareto_k)
     results = dict(
         system=molecular_system.name, cvs={name: repr(cv) for name, cv in cvs.items()}, cv_units=dict(zip(names, units)),
-        iterations=sampler.iteration, samples=int(n_samples), training_end_points_pooled=len(estimated.log_weights) - int(n_samples),
+        iterations=sampler.iteration, samples=int(n_samples), training_end_points_pooled=n_pooled,
         ess_fraction=estimated.ess_fraction, n_effective=estimated.n_effective,
         energy_evaluations=sampler.n_energy_evaluations + md_evaluations, md_steps_for_standardization=md_evaluations,
         coordinates=coordinates, rotors=[list(r) for r in getattr(space, 'rotors', [])], invalid_energies=sampler.n_invalid,
         invalid_sample_energies=samples.n_invalid,
         cpu_seconds_this_process=time.process_time() - start, bias_max_kJ_per_mol=bias.max_value, n_hills=bias.n_hills,
         basins=basin_results, estimator="exact importance weights on the discretized chain (main result)"
-        + (", production samples pooled with the second half of training's end points" if pool_training else ""),
+        + (f", production samples pooled with {n_pooled} end points of the second half of training" if n_pooled else ""),
         well_tempered_estimate="F = -gamma/(gamma-1) V: approximate (exact only at convergence), in fes.png and fes.npz",
         fes="fes.npz: the reweighted F per bin (edges_0, edges_1) with its bootstrap standard error, kJ/mol",
         settings={key: value for key, value in sampler.settings.items() if key != "hamiltonian"},
