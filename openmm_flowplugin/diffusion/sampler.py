@@ -248,7 +248,7 @@ class DiffusionSampler:
         self.history = []
         self.snapshots = []
         self.snapshot_stride = self.settings["snapshot_interval"]
-        self._training_end_points = _empty_end_points(len(bias.cvs) if bias is not None else 0)
+        self._training_end_points = {}  # iteration -> (CV values, log weights): one entry per refill, no copying as it grows
 
     # ------------------------------------------------------------------ energies
     @property
@@ -356,12 +356,17 @@ class DiffusionSampler:
         return dict(buffer_ess=effective_sample_size(log_weights.numpy()), n_invalid=n_invalid)
 
     def _record_end_points(self, cvs, log_weights):
-        recorded = self._training_end_points
-        # a refill repeated at the same iteration (a retry in this process) draws the same stream: replace, never duplicate
-        earlier = recorded["iterations"] != self.iteration
-        recorded["cv_values"] = torch.cat([recorded["cv_values"][earlier], cvs.detach().to(torch.float64)])
-        recorded["log_weights"] = torch.cat([recorded["log_weights"][earlier], log_weights.detach().to(torch.float64)])
-        recorded["iterations"] = torch.cat([recorded["iterations"][earlier], torch.full((len(cvs),), self.iteration, dtype=torch.int64)])
+        # keyed by iteration: a refill repeated at one iteration (a retry in this process, the same stream) replaces its rows
+        self._training_end_points[self.iteration] = (cvs.detach().to(torch.float64), log_weights.detach().to(torch.float64))
+
+    def _end_point_arrays(self, first_iteration=0):
+        """The recorded end points from ``first_iteration`` on, in iteration order, as three tensors."""
+        rows = sorted((i, cvs, weights) for i, (cvs, weights) in self._training_end_points.items() if i >= first_iteration)
+        n_cvs = len(self.bias.cvs) if self.bias is not None else 0
+        return dict(cv_values=torch.cat([torch.zeros(0, n_cvs, dtype=torch.float64)] + [cvs for _, cvs, _ in rows]),
+                    log_weights=torch.cat([torch.zeros(0, dtype=torch.float64)] + [weights for _, _, weights in rows]),
+                    iterations=torch.cat([torch.zeros(0, dtype=torch.int64)]
+                                         + [torch.full((len(weights),), i, dtype=torch.int64) for i, _, weights in rows]))
 
     def training_samples(self, discard=0.5):
         """The training chains' end points with exact Boltzmann importance weights (needs a bias: its CVs).
@@ -403,11 +408,10 @@ class DiffusionSampler:
                                     "use sample() alone.")
         if isinstance(discard, bool) or not isinstance(discard, numbers.Real) or not 0.0 <= discard < 1.0:
             raise InvalidInputError(f"discard must be a fraction in [0, 1), got {discard!r}.")
-        recorded = self._training_end_points
-        keep = (recorded["iterations"] >= int(discard * self.iteration)).numpy()
-        return DiffusionSamples(positions=None, reduced_energies=None, log_weights=recorded["log_weights"].numpy()[keep],
-                                cv_values=recorded["cv_values"].numpy()[keep], bias=None, kT=self.kT,
-                                n_invalid=int(np.sum(~np.isfinite(recorded["log_weights"].numpy()[keep]))))
+        recorded = self._end_point_arrays(first_iteration=int(discard * self.iteration))
+        log_weights = recorded["log_weights"].numpy()
+        return DiffusionSamples(positions=None, reduced_energies=None, log_weights=log_weights, cv_values=recorded["cv_values"].numpy(),
+                                bias=None, kT=self.kT, n_invalid=int(np.sum(~np.isfinite(log_weights))))
 
     def _adjoint_loss(self, generator):
         batch = self.buffer.sample(self.settings["training_batch_size"], generator)
@@ -561,7 +565,7 @@ class DiffusionSampler:
             corrector_optimizer=None if self.corrector is None else self.corrector_optimizer.state_dict(),
             buffer=self.buffer.state_dict(), bias=None if self.bias is None else self.bias.state_dict(),
             history=[dict(h) for h in self.history], snapshots=list(self.snapshots), snapshot_stride=self.snapshot_stride,
-            training_end_points=dict(self._training_end_points),
+            training_end_points=self._end_point_arrays(),
         )
 
     def save_checkpoint(self, path):
@@ -626,12 +630,13 @@ class DiffusionSampler:
         self.snapshots = list(state["snapshots"])
         self.snapshot_stride = int(state["snapshot_stride"])
         # a checkpoint of before 2026-12-01 kept no end points: training_samples() starts at the resumed iteration
-        self._training_end_points = dict(state.get("training_end_points") or _empty_end_points(len(self.bias.cvs) if self.bias else 0))
-
-
-def _empty_end_points(n_cvs):
-    return dict(cv_values=torch.zeros(0, n_cvs, dtype=torch.float64), log_weights=torch.zeros(0, dtype=torch.float64),
-                iterations=torch.zeros(0, dtype=torch.int64))
+        kept = state.get("training_end_points")
+        self._training_end_points = {}
+        if kept is not None and len(kept["iterations"]):
+            iterations, counts = torch.unique_consecutive(kept["iterations"], return_counts=True)
+            for i, cvs, weights in zip(iterations.tolist(), kept["cv_values"].split(counts.tolist()),
+                                       kept["log_weights"].split(counts.tolist())):
+                self._training_end_points[i] = (cvs, weights)
 
 
 def hamiltonian_digest(system):
