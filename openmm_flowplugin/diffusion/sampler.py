@@ -361,12 +361,13 @@ class DiffusionSampler:
 
     def _end_point_arrays(self, first_iteration=0):
         """The recorded end points from ``first_iteration`` on, in iteration order, as three tensors."""
-        rows = sorted((i, cvs, weights) for i, (cvs, weights) in self._training_end_points.items() if i >= first_iteration)
+        iterations = [i for i in sorted(self._training_end_points) if i >= first_iteration]
+        cvs, weights = zip(*(self._training_end_points[i] for i in iterations)) if iterations else ((), ())
         n_cvs = len(self.bias.cvs) if self.bias is not None else 0
-        return dict(cv_values=torch.cat([torch.zeros(0, n_cvs, dtype=torch.float64)] + [cvs for _, cvs, _ in rows]),
-                    log_weights=torch.cat([torch.zeros(0, dtype=torch.float64)] + [weights for _, _, weights in rows]),
+        return dict(cv_values=torch.cat([torch.zeros(0, n_cvs, dtype=torch.float64), *cvs]),
+                    log_weights=torch.cat([torch.zeros(0, dtype=torch.float64), *weights]),
                     iterations=torch.cat([torch.zeros(0, dtype=torch.int64)]
-                                         + [torch.full((len(weights),), i, dtype=torch.int64) for i, _, weights in rows]))
+                                         + [torch.full((len(w),), i, dtype=torch.int64) for i, w in zip(iterations, weights)]))
 
     def training_samples(self, discard=0.5):
         """The training chains' end points with exact Boltzmann importance weights (needs a bias: its CVs).

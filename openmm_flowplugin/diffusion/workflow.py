@@ -230,7 +230,8 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
     names = list(cvs)
     units = [_UNITS.get(type(cv), "") for cv in cvs.values()]
     edges = [np.linspace(lo, hi, 51) for lo, hi in zip(grid["lower"], grid["upper"])]
-    estimated = samples.pooled(sampler.training_samples()) if pool_training else samples
+    training = sampler.training_samples() if pool_training else None
+    estimated = samples.pooled(training) if pool_training else samples
     n_pooled = len(estimated.log_weights) - int(n_samples)
     if pool_training and n_pooled == 0:
         import warnings
@@ -271,7 +272,6 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
     np.savez(output_dir / "samples.npz", cv_values=samples.cv_values, log_weights=samples.log_weights, bias_kJ_per_mol=samples.bias,
              reduced_energies=samples.reduced_energies)
     if pool_training:
-        training = sampler.training_samples()
         np.savez(output_dir / "training_end_points.npz", cv_values=training.cv_values, log_weights=training.log_weights)
     (output_dir / "bias.xml").write_text(openmm.XmlSerializer.serialize(bias.to_openmm_force()))
     nodes = [np.linspace(lo, hi, n) for lo, hi, n in zip(grid["lower"], grid["upper"], grid["n_nodes"])]
