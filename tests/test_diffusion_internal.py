@@ -102,11 +102,18 @@ def test_internal_coordinate_sampler_gives_exact_torsion_free_energies():
     exact_second = -KT * math.log(_exact_probability(2, 4.0, 1.0, 2.2) / _exact_probability(2, 4.0, -math.pi, 0.0))
     assert abs(second.value - exact_second) < 4 * second.error, (second, exact_second)
     assert samples.n_effective > 20
-    # control: the unweighted (biased) samples miss at least one of the two values by far more than their error
-    flat = np.zeros(len(samples.log_weights))
-    unweighted = [basin_free_energy_difference(samples.cv_values, flat, basins, "all", "gauche", 300.0),
-                  basin_free_energy_difference(samples.cv_values, flat, wells, "minus", "plus_core", 300.0)]
-    assert max(abs(u.value - e) / u.error for u, e in zip(unweighted, (exact_first, exact_second))) > 4
+    # training's end points carry the same internal-coordinate weights (volume term included): pooled, the same values
+    pooled = samples.pooled(sampler.training_samples(discard=0.5))
+    assert len(pooled.log_weights) == len(samples.log_weights) + 40 * 128
+    for basin_set, reference, target, exact in ((basins, "all", "gauche", exact_first), (wells, "minus", "plus_core", exact_second)):
+        estimate = basin_free_energy_difference(pooled.cv_values, pooled.log_weights, basin_set, reference, target, 300.0)
+        assert abs(estimate.value - exact) < 4 * estimate.error, (estimate, exact)
+    # control: unweighted (biased), the samples and the pooled set each miss one of the two values by far more than their error
+    for cv_values in (samples.cv_values, pooled.cv_values):
+        flat = np.zeros(len(cv_values))
+        unweighted = [basin_free_energy_difference(cv_values, flat, basins, "all", "gauche", 300.0),
+                      basin_free_energy_difference(cv_values, flat, wells, "minus", "plus_core", 300.0)]
+        assert max(abs(u.value - e) / u.error for u, e in zip(unweighted, (exact_first, exact_second))) > 4
 
 
 def test_cartesian_component_cvs_are_refused_in_internal_coordinates():

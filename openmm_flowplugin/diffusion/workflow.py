@@ -176,7 +176,8 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
         of the training chains (:meth:`~openmm_flowplugin.diffusion.DiffusionSampler.training_samples`),
         each with the exact weight of the controller that drew it: more of the run's energy evaluations
         count, at no extra cost. Off by default: adaptive importance sampling, consistent, with a bootstrap
-        that treats the end points as independent.
+        that treats the end points as independent. Those end points are written to
+        ``training_end_points.npz`` either way (``results.json`` says whether they were pooled).
     platform : str, optional
     progress : bool, optional
     **sampler_options
@@ -230,7 +231,7 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
     names = list(cvs)
     units = [_UNITS.get(type(cv), "") for cv in cvs.values()]
     edges = [np.linspace(lo, hi, 51) for lo, hi in zip(grid["lower"], grid["upper"])]
-    training = sampler.training_samples() if pool_training else None
+    training = sampler.training_samples()  # written with every run, pooled or not: the file never lags the checkpoint
     estimated = samples.pooled(training) if pool_training else samples
     n_pooled = len(estimated.log_weights) - int(n_samples)
     if pool_training and n_pooled == 0:
@@ -271,8 +272,7 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
     (output_dir / "results.md").write_text(_markdown(results))
     np.savez(output_dir / "samples.npz", cv_values=samples.cv_values, log_weights=samples.log_weights, bias_kJ_per_mol=samples.bias,
              reduced_energies=samples.reduced_energies)
-    if pool_training:
-        np.savez(output_dir / "training_end_points.npz", cv_values=training.cv_values, log_weights=training.log_weights)
+    np.savez(output_dir / "training_end_points.npz", cv_values=training.cv_values, log_weights=training.log_weights)
     (output_dir / "bias.xml").write_text(openmm.XmlSerializer.serialize(bias.to_openmm_force()))
     nodes = [np.linspace(lo, hi, n) for lo, hi, n in zip(grid["lower"], grid["upper"], grid["n_nodes"])]
     np.savez(output_dir / "fes.npz", cv_names=np.array(names), cv_units=np.array(units), edges_0=fes.edges[0], edges_1=fes.edges[1],
