@@ -38,7 +38,8 @@ uncertainty is reported as the FES error between its two halves and a jackknife 
 
 Reported: FES error (``analysis.fes.fes_error``: population-weighted mean absolute difference over phi/psi bins
 within 20 kJ/mol of the reference minimum, after aligning the means; an empty bin counts 20 kJ/mol), the same
-with every such bin weighted equally (C7ax holds ~1 % of the population, so the first barely sees it),
+with every such bin weighted equally (C7ax holds ~1 % of the population, so the first barely sees it) — both
+printed once for a constant surface, the score of an estimate that knows nothing —,
 Delta F(C7eq -> C7ax) with its error (diffusion: bootstrap over independent samples; MD/metadynamics:
 delete-one-block jackknife), energy evaluations, CPU seconds (``time.process_time`` for producing the samples and
 weights: MD, training, sampling; not the analysis) and the Kish ESS of the exact weights.
@@ -354,7 +355,10 @@ def main(args):
           f"({len(s_ref)} frames, exact static-bias weights; {ref_cpu:.0f} CPU s). Delta F(C7eq -> C7ax) = {ref_df:.2f} ± "
           f"{ref_df_err:.2f} kJ/mol (jackknife, 20 blocks); FES error between its halves {fes_error(halves[0], halves[1], ref['p']):.2f} "
           f"kJ/mol ({fes_error(halves[0], halves[1], ref['uniform']):.2f} with bins equal); {int(np.sum(ref['f'] <= 20))} bins within "
-          f"20 kJ/mol.\n", flush=True)
+          f"20 kJ/mol.", flush=True)
+    constant = [fes_error(np.zeros_like(ref["f"]), ref["f"], ref[weights]) for weights in ("p", "uniform")]
+    print(f"A constant surface (no sampling at all) scores {constant[0]:.2f} kJ/mol ({constant[1]:.2f} with bins equal): an estimate "
+          f"carries information on the FES only below that.\n", flush=True)
 
     seeds = [args.seed + SEED_STRIDE * i for i in range(args.seeds)]
     results = {}  # (budget, method) -> one result per seed
@@ -374,6 +378,7 @@ def main(args):
         print(SUMMARY_HEADER)
         print("|---|---|---|---|---|---|---|---|---|")
         print("\n".join(summary_row(budget, method, results[budget, method], ref_df) for budget, method in order), flush=True)
+        print(f"\nFor scale: a constant surface scores {constant[0]:.2f} kJ/mol ({constant[1]:.2f} with bins equal).", flush=True)
 
 
 def diffusion_and_md_rows(molecular_system, budget, edges, ref, temperature, kT, args, seed):
