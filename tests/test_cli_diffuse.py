@@ -57,9 +57,9 @@ def test_pool_training_adds_the_second_half_of_training_end_points_to_the_estima
     assert without["training_end_points_pooled"] == 0 and "pooled" not in without["estimator"]
     assert with_["training_end_points_pooled"] == 2 * 16 and "pooled" in with_["estimator"]  # iterations 2 and 3 of 0-3
     assert with_["energy_evaluations"] == without["energy_evaluations"] == 4 * 16 + 64  # no extra evaluation
-    for folder in (plain, pooled):  # written either way, so a folder never keeps another run's end points
+    for folder, results in ((plain, without), (pooled, with_)):  # written either way: a folder never keeps another run's end points
         stored = np.load(folder / "training_end_points.npz")
-        assert stored["log_weights"].shape == (32,) and stored["cv_values"].shape == (32, 2)
+        assert stored["log_weights"].shape == (32,) and stored["cv_values"].shape == (32, 2) and results["training_end_points_saved"] == 32
     assert np.array_equal(np.load(pooled / "samples.npz")["log_weights"], np.load(plain / "samples.npz")["log_weights"])
     assert "+ 32 training end points" in (pooled / "results.md").read_text()
     # a run whose checkpoint kept no end points (written before they were kept) says so and uses the samples alone
@@ -71,6 +71,7 @@ def test_pool_training_adds_the_second_half_of_training_end_points_to_the_estima
     assert again.exit_code == 0, again.output
     results = json.loads((pooled / "results.json").read_text())
     assert results["training_end_points_pooled"] == 0 and "pooled" not in results["estimator"]
+    assert results["training_end_points_saved"] == 0 and np.load(pooled / "training_end_points.npz")["log_weights"].shape == (0,)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -15,8 +15,9 @@ basin to each other one, with bootstrap errors.
 
 Everything goes to OUTPUT: checkpoint.pt (run the command again to resume or extend: --iterations is the total),
 results.json/results.md, fes.png (reweighted FES, and the well-tempered estimate labelled approximate),
-fes.npz (the reweighted FES with its bootstrap errors), samples.npz and bias.xml (the frozen bias as an OpenMM
-CustomCVForce).
+fes.npz (the reweighted FES with its bootstrap errors), samples.npz, training_end_points.npz (the second half of
+training's chain end points with exact weights; --pool-training adds them to the estimate) and bias.xml (the frozen
+bias as an OpenMM CustomCVForce).
 
 --coordinates internal runs the sampler on standardized Z-matrix bonds, angles and torsions, standardized on a short
 MD run that also warm-starts it (--sigma-max and --sigma-min are then in standardized units, default 1.2 and 0.05);

@@ -5,7 +5,8 @@
 bootstrap errors, energy evaluations, CPU time), ``fes.png`` (the reweighted FES — the main result —
 beside the well-tempered estimate −γ/(γ−1)V, labelled approximate), ``fes.npz`` (the reweighted F per
 bin with its bootstrap error), ``samples.npz`` (CV values, exact
-log weights, bias) and ``bias.xml`` (the frozen bias as a serialized OpenMM ``CustomCVForce``: add it
+log weights, bias), ``training_end_points.npz`` (CV values and exact log weights of the second half of
+training's chain end points, pooled into the estimate with ``pool_training``) and ``bias.xml`` (the frozen bias as a serialized OpenMM ``CustomCVForce``: add it
 to the System to continue with MD or FlowMCMove on the same biased target).
 
 Examples
@@ -257,6 +258,7 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
     results = dict(
         system=molecular_system.name, cvs={name: repr(cv) for name, cv in cvs.items()}, cv_units=dict(zip(names, units)),
         iterations=sampler.iteration, samples=int(n_samples), training_end_points_pooled=n_pooled,
+        training_end_points_saved=len(training.log_weights),
         ess_fraction=estimated.ess_fraction, n_effective=estimated.n_effective,
         energy_evaluations=sampler.n_energy_evaluations + md_evaluations, md_steps_for_standardization=md_evaluations,
         coordinates=coordinates, rotors=[list(r) for r in getattr(space, 'rotors', [])], invalid_energies=sampler.n_invalid,
