@@ -3,11 +3,12 @@
 Trains a diffusion sampler from energies alone with a well-tempered bias on (x, y), draws samples with exact
 importance weights for the Boltzmann distribution, and compares the reweighted ΔF between the two deep
 basins, and the FES, with the exact values from numerical quadrature. Writes the run folder of
-``openmm-flowplugin diffuse`` (fes.png, results.json, checkpoint.pt: run again to resume).
+``openmm-flowplugin diffuse`` (fes.png, results.json, checkpoint.pt: run again to resume an interrupted run, with
+``--overwrite`` to replace a finished run's results).
 
 Alanine dipeptide (φ/ψ, internal coordinates): ``examples/diffusion_alanine_fes.py``.
 
-Run: ``python examples/diffusion_fes.py [output_dir] [--quick]`` (about 30 s on 2 CPU cores; ``--quick`` about
+Run: ``python examples/diffusion_fes.py [output_dir] [--overwrite] [--quick]`` (about 30 s on 2 CPU cores; ``--quick`` about
 5 s, not converged).
 """
 
@@ -22,6 +23,7 @@ from openmm_flowplugin.diffusion.workflow import diffusion_free_energy_surface, 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("output", nargs="?", default="diffusion_fes")
 parser.add_argument("--quick", action="store_true")
+parser.add_argument("--overwrite", action="store_true", help="replace the results of a finished run in output_dir")
 args = parser.parse_args()
 
 molecular_system = systems.get("mueller_brown")
@@ -30,7 +32,7 @@ cvs = dict([parse_cv("x:x@0"), parse_cv("y:y@0")])
 grid = {"x": (-2.0, 1.5), "y": (-1.0, 2.5)}
 basins = {"A": ((-1.5, -0.2), (1.0, 2.0)), "B": ((0.2, 1.2), (-0.4, 0.4))}
 results = diffusion_free_energy_surface(molecular_system, cvs, args.output, grid_ranges=grid, basins=basins, bias_factor=6.0,
-                                        hill_width=0.25, **run)
+                                        hill_width=0.25, overwrite=args.overwrite, **run)
 reference = molecular_system.reference
 pair = results["basins"]["A -> B"]
 

@@ -40,12 +40,33 @@ def test_a_small_run_writes_results_and_resumes(tmp_path):
     assert finite.any() and np.nanmin(fes["free_energy_kJ_per_mol"]) == 0.0 and not np.isnan(fes["error_kJ_per_mol"][finite]).any()
     force = openmm.XmlSerializer.deserialize((out / "bias.xml").read_text())
     assert isinstance(force, openmm.CustomCVForce) and force.getNumCollectiveVariables() == 2
-    extended = run(*MB, *SMALL, *basins, "--iterations", "5", "-o", str(out))
+    # a finished run's results are not replaced unless asked; asked, the run is extended in its folder
+    again = run(*MB, *SMALL, *basins, "--iterations", "5", "-o", str(out))
+    assert again.exit_code == 2 and "already holds results (results.json, results.md, fes.png" in again.output and "--overwrite" in again.output
+    assert json.loads((out / "results.json").read_text())["iterations"] == 3
+    fewer = run(*MB, *SMALL, *basins, "--iterations", "2", "--overwrite", "-o", str(out))
+    assert fewer.exit_code == 2 and "holds 3 training iterations" in fewer.output and (out / "results.json").is_file(), fewer.output
+    extended = run(*MB, *SMALL, *basins, "--iterations", "5", "--overwrite", "-o", str(out))
     assert extended.exit_code == 0, extended.output
     results = json.loads((out / "results.json").read_text())
     assert results["iterations"] == 5 and results["energy_evaluations"] == 5 * 16 + 2 * 64
-    other = run("--system", "double_well_2d", *MB[2:], *SMALL, "--iterations", "6", "-o", str(out))
+    other = run("--system", "double_well_2d", *MB[2:], *SMALL, "--iterations", "6", "--overwrite", "-o", str(out))
     assert other.exit_code == 2 and "another system" in other.output
+    assert json.loads((out / "results.json").read_text())["iterations"] == 5  # refused before anything was replaced
+    foreign = tmp_path / "solvation"  # another command's results in the folder
+    foreign.mkdir()
+    (foreign / "results.json").write_text("{}")
+    refused = run(*MB, *SMALL, "--iterations", "1", "-o", str(foreign))
+    assert refused.exit_code == 2 and "already holds results (results.json)" in refused.output
+    assert (foreign / "results.json").read_text() == "{}" and not (foreign / "checkpoint.pt").exists()
+
+
+def test_samples_are_saved_before_an_analysis_that_fails(tmp_path):
+    out = tmp_path / "narrow"  # a grid no sample falls in
+    narrow = ["--system", "mueller_brown", "--cv", "x:x@0", "--cv", "y:y@0", "--grid", "x:-0.1,0.1", "--grid", "y:-0.1,0.1"]
+    result = run(*narrow, "--hill-width", "0.05", *SMALL, "--samples", "8", "--iterations", "1", "-o", str(out))
+    assert result.exit_code == 2 and "no weighted sample falls inside the bins" in result.output and "samples.npz" in result.output
+    assert np.load(out / "samples.npz")["log_weights"].shape == (8,) and (out / "bias.xml").is_file(), result.output
 
 
 def test_pool_training_adds_the_second_half_of_training_end_points_to_the_estimate(tmp_path):
@@ -67,7 +88,7 @@ def test_pool_training_adds_the_second_half_of_training_end_points_to_the_estima
     del state["training_end_points"]
     torch.save(state, pooled / "checkpoint.pt")
     with pytest.warns(UserWarning, match="keeps no training end points"):
-        again = run(*MB, *SMALL, "--iterations", "4", "--pool-training", "-o", str(pooled))
+        again = run(*MB, *SMALL, "--iterations", "4", "--pool-training", "--overwrite", "-o", str(pooled))
     assert again.exit_code == 0, again.output
     results = json.loads((pooled / "results.json").read_text())
     assert results["training_end_points_pooled"] == 0 and "pooled" not in results["estimator"]
@@ -89,11 +110,19 @@ def test_pool_training_adds_the_second_half_of_training_end_points_to_the_estima
     (["--system", "alanine_dipeptide_vacuum", "--cv", "phi:4,6,8,14", "--cv", "psi:6,8,14,99"], "reads atom 99"),  # before any MD
     ([*MB, "--md-interval", "10"], "standardize internal coordinates, and this run is in cartesian coordinates"),
     (["--system", "alanine_dipeptide_vacuum", "--cv", "phi:4,6,8,14", "--cv", "psi:6,8,14,16", "--md-frames", "1"], "--md-frames"),
+    (["--system", "alanine_dipeptide_vacuum", "--cv", "phi:4,6,8,14", "--cv", "psi:6,8,14,16", "--grid", "phi:0,1"], "drop the grid range"),
+    (["--system", "mueller_brown", "--cv", "x:x@0", "--cv", "y:y@0", "--grid", "x:-2,1.5", "--grid", "y:-1,inf"], "must be finite"),
+    ([*MB[:-1], "0.0005"], "more than 1,000,000: give wider hills"),
+    ([*MB[:-1], "10"], "too wide for the grid"),
+    ([*MB, "--sigma-max", "1e200"], "sigma_max <= 1e6"),
+    ([*MB, "--sigma-max", "1000"], "--sigma-max, --max-gradient-norm"),  # every end point non-finite: a diverged run, one line
 ])
 def test_bad_input_is_one_line(tmp_path, args, message):
     result = run(*args, *SMALL, "--iterations", "1", "-o", str(tmp_path / "out"))
     assert result.exit_code == 2 and message in result.output, result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    if "--sigma-max," not in message:  # refused before any work: no folder left behind (the diverged run had started)
+        assert not (tmp_path / "out").exists()
 
 
 def test_internal_coordinates_on_a_molecule(tmp_path):
@@ -124,10 +153,12 @@ def test_a_shorter_standardization_run_counts_its_steps_and_a_resume_with_anothe
     results = json.loads((out / "results.json").read_text())
     assert results["md_steps_for_standardization"] == 200  # 20 frames x 10 steps
     assert results["energy_evaluations"] == 200 + 20 + 16 + 64  # MD, the warm start's energies, one iteration, the samples
-    resumed = run(*cvs, *SMALL, *short, "--iterations", "2", "-o", str(out))  # the same run resumes
+    resumed = run(*cvs, *SMALL, *short, "--iterations", "2", "--overwrite", "-o", str(out))  # the same run resumes
     assert resumed.exit_code == 0 and json.loads((out / "results.json").read_text())["iterations"] == 2, resumed.output
-    other = run(*cvs, *SMALL, "--md-frames", "20", "--md-interval", "20", "--iterations", "3", "-o", str(out))  # another standardization
+    other = run(*cvs, *SMALL, "--md-frames", "20", "--md-interval", "20", "--iterations", "3", "--overwrite", "-o", str(out))  # another MD run
     assert other.exit_code == 2 and "standardized on another MD run" in other.output and "--md-interval" in other.output, other.output
+    unwidened = run(*cvs, *SMALL, *short, "--rotor-scale", "0", "--iterations", "3", "--overwrite", "-o", str(out))
+    assert unwidened.exit_code == 2 and "another rotor spread" in unwidened.output and "--rotor-scale" in unwidened.output, unwidened.output
 
 
 def test_constrained_systems_are_refused():
@@ -162,9 +193,22 @@ def test_auto_coordinates_are_internal_for_a_molecule_only():
 def test_a_cartesian_run_made_before_auto_resumes_in_its_own_coordinates(tmp_path):
     out, cvs = tmp_path / "ala", ["--system", "alanine_dipeptide_vacuum", "--cv", "phi:4,6,8,14", "--cv", "psi:6,8,14,16"]
     assert run(*cvs, *SMALL, "--coordinates", "cartesian", "--iterations", "1", "-o", str(out)).exit_code == 0
-    resumed = run(*cvs, *SMALL, "--iterations", "2", "-o", str(out))  # auto: the checkpoint's space
+    resumed = run(*cvs, *SMALL, "--iterations", "2", "--overwrite", "-o", str(out))  # auto: the checkpoint's space
     assert resumed.exit_code == 0, resumed.output
     results = json.loads((out / "results.json").read_text())
     assert results["coordinates"] == "cartesian" and results["iterations"] == 2
-    other = run(*cvs, *SMALL, "--coordinates", "internal", "--iterations", "3", "-o", str(out))  # asked for another space
+    other = run(*cvs, *SMALL, "--coordinates", "internal", "--iterations", "3", "--overwrite", "-o", str(out))  # another space
     assert other.exit_code == 2 and "--coordinates cartesian" in other.output, other.output
+
+
+@pytest.mark.parametrize("hill_width", [0.0, float("nan")])
+def test_the_python_workflow_refuses_a_bad_hill_width(tmp_path, hill_width):
+    from openmm_flowplugin import systems
+    from openmm_flowplugin.diffusion.workflow import diffusion_free_energy_surface
+    from openmm_flowplugin.errors import InvalidInputError
+    from openmm_flowplugin.geometry import CartesianComponent
+
+    cvs = {"x": CartesianComponent(0, "x"), "y": CartesianComponent(0, "y")}
+    with pytest.raises(InvalidInputError, match="hill_width must be a finite number > 0"):
+        diffusion_free_energy_surface(systems.get("mueller_brown"), cvs, tmp_path / "out", grid_ranges={"x": (-2, 1.5), "y": (-1, 2.5)},
+                                      hill_width=hill_width, coordinates="cartesian")

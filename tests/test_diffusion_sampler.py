@@ -213,10 +213,93 @@ def test_training_interrupted_mid_iteration_resumes_from_its_last_checkpoint(tmp
     for a, b in zip(straight.controller.parameters(), resumed.controller.parameters()):
         assert torch.equal(a, b)
     assert np.array_equal(straight.bias.values, resumed.bias.values)
-    # the interrupted run had deposited iteration 4's hills past its checkpoint (at 3): the resumed one must not keep them
-    assert interrupted.bias.n_hills == 5 * 32 and resumed.bias.n_hills == straight.bias.n_hills == 6 * 32
-    for field in ("log_weights", "cv_values"):  # nor its end points
+    # iteration 4 had deposited hills past the checkpoint (at 3): the resumed run does not keep them, nor its end points
+    assert resumed.bias.n_hills == straight.bias.n_hills == 6 * 32
+    for field in ("log_weights", "cv_values"):
         assert np.array_equal(getattr(resumed.training_samples(0.0), field), getattr(straight.training_samples(0.0), field))
+    # in memory the interrupt undid iteration 4 (hills, buffer rows, end points, network steps): the same object goes on
+    # to where the uninterrupted run ends
+    assert interrupted.iteration == 4 and interrupted.bias.n_hills == 4 * 32 and len(interrupted.buffer) == 4 * 32
+    interrupted.train(6)
+    for a, b in zip(straight.controller.parameters(), interrupted.controller.parameters()):
+        assert torch.equal(a, b)
+    assert np.array_equal(straight.bias.values, interrupted.bias.values)
+    assert np.array_equal(straight.training_samples(0.0).log_weights, interrupted.training_samples(0.0).log_weights)
+
+
+def test_a_diverged_iteration_is_undone_and_says_how_to_go_on(monkeypatch):
+    """A non-finite loss in the regression (after the refill deposited its hills) leaves the sampler as after the
+    previous iteration, not with that iteration's hills and rows, which a retry would deposit again."""
+    molecular_system = systems.get("mueller_brown")
+    lower, upper, _, _ = CASES["mueller_brown"]
+    small = dict(batch_size=32, n_adjoint_steps=3, training_batch_size=32)
+    straight = _sampler(molecular_system, _xy_bias(molecular_system, lower, upper), seed=5, **small)
+    straight.train(2)
+    at_two = (straight.bias.values.copy(), straight.buffer.data["x_final"].clone(), [p.detach().clone() for p in straight.controller.parameters()])
+    straight.train(3)
+    failing = _sampler(molecular_system, _xy_bias(molecular_system, lower, upper), seed=5, **small)
+    loss = DiffusionSampler._adjoint_loss
+    calls = []
+
+    def nan_on_the_third_step_of_iteration_2(self, generator):
+        calls.append(self.iteration)
+        value = loss(self, generator)
+        return value * math.nan if calls.count(2) == 3 else value
+
+    monkeypatch.setattr(DiffusionSampler, "_adjoint_loss", nan_on_the_third_step_of_iteration_2)
+    with pytest.raises(sampler_module.DivergedTrainingError, match="iteration 2 \\(the iteration is undone\\).*new checkpoint path"):
+        failing.train(3)
+    assert failing.iteration == 2 and failing.bias.n_hills == 2 * 32 and 2 not in failing._training_end_points
+    assert np.array_equal(failing.bias.values, at_two[0]) and torch.equal(failing.buffer.data["x_final"], at_two[1])
+    assert all(torch.equal(a, b) for a, b in zip(failing.controller.parameters(), at_two[2]))  # two steps of iteration 2 undone
+    monkeypatch.setattr(DiffusionSampler, "_adjoint_loss", loss)
+    failing.train(3)  # retried: iteration 2 once, as in the uninterrupted run
+    assert np.array_equal(failing.bias.values, straight.bias.values) and failing.bias.n_hills == 3 * 32
+    assert all(torch.equal(a, b) for a, b in zip(failing.controller.parameters(), straight.controller.parameters()))
+
+
+def test_a_checkpoint_of_a_bias_on_other_cvs_or_grid_is_refused_and_leaves_the_sampler_as_it_was(tmp_path):
+    molecular_system = systems.get("mueller_brown")
+    lower, upper, _, _ = CASES["mueller_brown"]
+    small = dict(batch_size=16, n_adjoint_steps=1, training_batch_size=16)
+    checkpoint = tmp_path / "run.pt"
+    _sampler(molecular_system, _xy_bias(molecular_system, lower, upper), seed=5, **small).train(2, checkpoint=checkpoint)
+    swapped = WellTemperedBias([CartesianComponent(0, "y"), CartesianComponent(0, "x")], lower=lower, upper=upper, n_nodes=(36, 41),
+                               hill_width=0.25, hill_height=0.02, bias_factor=6.0, temperature=molecular_system.temperature)
+    old = torch.load(checkpoint, weights_only=True)
+    del old["settings"]["bias"]  # written before checkpoints named the bias: its grid settings are still checked
+    torch.save(old, tmp_path / "old.pt")
+    cases = [(swapped, checkpoint, "other settings \\(bias\\) \\(its bias: CVs CartesianComponent\\(atom=0, axis='x'\\)"),
+             (_xy_bias(molecular_system, lower, upper, hill_height=0.05), checkpoint, "other settings \\(bias\\).*hill_height 0.02"),
+             (_xy_bias(molecular_system, lower, upper, hill_height=0.05), tmp_path / "old.pt", "bias was built with other settings \\(hill_height\\)")]
+    for bias, path, message in cases:
+        fresh = _sampler(molecular_system, _xy_bias(molecular_system, lower, upper), seed=5, **small)
+        sampler = _sampler(molecular_system, bias, seed=5, **small)
+        with pytest.raises(InvalidInputError, match=message):
+            sampler.train(3, checkpoint=path)
+        assert sampler.iteration == 0 and len(sampler.buffer) == 0 and sampler.bias.n_hills == 0 and not sampler.history
+        assert all(torch.equal(a, b) for a, b in zip(sampler.controller.parameters(), fresh.controller.parameters()))
+    _sampler(molecular_system, _xy_bias(molecular_system, lower, upper), seed=5, **small).train(3, checkpoint=tmp_path / "old.pt")
+
+
+def test_samples_stored_in_the_checkpoint_are_not_drawn_again_by_a_resumed_process(tmp_path):
+    molecular_system = systems.get("double_well_2d")
+    small = dict(batch_size=16, n_adjoint_steps=1, training_batch_size=16)
+    checkpoint = tmp_path / "run.pt"
+
+    def process(stored=True):
+        sampler = _sampler(molecular_system, None, seed=3, **small)
+        sampler.train(2, checkpoint=checkpoint)
+        return sampler.sample(8, checkpoint=checkpoint if stored else None).positions
+
+    first, second, third = process(), process(), process(stored=False)
+    assert not np.array_equal(first, second)  # the counter came back with the checkpoint
+    assert np.array_equal(process(stored=False), third)  # not stored: a rerun reproduces its draws
+    other = _sampler(molecular_system, None, seed=4, **small)
+    other.train(2)
+    with pytest.raises(InvalidInputError, match="another run's checkpoint"):
+        other.sample(8, checkpoint=checkpoint)
+    assert other.n_sample_batches == 0
 
 
 def test_training_resumes_from_a_checkpoint_exactly(tmp_path):
@@ -357,6 +440,11 @@ def test_a_seedless_sampler_resumes_the_stored_seed_and_never_overwrites_another
         other.train(2, checkpoint=checkpoint)
     with pytest.raises(InvalidInputError, match="batch_size must be a positive integer"):
         other.sample(8, batch_size=-1)
+    with pytest.raises(InvalidInputError, match="checkpoint_interval must be a positive integer"):
+        other.train(3, checkpoint=tmp_path / "new.pt", checkpoint_interval=0)
+    assert other.iteration == 1
+    with pytest.raises(InvalidInputError, match="warm_start needs positions of shape \\(n, 1, 3\\).*got \\(3, 2, 3\\)"):
+        other.warm_start(np.zeros((3, 2, 3)))
 
 
 def test_bootstrap_settings_and_sparse_basins():

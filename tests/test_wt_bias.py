@@ -114,7 +114,10 @@ def test_state_round_trip_and_refusal_of_other_settings():
         (lambda: WellTemperedBias([CartesianComponent(0, "x"), Distance(0, 1)], (-math.pi,) * 2, (math.pi,) * 2, (65, 65), 0.3, 1.0, 8.0, 300.0,
                                   periodic=True), "periodic grid needs periodic CVs"),
         (lambda: _cartesian_bias(n_nodes=(11, 11)), "too coarse for the hill width.*n_nodes=\\(28, 28\\)"),
-        (lambda: _cartesian_bias(bias_factor=1.0), "bias_factor must be > 1"),
+        (lambda: _cartesian_bias(bias_factor=1.0), "bias_factor must be a finite number > 1"),
+        (lambda: _cartesian_bias(bias_factor=float("inf")), "bias_factor must be a finite number > 1"),
+        (lambda: _cartesian_bias(n_nodes=(30.9, 30)), "n_nodes must be two integers"),  # not truncated to 30
+        (lambda: _cartesian_bias(hill_width=(0.3, 0.3, 0.3)), "hill_width must be one number or one per CV"),
         (lambda: WellTemperedBias([CartesianComponent(0, "x")], (0,), (1,), (11,), 0.3, 1.0, 8.0, 300.0), "exactly two"),
     ],
 )

@@ -13,7 +13,8 @@ CVs are NAME:ATOMS with 0-based atom indices: 4 atoms a torsion (e.g. --cv phi:4
 on [-pi, pi]; other CVs need --grid NAME:LO,HI. --basin NAME:LO,HI:LO,HI (repeatable) adds ΔF from the first
 basin to each other one, with bootstrap errors.
 
-Everything goes to OUTPUT: checkpoint.pt (run the command again to resume or extend: --iterations is the total),
+Everything goes to OUTPUT: checkpoint.pt (run the command again to resume; to extend or resample a finished run,
+with --overwrite: --iterations is the total),
 results.json/results.md, fes.png (reweighted FES, and the well-tempered estimate labelled approximate),
 fes.npz (the reweighted FES with its bootstrap errors), samples.npz, training_end_points.npz (the second half of
 training's chain end points with exact weights; --pool-training adds them to the estimate) and bias.xml (the frozen
@@ -33,6 +34,8 @@ own. The weights are exact either way (see docs/diffusion.md for alanine dipepti
 @click.option("--grid", "grid_specs", multiple=True, help="Grid range of a non-periodic CV: NAME:LO,HI (its units).")
 @click.option("--basin", "basin_specs", multiple=True, help="A basin NAME:LO,HI:LO,HI for ΔF (repeatable).")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Output folder (resumed if it holds this run).")
+@click.option("--overwrite", is_flag=True, help="Replace the results of a finished run (or any result files) in OUTPUT: to extend or "
+                                               "resample a run in its folder.")
 @click.option("--iterations", default=200, show_default=True, type=POSITIVE_INT, help="Training iterations (total).")
 @click.option("--samples", default=8000, show_default=True, type=POSITIVE_INT, help="Weighted production samples.")
 @click.option("--batch-size", default=128, show_default=True, type=POSITIVE_INT, help="Chains (energy evaluations) per iteration.")
@@ -62,11 +65,12 @@ own. The weights are exact either way (see docs/diffusion.md for alanine dipepti
 @click.option("--platform", default=None, help="OpenMM platform of the energy evaluations.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (loss, buffer ESS, bias height) [default: on a terminal].")
 @_user_errors
-def diffuse(molecular_system_options, cv_specs, grid_specs, basin_specs, output, iterations, samples, batch_size, steps, sigma_max,
+def diffuse(molecular_system_options, cv_specs, grid_specs, basin_specs, output, overwrite, iterations, samples, batch_size, steps, sigma_max,
             sigma_min, gamma, hill_height, hill_width, coordinates, rotor_scale, md_frames, md_interval, max_gradient_norm, pool_training,
             seed, platform, progress):
     import sys
 
+    from ..diffusion import DivergedTrainingError
     from ..diffusion.workflow import diffusion_free_energy_surface, parse_basin, parse_cv
     from ..errors import InvalidInputError
 
@@ -90,12 +94,15 @@ def diffuse(molecular_system_options, cv_specs, grid_specs, basin_specs, output,
         raise InvalidInputError("give at least two --basin options (ΔF is between basins), or none.")
     molecular_system = load_system(molecular_system_options)
     progress = sys.stderr.isatty() if progress is None else progress
-    results = diffusion_free_energy_surface(molecular_system, cvs, output, grid_ranges=grid_ranges, basins=basins, n_iterations=iterations,
-                                            n_samples=samples, bias_factor=gamma, hill_height=hill_height, hill_width=hill_width,
-                                            sigma_max=sigma_max, sigma_min=sigma_min, n_steps=steps, batch_size=batch_size, seed=seed,
-                                            platform=platform, progress=progress, max_gradient_norm=max_gradient_norm,
-                                            coordinates=coordinates, rotor_scale=rotor_scale or None,
-                                            md_frames=md_frames, md_interval=md_interval, pool_training=pool_training)
+    try:
+        results = diffusion_free_energy_surface(molecular_system, cvs, output, grid_ranges=grid_ranges, basins=basins, n_iterations=iterations,
+                                                n_samples=samples, bias_factor=gamma, hill_height=hill_height, hill_width=hill_width,
+                                                sigma_max=sigma_max, sigma_min=sigma_min, n_steps=steps, batch_size=batch_size, seed=seed,
+                                                platform=platform, progress=progress, max_gradient_norm=max_gradient_norm,
+                                                coordinates=coordinates, rotor_scale=rotor_scale or None, md_frames=md_frames,
+                                                md_interval=md_interval, pool_training=pool_training, overwrite=overwrite)
+    except DivergedTrainingError as error:  # a setting the user can change: one line, not a traceback
+        raise InvalidInputError(f"{error} On the command line: --sigma-max, --max-gradient-norm, and a new -o folder.") from None
     from pathlib import Path
 
     click.echo((Path(output) / "results.md").read_text())

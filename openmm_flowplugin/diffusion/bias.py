@@ -19,6 +19,7 @@ Examples
 
 __all__ = ["WellTemperedBias"]
 
+import hashlib
 import math
 
 import numpy as np
@@ -30,6 +31,7 @@ from ..errors import InvalidInputError
 from ..geometry import CollectiveVariable, Torsion
 from ..units import in_unit, kT as _kT
 from ._bicubic import bicubic_coefficients, evaluate_bicubic
+from ._checks import is_integer
 
 
 class WellTemperedBias:
@@ -76,7 +78,10 @@ class WellTemperedBias:
             raise InvalidInputError("a periodic grid needs periodic CVs (torsions) on both axes; use periodic=False for the others.")
         self.lower = np.asarray(lower, dtype=np.float64).reshape(-1)
         self.upper = np.asarray(upper, dtype=np.float64).reshape(-1)
-        self.n_nodes = tuple(int(n) for n in np.asarray(n_nodes).reshape(-1))
+        nodes = list(np.asarray(n_nodes, dtype=object).reshape(-1))
+        if not all(is_integer(n) for n in nodes):
+            raise InvalidInputError(f"n_nodes must be two integers, got {n_nodes!r}.")
+        self.n_nodes = tuple(int(n) for n in nodes)
         if self.lower.shape != (2,) or self.upper.shape != (2,) or len(self.n_nodes) != 2:
             raise InvalidInputError("lower, upper and n_nodes need one entry per CV (two).")
         if not np.all(self.upper > self.lower) or min(self.n_nodes) < 4:
@@ -84,7 +89,10 @@ class WellTemperedBias:
         if self.periodic and not (np.allclose(self.lower, -math.pi) and np.allclose(self.upper, math.pi)):
             raise InvalidInputError(f"a periodic grid must span [-pi, pi] on both axes, got lower={self.lower}, upper={self.upper}.")
         self.spacing = (self.upper - self.lower) / (np.asarray(self.n_nodes) - 1)
-        self.hill_width = np.broadcast_to(np.asarray(hill_width, dtype=np.float64), (2,)).copy()
+        width = np.asarray(hill_width, dtype=np.float64)
+        if width.shape not in ((), (1,), (2,)):
+            raise InvalidInputError(f"hill_width must be one number or one per CV (two), got {hill_width!r}.")
+        self.hill_width = np.broadcast_to(width, (2,)).copy()
         if not np.all(np.isfinite(self.hill_width) & (self.hill_width > 0)):
             raise InvalidInputError(f"hill_width must be positive, got {hill_width!r}.")
         too_coarse = self.spacing > 0.5 * self.hill_width
@@ -96,8 +104,8 @@ class WellTemperedBias:
         if not (math.isfinite(self.hill_height) and self.hill_height > 0):
             raise InvalidInputError(f"hill_height must be a finite energy > 0, got {hill_height!r}.")
         self.bias_factor = float(bias_factor)
-        if not self.bias_factor > 1.0:
-            raise InvalidInputError(f"bias_factor must be > 1, got {bias_factor!r}.")
+        if not (math.isfinite(self.bias_factor) and self.bias_factor > 1.0):
+            raise InvalidInputError(f"bias_factor must be a finite number > 1, got {bias_factor!r} (for an unbiased run, pass no bias).")
         self.kT = _kT(temperature)
         self.values = np.zeros(self.n_nodes)
         self.n_hills = 0
@@ -183,6 +191,18 @@ class WellTemperedBias:
         return dict(lower=self.lower.tolist(), upper=self.upper.tolist(), n_nodes=list(self.n_nodes), hill_width=self.hill_width.tolist(),
                     hill_height=self.hill_height, bias_factor=self.bias_factor, kT=self.kT, periodic=self.periodic,
                     values=torch.from_numpy(self.values.copy()), n_hills=self.n_hills)
+
+    def describe(self):
+        """The bias's identity as plain data: each CV (its OpenMM force, hashed) and the grid and hill settings.
+
+        A checkpoint keeps it, so training resumes only with the same CVs and grid.
+        """
+        cvs = [dict(cv=" ".join(repr(cv).split()),
+                    openmm=hashlib.sha256(openmm.XmlSerializer.serialize(cv.to_openmm_force()).encode()).hexdigest())
+               for cv in self.cvs]
+        settings = self.state_dict()
+        return dict(cvs=cvs, **{key: settings[key] for key in ("lower", "upper", "n_nodes", "hill_width", "hill_height", "bias_factor",
+                                                               "periodic")})
 
     def load_state_dict(self, state):
         """Restore node values and hill count from :meth:`state_dict`; settings must match."""

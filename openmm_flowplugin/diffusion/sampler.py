@@ -18,6 +18,7 @@ density (:mod:`.chain`), and training only buys effective sample size.
 
 __all__ = ["DiffusionSampler", "DiffusionSamples"]
 
+import copy
 import dataclasses
 import hashlib
 import math
@@ -43,6 +44,10 @@ from .networks import Controller, Corrector
 from .schedule import NoiseSchedule
 
 CHECKPOINT_FORMAT = "openmm_flowplugin.diffusion/1"
+_RETRAIN = ("Its random streams would repeat the failure: train again with a smaller learning_rate or sigma_max, or a "
+            "max_gradient_norm, into a new checkpoint path (a checkpoint resumes only with its own settings).")
+# settings keys that checkpoints written before them lack: such a checkpoint is not compared on them
+_SETTINGS_ADDED_LATER = ("bias",)  # 2026-12-01: the bias's CVs and grid
 # Stream purposes (proposals.streams uses 0-2).
 _REFILL, _TRAIN, _SAMPLE, _INITIALISE, _WARM_START = 10, 11, 12, 13, 14
 
@@ -228,7 +233,7 @@ class DiffusionSampler:
             n_snapshots=integer_at_least(n_snapshots, 1, "n_snapshots"),
             snapshot_interval=integer_at_least(snapshot_interval, 1, "snapshot_interval"),
             kT=self.kT, hamiltonian=hamiltonian_digest(molecular_system.system), has_bias=bias is not None,
-            coordinates=self.coordinates.describe(),
+            coordinates=self.coordinates.describe(), bias=None if bias is None else bias.describe(),
         )
         dimension = self.coordinates.dimension
         # torch's layer initialisers draw from the global generator: seed it from our stream inside a fork,
@@ -313,7 +318,9 @@ class DiffusionSampler:
         """
         from ..units import nanometers
 
-        x = torch.as_tensor(nanometers(positions)).reshape(-1, self.n_atoms, 3)
+        x = torch.as_tensor(np.asarray(nanometers(positions), dtype=np.float64))
+        if x.ndim != 3 or tuple(x.shape[1:]) != (self.n_atoms, 3) or len(x) == 0:
+            raise InvalidInputError(f"warm_start needs positions of shape (n, {self.n_atoms}, 3) with n >= 1, got {tuple(x.shape)}.")
         x = x.reshape(len(x), -1) if isinstance(self.coordinates, CartesianSpace) else self.coordinates.from_positions_to_z(x)
         u, gradient = self._energies(x)
         valid = torch.isfinite(u)
@@ -340,8 +347,8 @@ class DiffusionSampler:
         n_invalid = int((~valid).sum())
         self.n_invalid += n_invalid
         if not valid.any():
-            raise DivergedTrainingError(f"all {len(u)} chain end points of iteration {self.iteration} have non-finite energies; "
-                                        "lower sigma_max or the learning rate, or resume from an earlier checkpoint.")
+            raise DivergedTrainingError(f"all {len(u)} chain end points of iteration {self.iteration} have non-finite energies "
+                                        f"(the iteration is undone). {_RETRAIN}")
         bias_reduced, cvs, cv_rows = torch.zeros_like(u), None, None
         if self.bias is not None:  # positions and CVs once: for the weights, the buffer and the hills
             cvs, jacobians = self._cv_rows(chains.x_final)
@@ -440,8 +447,7 @@ class DiffusionSampler:
         for _ in range(n_steps):
             loss = loss_function(generator)
             if not torch.isfinite(loss):
-                raise DivergedTrainingError(f"non-finite training loss at iteration {self.iteration}; lower the learning rate "
-                                            "or set max_gradient_norm, and resume from an earlier checkpoint.")
+                raise DivergedTrainingError(f"non-finite training loss at iteration {self.iteration} (the iteration is undone). {_RETRAIN}")
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(parameters, 100.0)
@@ -465,9 +471,18 @@ class DiffusionSampler:
         deposit : bool
             Deposit hills (default). ``False`` trains the controller on the frozen bias, e.g. for a
             final phase before :meth:`sample`.
+
+        Notes
+        -----
+        An iteration that raises (a non-finite loss, an interrupt) is undone before the exception
+        propagates: its buffer rows, hills, end points and network steps are removed, so the sampler
+        is as after the last completed iteration and may continue (the energy evaluations it spent
+        stay counted).
         """
         from tqdm.auto import tqdm
 
+        n_iterations = integer_at_least(n_iterations, 0, "n_iterations")
+        checkpoint_interval = integer_at_least(checkpoint_interval, 1, "checkpoint_interval")
         if checkpoint is not None and Path(checkpoint).exists():
             if self.iteration == 0:
                 self.load_checkpoint(checkpoint)
@@ -476,13 +491,12 @@ class DiffusionSampler:
         bar = tqdm(total=n_iterations, initial=self.iteration, desc="diffusion sampler", disable=not progress)
         with package_threads():
             while self.iteration < n_iterations:
-                stats = self.refill(deposit=deposit)
-                generator = torch_generator(self.settings["seed"], _TRAIN, self.iteration)
-                stats["adjoint_loss"] = self._optimise(self._adjoint_loss, self.controller_optimizer, list(self.controller.parameters()),
-                                                       self.settings["n_adjoint_steps"], generator)
-                if self.corrector is not None:
-                    stats["corrector_loss"] = self._optimise(self._corrector_loss, self.corrector_optimizer, list(self.corrector.parameters()),
-                                                             self.settings["n_corrector_steps"], generator)
+                before = self._iteration_state()
+                try:
+                    stats = self._iterate(deposit)
+                except BaseException:  # a diverged loss, a failed energy, an interrupt: undo the half-done iteration
+                    self._restore_iteration_state(before)
+                    raise
                 stats.update(iteration=self.iteration, bias_max_kJ=0.0 if self.bias is None else self.bias.max_value,
                              energy_evaluations=self.n_energy_evaluations)
                 self.history.append(stats)
@@ -495,6 +509,41 @@ class DiffusionSampler:
                 if checkpoint is not None and (self.iteration % checkpoint_interval == 0 or self.iteration == n_iterations):
                     self.save_checkpoint(checkpoint)
         bar.close()
+
+    def _iterate(self, deposit):
+        """One iteration's refill and regressions (the iteration count is advanced by :meth:`train`)."""
+        stats = self.refill(deposit=deposit)
+        generator = torch_generator(self.settings["seed"], _TRAIN, self.iteration)
+        stats["adjoint_loss"] = self._optimise(self._adjoint_loss, self.controller_optimizer, list(self.controller.parameters()),
+                                               self.settings["n_adjoint_steps"], generator)
+        if self.corrector is not None:
+            stats["corrector_loss"] = self._optimise(self._corrector_loss, self.corrector_optimizer, list(self.corrector.parameters()),
+                                                     self.settings["n_corrector_steps"], generator)
+        return stats
+
+    def _iteration_state(self):
+        """What an iteration changes, kept so that one that raises can be undone.
+
+        The buffer replaces its tensors on every addition (never writes into them), so the dict of
+        references keeps its rows; the networks and optimizers change in place and are copied.
+        """
+        modules = [m for m in (self.controller, self.controller_optimizer, self.corrector, self.corrector_optimizer) if m is not None]
+        return dict(buffer=None if self.buffer.data is None else dict(self.buffer.data),
+                    bias=None if self.bias is None else self.bias.state_dict(), n_invalid=self.n_invalid,
+                    end_points=self._training_end_points.get(self.iteration),
+                    modules=[(module, copy.deepcopy(module.state_dict())) for module in modules])
+
+    def _restore_iteration_state(self, state):
+        self.buffer.data = state["buffer"]
+        if self.bias is not None:
+            self.bias.load_state_dict(state["bias"])
+        self.n_invalid = state["n_invalid"]
+        if state["end_points"] is None:
+            self._training_end_points.pop(self.iteration, None)
+        else:
+            self._training_end_points[self.iteration] = state["end_points"]
+        for module, module_state in state["modules"]:
+            module.load_state_dict(module_state)
 
     def _take_snapshot(self):
         """Keep the controller; beyond ``n_snapshots``, keep every other one and double the stride.
@@ -519,7 +568,7 @@ class DiffusionSampler:
         return controllers + [self.controller]
 
     # ------------------------------------------------------------------ production
-    def sample(self, n_samples, batch_size=None):
+    def sample(self, n_samples, batch_size=None, checkpoint=None):
         """``n_samples`` independent samples with exact Boltzmann importance weights (bias frozen).
 
         The chains come from the uniform mixture of the controller snapshots (spread over the
@@ -527,13 +576,27 @@ class DiffusionSampler:
         exact path density (:func:`~openmm_flowplugin.diffusion.chain.run_chains`): a sampler trained
         with a well-tempered bias keeps moving between basins as hills are added, and the mixture
         averages over that motion instead of depending on where the last iteration happened to be.
-        Each call draws new chains (its own random stream), so repeated calls never repeat samples.
+        Each call draws new chains (its own random stream), so repeated calls in one process never
+        repeat samples. A process resumed from a checkpoint continues the stream from the counter the
+        checkpoint holds: pass ``checkpoint`` to store it there after drawing, or a rerun of the same
+        script draws the same chains again (its seeded result, reproduced).
+
+        Parameters
+        ----------
+        n_samples : int
+        batch_size : int, optional
+            Chains per batch (default: the training ``batch_size``).
+        checkpoint : str or Path, optional
+            Written after drawing (:meth:`save_checkpoint`), e.g. the path given to :meth:`train`;
+            another run's checkpoint there is refused before any chain is drawn.
 
         Returns
         -------
         DiffusionSamples
         """
         batch_size = self.settings["batch_size"] if batch_size is None else integer_at_least(batch_size, 1, "batch_size")
+        if checkpoint is not None and Path(checkpoint).exists():
+            self._check_own_checkpoint(checkpoint)
         parts = []
         controllers = self.production_controllers()
         with package_threads():
@@ -552,6 +615,8 @@ class DiffusionSampler:
         if self.bias is not None:
             s = self.bias.cv_values(x)
             cv_values, bias = s.detach().numpy(), self.bias.of_cvs(s).detach().numpy()
+        if checkpoint is not None:
+            self.save_checkpoint(checkpoint)
         return DiffusionSamples(positions=x.numpy(), reduced_energies=u, log_weights=log_weights, cv_values=cv_values, bias=bias, kT=self.kT,
                                 n_invalid=int(np.sum(~np.isfinite(u))))
 
@@ -576,11 +641,17 @@ class DiffusionSampler:
         torch.save(self.state_dict(), temporary)
         os.replace(temporary, path)
 
+    def _settings_differing_from(self, stored, settings=None):
+        """The keys in which a checkpoint's ``stored`` settings differ from ``settings`` (default: this sampler's), sorted."""
+        settings = self.settings if settings is None else settings
+        return sorted(key for key in settings
+                      if stored.get(key) != settings[key] and not (key in _SETTINGS_ADDED_LATER and key not in stored))
+
     def _check_own_checkpoint(self, path):
         """Refuse to write over a checkpoint of another run (or of a later point of this one)."""
         state = torch.load(path, map_location="cpu", weights_only=True)
         stored = state.get("settings", {}) if isinstance(state, dict) else {}
-        if stored != self.settings or int(state.get("iteration", -1)) > self.iteration:
+        if self._settings_differing_from(stored) or int(state.get("iteration", -1)) > self.iteration:
             raise InvalidInputError(f"{path} holds another run's checkpoint (or a later one of this run); give another path.")
 
     def load_checkpoint(self, path):
@@ -595,23 +666,32 @@ class DiffusionSampler:
         if stored.get("hamiltonian") != self.settings["hamiltonian"]:
             raise InvalidInputError(f"{path} was trained for another system (its Hamiltonian differs from {self.molecular_system.name!r}'s); "
                                     "give another checkpoint path.")
+        settings = dict(self.settings)
         if not self._seed_given and "seed" in stored:  # seed=None: continue the stored run's streams
-            self.settings["seed"] = stored["seed"]
-        differs = sorted(key for key in self.settings if stored.get(key) != self.settings[key])
+            settings["seed"] = stored["seed"]
+        differs = self._settings_differing_from(stored, settings)
         if differs:
             hint = ""
-            stored_space, space = stored.get("coordinates", {}), self.settings["coordinates"]
+            stored_space, space = stored.get("coordinates", {}), settings["coordinates"]
             if "coordinates" in differs and stored_space.get("kind") == space["kind"] == "internal" and stored_space.get("mean") != space["mean"]:
                 hint = (" (its internal coordinates were standardized on another MD run: resume with the same md_frames, md_interval, "
                         "seed and platform, on the command line --md-frames, --md-interval, --seed and --platform)")
             elif "coordinates" in differs and stored_space.get("kind") == "internal" and getattr(self.coordinates, "rotors", None):
                 hint = (" (this run widens rotor torsions; a run standardized without that resumes with rotor_scale=None, "
                         "on the command line --rotor-scale 0)")
+            elif "coordinates" in differs and stored_space.get("kind") == space["kind"] == "internal":
+                hint = (" (standardized on the same MD run with another rotor spread: resume with the rotor_scale it was trained "
+                        "with, on the command line --rotor-scale, default 1 rad)")
             elif "coordinates" in differs and stored_space.get("kind") == "cartesian":
                 hint = (" (it ran on Cartesian coordinates, the command's default before 'auto': resume it with coordinates='cartesian', "
                         "on the command line --coordinates cartesian)")
+            elif "bias" in differs and stored.get("bias") and self.settings["bias"]:
+                hint = f" (its bias: {_bias_summary(stored['bias'])}; this one: {_bias_summary(settings['bias'])})"
             raise InvalidInputError(f"{path} was trained with other settings ({', '.join(differs)}){hint}; use the same ones to resume, "
                                     "or another checkpoint path.")
+        if self.bias is not None:  # checked (and loaded) before anything else changes: a refused checkpoint leaves the sampler as it was
+            self.bias.load_state_dict(state["bias"])
+        self.settings = settings
         self.controller.load_state_dict(state["controller"])
         self.controller_optimizer.load_state_dict(state["controller_optimizer"])
         if self.corrector is not None:
@@ -622,8 +702,6 @@ class DiffusionSampler:
                 cvs, jacobians = self._cv_rows(self.buffer.data["x_final"])
                 self.buffer.set_field("cv_values", cvs)
                 self.buffer.set_field("cv_jacobian", jacobians)
-        if self.bias is not None:
-            self.bias.load_state_dict(state["bias"])
         self.iteration, self.n_sample_batches = int(state["iteration"]), int(state["n_sample_batches"])
         self.n_invalid, self.n_warm_start = int(state["n_invalid"]), int(state["n_warm_start"])
         self._evaluations_before = int(state["energy_evaluations"]) - self.energy.n_evaluations
@@ -638,6 +716,11 @@ class DiffusionSampler:
             for i, cvs, weights in zip(iterations.tolist(), kept["cv_values"].split(counts.tolist()),
                                        kept["log_weights"].split(counts.tolist())):
                 self._training_end_points[i] = (cvs, weights)
+
+
+def _bias_summary(description):
+    return f"CVs {', '.join(cv['cv'] for cv in description['cvs'])}, " + ", ".join(
+        f"{key} {description[key]}" for key in ("lower", "upper", "n_nodes", "hill_width", "hill_height", "bias_factor"))
 
 
 def hamiltonian_digest(system):

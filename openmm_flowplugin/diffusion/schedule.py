@@ -64,6 +64,9 @@ class NoiseSchedule:
         self.source_scale = float(in_unit(source_scale, unit.nanometer, "source_scale"))
         if not (math.isfinite(self.sigma_max) and self.sigma_max > self.sigma_min > 0.0):
             raise InvalidInputError(f"need finite sigma_max > sigma_min > 0, got sigma_max={self.sigma_max}, sigma_min={self.sigma_min}.")
+        if self.sigma_max > 1e6 or self.sigma_max / self.sigma_min > 1e12:  # beyond any molecule, and past float range below
+            raise InvalidInputError(f"need sigma_max <= 1e6 and sigma_max/sigma_min <= 1e12 (nm, or standardized units), got "
+                                    f"sigma_max={self.sigma_max}, sigma_min={self.sigma_min}.")
         if not (math.isfinite(self.source_scale) and self.source_scale >= 0.0):
             raise InvalidInputError(f"source_scale must be >= 0 nm, got {self.source_scale}.")
         self.n_steps = integer_at_least(n_steps, 2, "n_steps")

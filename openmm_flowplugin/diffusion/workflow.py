@@ -29,7 +29,7 @@ import openmm
 
 from ..errors import InvalidInputError
 from ..geometry import Angle, CartesianComponent, Distance, Torsion
-from ._checks import is_integer
+from ._checks import finite_positive, is_integer
 
 _UNITS = {Torsion: "rad", Angle: "rad", Distance: "nm", CartesianComponent: "nm"}
 # (sigma_max, sigma_min) per coordinate space. Standardized internal coordinates: the target is close to
@@ -113,27 +113,49 @@ def parse_basin(spec):
 
 def _grid(cvs, grid_ranges, hill_width):
     """Grid settings for two CVs: periodic [-pi, pi] for two torsions, user ranges otherwise."""
+    hill_width = finite_positive(hill_width, "hill_width")
     torsions = [isinstance(cv, Torsion) for cv in cvs.values()]
     if all(torsions):
+        if grid_ranges:
+            raise InvalidInputError(f"two torsions get the periodic grid [-pi, pi] on both axes; drop the grid range(s) (--grid) "
+                                    f"given for {sorted(grid_ranges)}.")
         n = int(math.ceil(2 * math.pi / (hill_width / 4))) + 1
-        return dict(lower=(-math.pi, -math.pi), upper=(math.pi, math.pi), n_nodes=(n, n), periodic=True)
+        return _checked_nodes(dict(lower=(-math.pi, -math.pi), upper=(math.pi, math.pi), n_nodes=(n, n), periodic=True), hill_width)
     if any(torsions):
         raise InvalidInputError("one torsion and one non-periodic CV: OpenMM's tabulated 2D functions are periodic on both axes or "
                                 "neither; use two torsions or two non-periodic CVs.")
     missing = [name for name in cvs if name not in grid_ranges]
     if missing:
         raise InvalidInputError(f"non-periodic CVs need a grid range: --grid {missing[0]}:LO,HI (in the CV's units); missing for {missing}.")
-    lower = tuple(grid_ranges[name][0] for name in cvs)
-    upper = tuple(grid_ranges[name][1] for name in cvs)
+    lower = tuple(float(grid_ranges[name][0]) for name in cvs)
+    upper = tuple(float(grid_ranges[name][1]) for name in cvs)
+    if not all(math.isfinite(v) for v in lower + upper):
+        raise InvalidInputError(f"grid ranges must be finite numbers (--grid NAME:LO,HI), got {dict(grid_ranges)}.")
     n_nodes = tuple(int(math.ceil((hi - lo) / (hill_width / 4))) + 1 for lo, hi in zip(lower, upper))
-    return dict(lower=lower, upper=upper, n_nodes=n_nodes, periodic=False)
+    return _checked_nodes(dict(lower=lower, upper=upper, n_nodes=n_nodes, periodic=False), hill_width)
+
+
+MAX_GRID_NODES = 1_000_000  # 8 MB of float64 per grid, and the bicubic coefficients 16 times that
+
+
+def _checked_nodes(grid, hill_width):
+    """The grid (four nodes per hill width) unless it is too small for a spline or too large for memory."""
+    n_nodes = grid["n_nodes"]
+    if min(n_nodes) < 4:
+        raise InvalidInputError(f"the hill width {hill_width:g} (--hill-width) is too wide for the grid {grid['lower']}..{grid['upper']}: "
+                                f"give a width below twice the smaller range.")
+    if n_nodes[0] * n_nodes[1] > MAX_GRID_NODES:
+        raise InvalidInputError(f"the hill width {hill_width:g} (--hill-width) on the grid {grid['lower']}..{grid['upper']} needs "
+                                f"{n_nodes[0]} x {n_nodes[1]} nodes (four per width), more than {MAX_GRID_NODES:,}: give wider hills "
+                                "or narrower grid ranges (--grid).")
+    return grid
 
 
 def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges=None, basins=None, n_iterations=200,
                                   n_samples=8000, bias_factor=8.0, hill_height=0.02, hill_width=0.2, sigma_max=None,
                                   sigma_min=None, n_steps=50, batch_size=128, seed=0, platform=None, progress=None,
                                   coordinates="auto", md_frames=None, md_interval=None, rotor_scale=1.0, pool_training=False,
-                                  **sampler_options):
+                                  overwrite=False, **sampler_options):
     """Train (or resume) a CV-biased diffusion sampler, draw weighted samples, write the FES and basin ΔF.
 
     Parameters
@@ -143,6 +165,8 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
         Two CVs, name → :class:`~openmm_flowplugin.geometry.CollectiveVariable` (see :func:`parse_cv`).
     output_dir : str or Path
         Run folder (created; resumed when it holds this run's checkpoint; another run's is refused).
+        Result files already there (:data:`RESULT_FILES`: a finished run's, or another command's)
+        are refused before any work unless ``overwrite``.
     grid_ranges : dict, optional
         name → (lo, hi) for non-periodic CVs. Two torsions use a periodic grid on [−π, π].
     basins : dict, optional
@@ -172,6 +196,9 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
         :meth:`~openmm_flowplugin.diffusion.InternalCoordinateSpace.from_positions`); ``None`` or 0: the
         MD run's spread (as runs made before this option; resume those with it). Torsion CVs about a ring
         bond, or about atoms that are not bonded, are skipped with a warning.
+    overwrite : bool
+        Replace the result files in ``output_dir`` (``--overwrite``): to extend or resample a finished
+        run in its folder.
     pool_training : bool
         Estimate the FES and ΔF from the production samples pooled with the end points of the second half
         of the training chains (:meth:`~openmm_flowplugin.diffusion.DiffusionSampler.training_samples`),
@@ -201,13 +228,17 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
 
     check_system_and_cvs(molecular_system, cvs.values())  # before the standardization MD
     output_dir = Path(output_dir)
+    existing = [name for name in RESULT_FILES if (output_dir / name).exists()]
+    if existing and not overwrite:
+        raise InvalidInputError(f"{output_dir} already holds results ({', '.join(existing)}); this run would replace them. Give another "
+                                "folder, or pass overwrite=True (--overwrite) to resume the run there and replace its results.")
     if coordinates == "auto":  # a stored run keeps the space it was trained in (runs made before "auto" were Cartesian)
         coordinates = _stored_coordinates(output_dir / "checkpoint.pt") or coordinates
     coordinates = resolved_coordinates(molecular_system, coordinates, cvs.values())
     md_frames, md_interval = _checked_md_run(coordinates, md_frames, md_interval)
     sigma_max = DEFAULT_SCHEDULES[coordinates][0] if sigma_max is None else sigma_max
     sigma_min = DEFAULT_SCHEDULES[coordinates][1] if sigma_min is None else sigma_min
-    output_dir.mkdir(parents=True, exist_ok=True)
+    schedule = NoiseSchedule(sigma_max, sigma_min, n_steps)  # checked before the MD run
     grid = _grid(cvs, dict(grid_ranges or {}), hill_width)
     bias = WellTemperedBias(list(cvs.values()), hill_width=hill_width, hill_height=hill_height, bias_factor=bias_factor,
                             temperature=molecular_system.temperature, **grid)
@@ -221,18 +252,28 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
         frames = _md_frames(molecular_system, md_frames, md_interval, seed, platform)
         md_evaluations = md_frames * md_interval
         space = InternalCoordinateSpace.from_positions(molecular_system.topology, frames, rotors=rotors, rotor_scale=rotor_scale or 1.0)
-    sampler = DiffusionSampler(molecular_system, bias=bias, schedule=NoiseSchedule(sigma_max, sigma_min, n_steps), batch_size=batch_size,
+    sampler = DiffusionSampler(molecular_system, bias=bias, schedule=schedule, batch_size=batch_size,
                                seed=seed, platform=platform, coordinates=space, **sampler_options)
+    output_dir.mkdir(parents=True, exist_ok=True)  # after the checks: a refused run leaves no folder behind
     if frames is not None and not (output_dir / "checkpoint.pt").exists():
         sampler.warm_start(frames)
     start = time.process_time()
     sampler.train(n_iterations, checkpoint=output_dir / "checkpoint.pt", progress=progress)
-    samples = sampler.sample(n_samples)
-    sampler.save_checkpoint(output_dir / "checkpoint.pt")  # the sample counter and the evaluations: a rerun draws new chains
+    if sampler.iteration > n_iterations:
+        raise InvalidInputError(f"{output_dir / 'checkpoint.pt'} holds {sampler.iteration} training iterations and n_iterations "
+                                f"(--iterations) is the total: give {sampler.iteration} or more, or another folder.")
+    samples = sampler.sample(n_samples, checkpoint=output_dir / "checkpoint.pt")  # with the sample counter: a rerun draws new chains
+    training = sampler.training_samples()  # written with every run, pooled or not: the file never lags the checkpoint
+    for name in RESULT_FILES:  # refused above unless overwrite: none may outlive this run beside its new samples
+        (output_dir / name).unlink(missing_ok=True)
+    # the draws first: an analysis that fails (e.g. no sample inside the grid) loses none of them
+    np.savez(output_dir / "samples.npz", cv_values=samples.cv_values, log_weights=samples.log_weights, bias_kJ_per_mol=samples.bias,
+             reduced_energies=samples.reduced_energies)
+    np.savez(output_dir / "training_end_points.npz", cv_values=training.cv_values, log_weights=training.log_weights)
+    (output_dir / "bias.xml").write_text(openmm.XmlSerializer.serialize(bias.to_openmm_force()))
     names = list(cvs)
     units = [_UNITS.get(type(cv), "") for cv in cvs.values()]
     edges = [np.linspace(lo, hi, 51) for lo, hi in zip(grid["lower"], grid["upper"])]
-    training = sampler.training_samples()  # written with every run, pooled or not: the file never lags the checkpoint
     estimated = samples.pooled(training) if pool_training else samples
     n_pooled = len(estimated.log_weights) - int(n_samples)
     if pool_training and n_pooled == 0:
@@ -240,7 +281,11 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
 
         warnings.warn(f"{output_dir / 'checkpoint.pt'} keeps no training end points (written before 2026-12-01, or trained no "
                       "further since): the estimate uses the production samples alone.", stacklevel=2)
-    fes = free_energy_surface(estimated.cv_values, estimated.log_weights, edges, molecular_system.temperature, seed=seed)
+    try:
+        fes = free_energy_surface(estimated.cv_values, estimated.log_weights, edges, molecular_system.temperature, seed=seed)
+    except InvalidInputError as error:
+        raise InvalidInputError(f"{error} (on the bias grid {grid['lower']}..{grid['upper']}; the samples are in "
+                                f"{output_dir / 'samples.npz'}; a wider grid, --grid, needs another folder)") from None
     basin_results = {}
     if basins:
         first, *others = list(basins)
@@ -272,10 +317,6 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
     )
     (output_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
     (output_dir / "results.md").write_text(_markdown(results))
-    np.savez(output_dir / "samples.npz", cv_values=samples.cv_values, log_weights=samples.log_weights, bias_kJ_per_mol=samples.bias,
-             reduced_energies=samples.reduced_energies)
-    np.savez(output_dir / "training_end_points.npz", cv_values=training.cv_values, log_weights=training.log_weights)
-    (output_dir / "bias.xml").write_text(openmm.XmlSerializer.serialize(bias.to_openmm_force()))
     nodes = [np.linspace(lo, hi, n) for lo, hi, n in zip(grid["lower"], grid["upper"], grid["n_nodes"])]
     np.savez(output_dir / "fes.npz", cv_names=np.array(names), cv_units=np.array(units), edges_0=fes.edges[0], edges_1=fes.edges[1],
              free_energy_kJ_per_mol=fes.free_energy, error_kJ_per_mol=fes.error, probability=fes.probability,
@@ -286,6 +327,10 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
          (f"well-tempered −γ/(γ−1)V, γ = {bias_factor:g} (approximate)", nodes, bias.free_energy_estimate())],
         names, units, output_dir / "fes.png", overwrite=True)
     return results
+
+
+#: The files a run writes into its folder besides ``checkpoint.pt``.
+RESULT_FILES = ("results.json", "results.md", "fes.png", "fes.npz", "samples.npz", "training_end_points.npz", "bias.xml")
 
 
 def _checked_md_run(coordinates, md_frames, md_interval):
