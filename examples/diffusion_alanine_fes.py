@@ -22,7 +22,7 @@ from openmm_flowplugin.diffusion.workflow import diffusion_free_energy_surface, 
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("output", nargs="?", default="diffusion_alanine")
-parser.add_argument("--iterations", type=int, default=500, help="training iterations in total (a rerun extends the training)")
+parser.add_argument("--iterations", type=int, default=500, help="training iterations in total (a rerun with --overwrite extends the training)")
 parser.add_argument("--overwrite", action="store_true", help="replace the results of a finished run in output_dir (to extend it)")
 parser.add_argument("--samples", type=int, default=20000)
 parser.add_argument("--quick", action="store_true", help="20 iterations, 2,000 samples: a smoke run")

@@ -50,9 +50,13 @@ def test_a_small_run_writes_results_and_resumes(tmp_path):
     assert extended.exit_code == 0, extended.output
     results = json.loads((out / "results.json").read_text())
     assert results["iterations"] == 5 and results["energy_evaluations"] == 5 * 16 + 2 * 64
+    (out / "results.json").unlink()  # as if killed during the analysis: its samples written, not its results.json
+    resumed = run(*MB, *SMALL, *basins, "--iterations", "5", "-o", str(out))
+    assert resumed.exit_code == 0 and json.loads((out / "results.json").read_text())["iterations"] == 5, resumed.output
     other = run("--system", "double_well_2d", *MB[2:], *SMALL, "--iterations", "6", "--overwrite", "-o", str(out))
     assert other.exit_code == 2 and "another system" in other.output
     assert json.loads((out / "results.json").read_text())["iterations"] == 5  # refused before anything was replaced
+    assert len(np.load(out / "samples.npz")["log_weights"]) == 64
     foreign = tmp_path / "solvation"  # another command's results in the folder
     foreign.mkdir()
     (foreign / "results.json").write_text("{}")
@@ -66,6 +70,7 @@ def test_samples_are_saved_before_an_analysis_that_fails(tmp_path):
     narrow = ["--system", "mueller_brown", "--cv", "x:x@0", "--cv", "y:y@0", "--grid", "x:-0.1,0.1", "--grid", "y:-0.1,0.1"]
     result = run(*narrow, "--hill-width", "0.05", *SMALL, "--samples", "8", "--iterations", "1", "-o", str(out))
     assert result.exit_code == 2 and "no weighted sample falls inside the bins" in result.output and "samples.npz" in result.output
+    assert "a wider one (--grid) needs another folder" in result.output
     assert np.load(out / "samples.npz")["log_weights"].shape == (8,) and (out / "bias.xml").is_file(), result.output
 
 

@@ -676,12 +676,10 @@ class DiffusionSampler:
             if "coordinates" in differs and stored_space.get("kind") == space["kind"] == "internal" and stored_space.get("mean") != space["mean"]:
                 hint = (" (its internal coordinates were standardized on another MD run: resume with the same md_frames, md_interval, "
                         "seed and platform, on the command line --md-frames, --md-interval, --seed and --platform)")
-            elif "coordinates" in differs and stored_space.get("kind") == "internal" and getattr(self.coordinates, "rotors", None):
-                hint = (" (this run widens rotor torsions; a run standardized without that resumes with rotor_scale=None, "
-                        "on the command line --rotor-scale 0)")
             elif "coordinates" in differs and stored_space.get("kind") == space["kind"] == "internal":
                 hint = (" (standardized on the same MD run with another rotor spread: resume with the rotor_scale it was trained "
-                        "with, on the command line --rotor-scale, default 1 rad)")
+                        "with, on the command line --rotor-scale, default 1 rad; a run made before rotors were widened resumes with "
+                        "rotor_scale=None, --rotor-scale 0)")
             elif "coordinates" in differs and stored_space.get("kind") == "cartesian":
                 hint = (" (it ran on Cartesian coordinates, the command's default before 'auto': resume it with coordinates='cartesian', "
                         "on the command line --coordinates cartesian)")

@@ -165,8 +165,10 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
         Two CVs, name → :class:`~openmm_flowplugin.geometry.CollectiveVariable` (see :func:`parse_cv`).
     output_dir : str or Path
         Run folder (created; resumed when it holds this run's checkpoint; another run's is refused).
-        Result files already there (:data:`RESULT_FILES`: a finished run's, or another command's)
-        are refused before any work unless ``overwrite``.
+        Result files already there (:data:`RESULT_FILES`: a finished run's, marked by ``results.json``,
+        which is written last, or another command's) are refused before any work unless
+        ``overwrite``; a run interrupted before it finished (``checkpoint.pt`` without
+        ``results.json``) resumes without it and replaces its own partial files.
     grid_ranges : dict, optional
         name → (lo, hi) for non-periodic CVs. Two torsions use a periodic grid on [−π, π].
     basins : dict, optional
@@ -229,7 +231,8 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
     check_system_and_cvs(molecular_system, cvs.values())  # before the standardization MD
     output_dir = Path(output_dir)
     existing = [name for name in RESULT_FILES if (output_dir / name).exists()]
-    if existing and not overwrite:
+    interrupted = (output_dir / "checkpoint.pt").exists() and not (output_dir / "results.json").exists()
+    if existing and not overwrite and not interrupted:  # results.json, written last, marks a finished run
         raise InvalidInputError(f"{output_dir} already holds results ({', '.join(existing)}); this run would replace them. Give another "
                                 "folder, or pass overwrite=True (--overwrite) to resume the run there and replace its results.")
     if coordinates == "auto":  # a stored run keeps the space it was trained in (runs made before "auto" were Cartesian)
@@ -284,8 +287,10 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
     try:
         fes = free_energy_surface(estimated.cv_values, estimated.log_weights, edges, molecular_system.temperature, seed=seed)
     except InvalidInputError as error:
-        raise InvalidInputError(f"{error} (on the bias grid {grid['lower']}..{grid['upper']}; the samples are in "
-                                f"{output_dir / 'samples.npz'}; a wider grid, --grid, needs another folder)") from None
+        where = f"the samples are in {output_dir / 'samples.npz'}"
+        if np.isfinite(estimated.log_weights).any():  # weighted samples, none on the grid
+            where += f"; the grid is {grid['lower']}..{grid['upper']}, and a wider one (--grid) needs another folder"
+        raise InvalidInputError(f"{error} ({where})") from None
     basin_results = {}
     if basins:
         first, *others = list(basins)
@@ -315,7 +320,6 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
         fes="fes.npz: the reweighted F per bin (edges_0, edges_1) with its bootstrap standard error, kJ/mol",
         settings={key: value for key, value in sampler.settings.items() if key != "hamiltonian"},
     )
-    (output_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
     (output_dir / "results.md").write_text(_markdown(results))
     nodes = [np.linspace(lo, hi, n) for lo, hi, n in zip(grid["lower"], grid["upper"], grid["n_nodes"])]
     np.savez(output_dir / "fes.npz", cv_names=np.array(names), cv_units=np.array(units), edges_0=fes.edges[0], edges_1=fes.edges[1],
@@ -326,6 +330,7 @@ def diffusion_free_energy_surface(molecular_system, cvs, output_dir, grid_ranges
         [("reweighted (exact weights)", fes.centres, fes.free_energy),
          (f"well-tempered −γ/(γ−1)V, γ = {bias_factor:g} (approximate)", nodes, bias.free_energy_estimate())],
         names, units, output_dir / "fes.png", overwrite=True)
+    (output_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))  # last: it marks a finished run
     return results
 
 
