@@ -12,7 +12,7 @@ import numpy as np
 import openmm
 import pytest
 import torch
-from openmm import app
+from openmm import app, unit
 from openmmtools import cache
 from openmmtools.utils import deserialize, serialize
 
@@ -219,13 +219,22 @@ def test_topology_without_bonds_is_not_refused(ala):
 
 
 # ---------------------------------------------------------------------------- item 6: broken current state
-def test_nan_current_state_raises_instead_of_rejecting_forever():
+@pytest.mark.parametrize("all_nan", [True, False])  # one NaN coordinate made OpenMM's CPU platform raise its own exception
+def test_nan_current_state_raises_instead_of_rejecting_forever(all_nan):
+    from openmmtools import cache
+
     ho = systems.get("harmonic_oscillator")
     move = FlowMCMove(GaussianProposal(ho.positions_nm, ho.reference.std, seed=1), n_proposals=3, seed=2)
     sampler_state = ho.sampler_state()
-    sampler_state.positions = sampler_state.positions * float("nan")
+    if all_nan:
+        sampler_state.positions = sampler_state.positions * float("nan")
+    else:
+        positions = sampler_state.positions.value_in_unit(unit.nanometer).copy()
+        positions[0, 0] = np.nan
+        sampler_state.positions = positions * unit.nanometer
+    context_cache = reference_cache() if all_nan else cache.ContextCache(platform=openmm.Platform.getPlatformByName("CPU"))
     with pytest.raises(BrokenStateError, match="proposal is not at fault"):
-        move.apply(ho.thermodynamic_state(), sampler_state, reference_cache())
+        move.apply(ho.thermodynamic_state(), sampler_state, context_cache)
     assert move.n_proposed == 0
 
 

@@ -66,9 +66,22 @@ def test_train_timewarp_pairs_stay_within_trajectories_and_resume_is_exact(traje
 
 
 def test_train_timewarp_user_errors_are_one_line(trajectories, tmp_path):
+    import mdtraj
+    import numpy as np
+
     runner = CliRunner()
     a = trajectories[0]
     out = str(tmp_path / "tw.pt")
+    broken = mdtraj.load(a)
+    broken.xyz[5, 3, 0] = np.nan
+    broken.save(str(tmp_path / "nan.h5"))
+    _assert_user_error(runner.invoke(main, ["train-timewarp", "alanine_dipeptide_vacuum", "-d", str(tmp_path / "nan.h5"), "--lag", "1",
+                                            "-o", out]), "1 frames with non-finite coordinates (the first: frame 5)")
+    other = mdtraj.load(a)
+    next(other.topology.atoms).element = mdtraj.element.sulfur  # as many atoms, another molecule
+    other.save(str(tmp_path / "other.h5"))
+    _assert_user_error(runner.invoke(main, ["train-timewarp", "alanine_dipeptide_vacuum", "-d", str(tmp_path / "other.h5"), "--lag", "1",
+                                            "-o", out]), "holds another molecule: its atom 0 is S, alanine_dipeptide_vacuum's is H")
     _assert_user_error(runner.invoke(main, ["train-timewarp", "alanine_dipeptide_vacuum", "-d", a, "--lag", "40", "-o", out]),
                        "--lag 40 frames is too long")
     _assert_user_error(runner.invoke(main, ["train-timewarp", "alanine_dipeptide_vacuum", "-d", str(tmp_path / "no.h5"), "--lag", "1",

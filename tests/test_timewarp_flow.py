@@ -188,11 +188,27 @@ def test_training_lowers_the_loss_and_a_resumed_run_equals_the_uninterrupted_one
     assert load_conditional_flow(tmp_path / "train.pt").config == again.config  # a training checkpoint is a model file
     with pytest.raises(CheckpointError, match="other seed"):
         train_timewarp(fresh(), pairs, **dict(settings, seed=5), checkpoint=tmp_path / "train.pt")
+    with pytest.raises(CheckpointError, match="at step 40, past n_steps = 30"):  # not silently a 40-step model
+        train_timewarp(fresh(), pairs, **dict(settings, n_steps=30), checkpoint=tmp_path / "train.pt")
 
 
 def test_training_refuses_pairs_of_the_wrong_shape():
     with pytest.raises(ValueError, match=r"\(n_pairs, 3, 3\)"):
         train_timewarp(ConditionalFlow(3, n_layers=2, hidden=(8,), context_features=4), (np.zeros((4, 2, 3)),) * 2, progress=False)
+
+
+def test_training_refuses_non_finite_pairs_and_stops_at_a_non_finite_loss(monkeypatch):
+    x_t, x_lag = trajectory_pairs(correlated_walk(), lag=1)
+    broken = x_lag.copy()
+    broken[3, 1, 2] = np.nan  # one coordinate of one frame: the model would come out all NaN
+    flow = ConditionalFlow(3, n_layers=2, hidden=(8,), context_features=4)
+    with pytest.raises(ValueError, match="1 pairs have non-finite coordinates \\(the first: pair 3\\)"):
+        train_timewarp(flow, (x_t, broken), progress=False)
+    before = [p.detach().clone() for p in flow.parameters()]
+    monkeypatch.setattr(ConditionalFlow, "log_prob", lambda self, *args: torch.full((len(args[0]),), float("nan")))
+    with pytest.raises(ValueError, match="non-finite training loss at step 0"):
+        train_timewarp(flow, (x_t, x_lag), n_steps=3, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, flow.parameters()))  # no step taken on it
 
 
 def test_centred_coordinates_rotate_with_the_frames():

@@ -155,6 +155,10 @@ def load_system(options, temperature=None, default_name=None):
     )
 
 
+def _element_symbols(topology):
+    return [getattr(atom.element, "symbol", None) for atom in topology.atoms]
+
+
 def _load_trajectories(paths, molecular_system):
     """Frames (n, n_atoms, 3) nm of mdtraj-readable trajectories; one-line errors for missing, unreadable or empty files."""
     import mdtraj
@@ -175,5 +179,13 @@ def _load_trajectories(paths, molecular_system):
             raise InvalidInputError(f"trajectory {path} has no frames.")
         if trajectory.n_atoms != molecular_system.n_atoms:
             raise InvalidInputError(f"{path} has {trajectory.n_atoms} atoms but {molecular_system.name} has {molecular_system.n_atoms}.")
+        elements, expected = (_element_symbols(t) for t in (trajectory.topology, molecular_system.mdtraj_topology))
+        if elements != expected:  # a file with its own topology (.h5) of another molecule with as many atoms
+            i = next(i for i, (a, b) in enumerate(zip(elements, expected)) if a != b)
+            raise InvalidInputError(f"{path} holds another molecule: its atom {i} is {elements[i]}, {molecular_system.name}'s is {expected[i]}.")
+        broken = np.flatnonzero(~np.isfinite(trajectory.xyz).all(axis=(1, 2)))
+        if len(broken):
+            raise InvalidInputError(f"{path} has {len(broken)} frames with non-finite coordinates (the first: frame {broken[0]}); "
+                                    "drop them or use another trajectory.")
         frames.append(trajectory.xyz)
     return np.concatenate(frames)

@@ -135,6 +135,9 @@ def train_timewarp(model, pairs, n_steps=1000, batch_size=64, learning_rate=1e-3
     history, start = TrainingHistory(), 0
     if checkpoint is not None and _exists(checkpoint):
         start = _resume(model, optimizer, history, checkpoint, settings)
+        if start > int(n_steps):
+            raise CheckpointError(f"{checkpoint} is at step {start}, past n_steps = {int(n_steps)} (the total, --steps): give {start} "
+                                  "or more, or another checkpoint path.")
     model.requires_grad_(True)
     model.train()
     try:
@@ -143,6 +146,9 @@ def train_timewarp(model, pairs, n_steps=1000, batch_size=64, learning_rate=1e-3
                 generator = torch_generator(seed, step)
                 log_p = [flow.log_prob(b, v[:, 1], a, v[:, 0]) for flow, a, b, v in _minibatches(sets, batch_size, generator, rotations)]
                 loss = -torch.cat(log_p).mean()
+                if not torch.isfinite(loss):  # before the step: the model and the checkpoint keep the last finite state
+                    raise InvalidInputError(f"non-finite training loss at step {step}: lower the learning rate (--learning-rate), "
+                                            "or check the data for broken frames.")
                 optimizer.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 100.0)
@@ -281,6 +287,9 @@ def _checked_pairs(flow, pairs):
     x_t, x_lag = (np.asarray(p, dtype=np.float64) for p in pairs)
     if x_t.shape != x_lag.shape or x_t.ndim != 3 or x_t.shape[1:] != (flow.n_atoms, 3) or len(x_t) == 0:
         raise InvalidInputError(f"pairs must be two arrays of shape (n_pairs, {flow.n_atoms}, 3) in nm, got {x_t.shape} and {x_lag.shape}.")
+    broken = np.flatnonzero(~(np.isfinite(x_t).all(axis=(1, 2)) & np.isfinite(x_lag).all(axis=(1, 2))))
+    if len(broken):
+        raise InvalidInputError(f"{len(broken)} pairs have non-finite coordinates (the first: pair {broken[0]}); drop those frames.")
     dtype = _dtype(flow)
     return torch.from_numpy(x_t).to(dtype), torch.from_numpy(x_lag).to(dtype), _data_sha256(x_t, x_lag)
 

@@ -223,6 +223,9 @@ class FlowMCMove(mcmc.MCMCMove):
         atoms = self._moved_atoms(context.getSystem())
         sampler_state.apply_to_context(context, ignore_velocities=True)
         positions = np.array(sampler_state.positions.value_in_unit(unit.nanometer), dtype=np.float64)
+        if not np.isfinite(positions).all():  # OpenMM would raise its own exception on them
+            raise BrokenStateError("the current positions are not finite (NaN or inf): the state is broken (the proposal is not "
+                                   "at fault). Check the starting positions and the system before this move.")
         u_current = thermodynamic_state.reduced_potential(context)
         if not math.isfinite(u_current):
             raise BrokenStateError(

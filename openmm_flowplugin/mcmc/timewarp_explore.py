@@ -168,6 +168,8 @@ def explore_biased(proposal, thermodynamic_state, sampler_state, n_steps, max_en
     if proposal_n_atoms(proposal) != n_moved:
         raise InvalidInputError(f"the proposal moves {proposal_n_atoms(proposal)} atoms but {n_moved} are given to it; "
                                 "pass atom_indices listing the atoms it moves, in its order.")
+    if not np.isfinite(positions).all():  # OpenMM would raise its own exception on them
+        raise BrokenStateError("the starting positions are not finite (NaN or inf): check them and the system.")
     u_current = thermodynamic_state.reduced_potential(context)
     if not math.isfinite(u_current):
         raise BrokenStateError(f"the starting state has reduced potential {u_current}: minimize it or check the system.")
